@@ -1,0 +1,51 @@
+# NIRVANA reproduction — every target does the set-up it needs, so each works alone on a fresh clone.
+# `make help` lists the targets.
+
+PYTHON_BOOT ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+# The CPU wheel by default. CUDA users: make setup TORCH_SPEC="torch==2.13.0 --index-url <your CUDA index>"
+TORCH_SPEC  ?= torch==2.13.0
+# Where `make assets` puts model weights and benchmark data (git-ignored; override to share a cache).
+export NIRVANA_CACHE ?= $(CURDIR)/.cache/nirvana
+PYTEST_ARGS ?=
+
+SETUP_STAMP  := $(VENV)/.setup-done
+ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
+
+.DEFAULT_GOAL := help
+.PHONY: help setup assets test test-fast demo lint clean-assets
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-20s %s\n", $$1, $$2}'
+
+$(SETUP_STAMP): pyproject.toml
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned, so nothing below can pull another build of it
+	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+setup: $(SETUP_STAMP) ## create .venv with torch ($(TORCH_SPEC)) and the package in editable mode
+
+$(ASSETS_STAMP): $(SETUP_STAMP) nirvana/assets/*.py
+	$(PY) -m nirvana.assets build
+	@mkdir -p $(dir $@) && touch $@
+
+assets: $(ASSETS_STAMP) ## build the offline SmolLM2 model, benchmark data and text sets into $$NIRVANA_CACHE
+
+test: $(ASSETS_STAMP) ## set up, build assets, run the whole test suite but GPU tests
+	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-fast: $(SETUP_STAMP) ## tests that need no built asset (no `slow`, no `gpu`)
+	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+
+demo: $(ASSETS_STAMP) ## the main job on the offline default (SmolLM2-135M)
+	$(PY) -m experiments.demo
+
+lint: $(SETUP_STAMP) ## ruff
+	$(VENV)/bin/ruff check nirvana experiments tests
+
+clean-assets: ## delete the built asset cache
+	rm -rf $(NIRVANA_CACHE)

@@ -1,0 +1,93 @@
+"""Adapter for Llama-style decoders: Llama 3.x, Mistral, Qwen2/2.5, Qwen3.
+
+They share module names (`model.layers[i].self_attn.{q,k,v,o}_proj`, `.mlp.{gate,up,down}_proj`) and HF's
+`repeat_kv` head order, so one adapter serves all four; per-family differences are only which projections
+carry biases (Qwen2: q/k/v) and Qwen3's q_norm/k_norm, which act within one head_dim and so are untouched by
+removing whole heads.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import ATTENTION, MLP, LayerUnits, ModelAdapter, ParamSlice, UnitGroup
+
+
+def _row_and_bias_slices(linear, block: int) -> list[ParamSlice]:
+    slices = [ParamSlice(linear, "weight", 0, block)]
+    if linear.bias is not None:
+        slices.append(ParamSlice(linear, "bias", 0, block))
+    return slices
+
+
+class LlamaFamilyAdapter(ModelAdapter):
+    model_types = ("llama", "mistral", "qwen2", "qwen3")
+    _checkpoint_classes = {
+        "llama": "NirvanaLlamaForCausalLM",
+        "mistral": "NirvanaMistralForCausalLM",
+        "qwen2": "NirvanaQwen2ForCausalLM",
+        "qwen3": "NirvanaQwen3ForCausalLM",
+    }
+
+    def checkpoint_class_name(self) -> str:
+        return self._checkpoint_classes[self.config.model_type]
+
+    def _decoder_layers(self):
+        return self.model.model.layers
+
+    def _head_dim(self, attn) -> int:
+        return int(attn.head_dim)
+
+    def layers(self) -> list[LayerUnits]:
+        out = []
+        for i, block in enumerate(self._decoder_layers()):
+            attn, mlp = block.self_attn, block.mlp
+            hd = self._head_dim(attn)
+            # Query head h reads KV head h // n_rep (HF repeat_kv order), so GQA group g owns the n_rep
+            # consecutive query heads g*n_rep ... (g+1)*n_rep-1: a contiguous block of n_rep*head_dim rows.
+            n_rep = int(attn.num_key_value_groups)
+            n_groups = attn.k_proj.weight.shape[0] // hd
+            attention = UnitGroup(
+                ATTENTION,
+                i,
+                n_groups,
+                _row_and_bias_slices(attn.q_proj, n_rep * hd)
+                + _row_and_bias_slices(attn.k_proj, hd)
+                + _row_and_bias_slices(attn.v_proj, hd)
+                # o_proj's bias (if any) is per output feature (the hidden size): it belongs to no unit.
+                + [ParamSlice(attn.o_proj, "weight", 1, n_rep * hd)],
+            )
+            n_neurons = mlp.gate_proj.weight.shape[0]
+            mlp_units = UnitGroup(
+                MLP,
+                i,
+                n_neurons,
+                _row_and_bias_slices(mlp.gate_proj, 1)
+                + _row_and_bias_slices(mlp.up_proj, 1)
+                + [ParamSlice(mlp.down_proj, "weight", 1, 1)],
+            )
+            attention.check()
+            mlp_units.check()
+            out.append(LayerUnits(i, attention, mlp_units))
+        return out
+
+    def after_surgery(self, layer: LayerUnits) -> None:
+        mlp = self._decoder_layers()[layer.index].mlp
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = mlp.gate_proj.weight.shape[0]
+
+    def per_layer_overrides(self) -> dict[int, dict[str, int]]:
+        out = {}
+        for i, block in enumerate(self._decoder_layers()):
+            attn = block.self_attn
+            hd = self._head_dim(attn)
+            n_kv = attn.k_proj.weight.shape[0] // hd
+            out[i] = {
+                "num_attention_heads": n_kv * int(attn.num_key_value_groups),
+                "num_key_value_heads": n_kv,
+                "intermediate_size": block.mlp.gate_proj.weight.shape[0],
+            }
+        return out
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits

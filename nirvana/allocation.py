@@ -1,0 +1,203 @@
+"""Allocation: how many units of each kind to remove, and where (REFERENCE.md §2).
+
+`global` (NIRVANA): the budget is split between attention and MLP so that the MLP's pruned fraction is γ
+times attention's; then ONE threshold per module type across all layers decides which units go, so layers
+that matter less lose more. `uniform` removes the same fractions from every layer (an ablation).
+
+Sparsity is the fraction of attention+MLP parameters removed (embeddings, norms and head never are).
+Both allocators return kept indices per layer; the guards (≥1 attention group per layer, kept MLP width a
+multiple of `round_to`) are shared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+
+from .adapters import LayerUnits
+from .scoring import UnitScores
+
+SPARE_HIGHEST_INDEX = "highest_index"  # the official code: drops the last of the ascending pruned indices
+SPARE_BEST_SCORE = "best_score"
+SPARE_RULES = (SPARE_HIGHEST_INDEX, SPARE_BEST_SCORE)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Units to prune in total: k_attention groups and k_mlp neurons."""
+
+    k_attention: int
+    k_mlp: int
+
+
+ARITHMETIC_OFFICIAL = "official"
+ARITHMETIC_EXACT = "exact"
+
+
+def closed_form_budget(
+    n_layers: int,
+    n_groups: int,
+    group_cost: int,
+    n_neurons: int,
+    neuron_cost: int,
+    sparsity: float,
+    gamma: float,
+    arithmetic: str = ARITHMETIC_OFFICIAL,
+) -> Budget:
+    """The official closed form for a model of `n_layers` identical layers (N_a groups, N_m neurons each).
+
+    Solve k_a·c_a + k_m·c_m = s·L·(N_a·c_a + N_m·c_m) with k_m/(L·N_m) = γ·k_a/(L·N_a):
+        k_a = s·L·(N_a·c_a + N_m·c_m) / (c_a + γ·c_m·N_m/N_a),   k_m = γ·k_a·N_m/N_a,
+    k_m from the UN-truncated k_a, then both truncated (Llama-3.1-8B, s=0.5, γ=3.36 → 44 and 265,197).
+
+    `arithmetic="official"` evaluates it in the official code's floating-point order (costs in units of
+    d_model, the attention/MLP ratio first): where the exact value is an integer, rounding error can land
+    just below it and truncation then drops one unit (SmolLM2 at s=0.3, γ=1: 26 groups / 13,823 neurons
+    instead of 27 / 13,824). That is the default, for exact parity with the official plans;
+    `arithmetic="exact"` evaluates it in rational arithmetic instead.
+    """
+    if arithmetic == ARITHMETIC_EXACT:
+        # Fraction(str(x)): the decimal the user wrote (0.3 → 3/10), not its nearest binary float
+        s, g = Fraction(str(sparsity)), Fraction(str(gamma))
+        k_a = s * n_layers * (n_groups * group_cost + n_neurons * neuron_cost) / (
+            group_cost + g * neuron_cost * Fraction(n_neurons, n_groups)
+        )
+        return Budget(int(k_a), int(g * k_a * Fraction(n_neurons, n_groups)))
+    if arithmetic != ARITHMETIC_OFFICIAL:
+        raise ValueError(f"unknown arithmetic {arithmetic!r}; choose {ARITHMETIC_OFFICIAL!r} or {ARITHMETIC_EXACT!r}")
+    d_model = neuron_cost / 3  # a SwiGLU neuron owns 3·d_model weights
+    a = group_cost / d_model  # = 2·head_dim·(n_rep + 1), an integer for these architectures
+    if a == int(a):
+        a = int(a)
+    per_layer = (a * n_groups + n_neurons * 3) * sparsity
+    ratio = (a * n_groups) / (n_neurons * 3) * (1 / gamma) * 3 / a  # = N_a / (γ·N_m)
+    k_a = per_layer / (a + 1 / ratio * 3) * n_layers
+    return Budget(int(k_a), int(k_a / ratio))
+
+
+def validate_hyperparameters(sparsity: float, gamma: float, round_to: int = 8) -> None:
+    if not isinstance(sparsity, int | float) or not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    if not isinstance(gamma, int | float) or not gamma > 0 or math.isinf(gamma):
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
+
+
+def _uniform_cost(layers: list[LayerUnits], kind: str) -> int:
+    costs = {layer.group(kind).unit_cost for layer in layers}
+    if len(costs) != 1:
+        raise ValueError(f"{kind} units cost different numbers of parameters across layers: {sorted(costs)}")
+    return costs.pop()
+
+
+def budget_for(layers: list[LayerUnits], sparsity: float, gamma: float, arithmetic: str = ARITHMETIC_OFFICIAL) -> Budget:
+    """The closed form needs identical layers, i.e. a dense model (plans always refer to the dense model)."""
+    widths = {(layer.attention.n_units, layer.mlp.n_units) for layer in layers}
+    if len(widths) != 1:
+        raise ValueError(f"allocation needs a dense model with identical layers; found widths {sorted(widths)}")
+    (n_groups, n_neurons) = widths.pop()
+    return closed_form_budget(
+        len(layers),
+        n_groups,
+        _uniform_cost(layers, "attention"),
+        n_neurons,
+        _uniform_cost(layers, "mlp"),
+        sparsity,
+        gamma,
+        arithmetic,
+    )
+
+
+def _pruned_by_global_threshold(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """Boolean masks: unit pruned iff its score ≤ the k-th smallest score of the pool (ties prune more)."""
+    if k <= 0:
+        return [torch.zeros_like(s, dtype=torch.bool) for s in scores]
+    pool = torch.cat(scores)
+    k = min(k, pool.numel())
+    threshold = torch.sort(pool).values[k - 1]
+    return [s <= threshold for s in scores]
+
+
+def _pruned_by_layer_fraction(scores: list[torch.Tensor], fraction: float) -> list[torch.Tensor]:
+    masks = []
+    for s in scores:
+        k = int(fraction * s.numel())
+        mask = torch.zeros_like(s, dtype=torch.bool)
+        if k > 0:
+            # stable sort: among equal scores the lower index goes first, deterministically
+            mask[torch.sort(s, stable=True).indices[:k]] = True
+        masks.append(mask)
+    return masks
+
+
+def keep_one_group(pruned: torch.Tensor, scores: torch.Tensor, rule: str) -> torch.Tensor:
+    """A layer must keep ≥ 1 attention group (an empty attention block has no defined shape)."""
+    if not bool(pruned.all()):
+        return pruned
+    pruned = pruned.clone()
+    if rule == SPARE_HIGHEST_INDEX:
+        pruned[-1] = False
+    elif rule == SPARE_BEST_SCORE:
+        pruned[int(torch.argmax(scores))] = False
+    else:
+        raise ValueError(f"unknown spare rule {rule!r}; choose one of {SPARE_RULES}")
+    return pruned
+
+
+def round_kept_width(pruned: torch.Tensor, scores: torch.Tensor, round_to: int) -> torch.Tensor:
+    """Round the kept MLP width UP to a multiple of `round_to` (≥ round_to) by sparing the best candidates.
+
+    Multiples of 8 keep matmuls on tensor-core-friendly shapes; rounding up means we never prune more than
+    the threshold asked for.
+    """
+    n = pruned.numel()
+    kept = n - int(pruned.sum())
+    target = min(n, max(round_to, math.ceil(kept / round_to) * round_to))
+    if target <= kept:
+        return pruned
+    pruned = pruned.clone()
+    candidates = torch.nonzero(pruned).flatten()
+    order = torch.sort(scores[candidates], descending=True, stable=True).indices
+    pruned[candidates[order[: target - kept]]] = False
+    return pruned
+
+
+def allocate(
+    layers: list[LayerUnits],
+    scores: UnitScores,
+    sparsity: float,
+    gamma: float,
+    method: str = "global",
+    round_to: int = 8,
+    spare_rule: str = SPARE_HIGHEST_INDEX,
+    arithmetic: str = ARITHMETIC_OFFICIAL,
+) -> list[tuple[list[int], list[int]]]:
+    """Kept (attention groups, MLP neurons) per layer, as sorted index lists into the dense units."""
+    validate_hyperparameters(sparsity, gamma, round_to)
+    if spare_rule not in SPARE_RULES:
+        raise ValueError(f"unknown spare rule {spare_rule!r}; choose one of {SPARE_RULES}")
+    budget = budget_for(layers, sparsity, gamma, arithmetic)
+    if method == "global":
+        att = _pruned_by_global_threshold(scores.attention, budget.k_attention)
+        mlp = _pruned_by_global_threshold(scores.mlp, budget.k_mlp)
+    elif method == "uniform":
+        n_groups = sum(layer.attention.n_units for layer in layers)
+        n_neurons = sum(layer.mlp.n_units for layer in layers)
+        att = _pruned_by_layer_fraction(scores.attention, budget.k_attention / n_groups)
+        mlp = _pruned_by_layer_fraction(scores.mlp, budget.k_mlp / n_neurons)
+    else:
+        raise ValueError(f"unknown allocation method {method!r}; choose 'global' or 'uniform'")
+
+    kept = []
+    for i in range(len(layers)):
+        a = keep_one_group(att[i], scores.attention[i], spare_rule)
+        m = round_kept_width(mlp[i], scores.mlp[i], round_to)
+        kept.append((torch.nonzero(~a).flatten().tolist(), torch.nonzero(~m).flatten().tolist()))
+    return kept
+
+
+ALLOCATORS = ("global", "uniform")

@@ -1,0 +1,59 @@
+"""Pruned checkpoints that load anywhere: `save_pruned` / `load_pruned`.
+
+A checkpoint folder holds the usual HF files, `pruning_plan.json`, and `modeling_nirvana.py` (referenced by
+`auto_map`), so `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` and the stock
+`lm_eval --model hf --model_args pretrained=dir,trust_remote_code=True` work without this package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from .adapters import get_adapter
+from .plan import PLAN_FILENAME, PruningPlan
+from .surgery import record_layer_widths
+
+MODELING_FILE = Path(__file__).resolve().parent / "checkpoint_code" / "modeling_nirvana.py"
+
+
+def save_pruned(model: nn.Module, plan: PruningPlan | None, save_dir: str | os.PathLike, tokenizer=None) -> Path:
+    """Save atomically: written to a sibling temp folder, then renamed, so no half checkpoint survives a crash."""
+    save_dir = Path(save_dir)
+    adapter = get_adapter(model)
+    config = model.config
+    record_layer_widths(adapter)
+    module = MODELING_FILE.stem
+    config.auto_map = {"AutoModelForCausalLM": f"{module}.{adapter.checkpoint_class_name()}"}
+    save_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.", dir=save_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        shutil.copy2(MODELING_FILE, tmp / MODELING_FILE.name)
+        if plan is not None:
+            plan.save(tmp / PLAN_FILENAME)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if save_dir.exists():
+            shutil.rmtree(save_dir)
+        os.replace(tmp, save_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return save_dir
+
+
+def load_pruned(path: str | os.PathLike, **kwargs) -> nn.Module:
+    """Load a checkpoint written by `save_pruned` (or any HF causal LM folder)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs.setdefault("trust_remote_code", True)
+    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+
+
+def load_plan(path: str | os.PathLike) -> PruningPlan:
+    return PruningPlan.load(path)

@@ -1,0 +1,77 @@
+"""Loading the model to prune: hub ids, local folders, the offline SmolLM2 asset, tiny test models.
+
+Device and dtype follow the paper's set-up by default: CUDA in bf16 when a GPU is present, else CPU in
+float32 (bf16 matmuls are slow on CPUs, and fp32 is where plans match the official ones bit for bit).
+`device_map` passes through to accelerate for models larger than one GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import paths
+
+BUILTIN = {"smollm2-135m-instruct": paths.smollm2_dir}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; choose auto or one of {sorted(table)}")
+    return table[dtype]
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA device is available")
+    return device
+
+
+def resolve_path(name_or_path: str) -> str:
+    """`builtin:<name>` → the offline asset folder (with a clear error if `make assets` has not run)."""
+    if name_or_path.startswith("builtin:"):
+        name = name_or_path.split(":", 1)[1]
+        if name not in BUILTIN:
+            raise ValueError(f"unknown builtin model {name!r}; choose one of {sorted(BUILTIN)}")
+        folder = BUILTIN[name]()
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"the offline model {name} is not built at {folder}: run `make assets`")
+        return str(folder)
+    return name_or_path
+
+
+def load_model(
+    name_or_path: str,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | None = "auto",
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = True,
+):
+    """Return (model in eval mode, tokenizer). `tiny:<family>` builds a random tiny model for smoke runs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name_or_path.startswith("tiny:"):
+        from .tiny import tiny_model, tiny_tokenizer
+
+        return tiny_model(name_or_path.split(":", 1)[1]), tiny_tokenizer()
+    path = resolve_path(name_or_path)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    if not Path(path).exists() and "/" not in path:
+        raise FileNotFoundError(f"model {path!r} is neither a local folder nor a hub id (owner/name)")
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code
+    )
+    if device_map is None:
+        model.to(device)
+    return model.eval(), tokenizer

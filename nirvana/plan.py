@@ -1,0 +1,129 @@
+"""The pruning plan: which units of the dense model survive, as a JSON file next to the checkpoint.
+
+A plan is the whole decision: applying it to the dense model (nirvana.surgery.apply_plan) reproduces the
+pruned model exactly, so plans can be compared, diffed and plotted without loading any weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PLAN_FORMAT = "nirvana-plan/1"
+PLAN_FILENAME = "pruning_plan.json"
+
+
+@dataclass
+class LayerPlan:
+    index: int
+    kept_groups: list[int]
+    kept_neurons: list[int]
+    n_groups: int  # dense units, so a plan can be checked against a model before surgery
+    n_neurons: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "attention": {"kept_groups": self.kept_groups, "n_groups": self.n_groups},
+            "mlp": {"kept_neurons": self.kept_neurons, "n_neurons": self.n_neurons},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LayerPlan:
+        return cls(
+            index=int(d["index"]),
+            kept_groups=[int(i) for i in d["attention"]["kept_groups"]],
+            kept_neurons=[int(i) for i in d["mlp"]["kept_neurons"]],
+            n_groups=int(d["attention"]["n_groups"]),
+            n_neurons=int(d["mlp"]["n_neurons"]),
+        )
+
+
+@dataclass
+class PruningPlan:
+    model: str
+    pruner: str
+    sparsity: float
+    gamma: float
+    params_before: int
+    params_after: int
+    layers: list[LayerPlan]
+    allocator: str = "global"
+    group_cost: int = 0  # parameters per attention group / MLP neuron (for re-deriving counts)
+    neuron_cost: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # provenance: calibration, scorer options, …
+
+    # --- derived ----------------------------------------------------------------------------------
+    @property
+    def pruned_groups(self) -> int:
+        return sum(layer.n_groups - len(layer.kept_groups) for layer in self.layers)
+
+    @property
+    def pruned_neurons(self) -> int:
+        return sum(layer.n_neurons - len(layer.kept_neurons) for layer in self.layers)
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.params_after / self.params_before
+
+    def summary(self) -> str:
+        return (
+            f"{self.pruner} s={self.sparsity:g} γ={self.gamma:g} ({self.allocator}): pruned "
+            f"{self.pruned_groups} attention groups, {self.pruned_neurons} MLP neurons; params "
+            f"{self.params_before:,} → {self.params_after:,} ({100 * self.kept_fraction:.1f}% kept)"
+        )
+
+    # --- JSON -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = {"format": PLAN_FORMAT, **{k: v for k, v in asdict(self).items() if k != "layers"}}
+        d["pruned_groups"] = self.pruned_groups
+        d["pruned_neurons"] = self.pruned_neurons
+        d["layers"] = [layer.to_dict() for layer in self.layers]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PruningPlan:
+        if d.get("format") != PLAN_FORMAT:
+            raise ValueError(f"not a NIRVANA plan (format {d.get('format')!r}, expected {PLAN_FORMAT!r})")
+        return cls(
+            model=d["model"],
+            pruner=d["pruner"],
+            sparsity=float(d["sparsity"]),
+            gamma=float(d["gamma"]),
+            params_before=int(d["params_before"]),
+            params_after=int(d["params_after"]),
+            layers=[LayerPlan.from_dict(x) for x in d["layers"]],
+            allocator=d.get("allocator", "global"),
+            group_cost=int(d.get("group_cost", 0)),
+            neuron_cost=int(d.get("neuron_cost", 0)),
+            extra=dict(d.get("extra", {})),
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        if path.is_dir():
+            path = path / PLAN_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # write-then-rename: an interrupted save never leaves a truncated plan behind
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+            json.dump(self.to_dict(), f, indent=1)
+        os.replace(f.name, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PruningPlan:
+        path = Path(path)
+        if path.is_dir():
+            path = path / PLAN_FILENAME
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def same_decision(self, other: PruningPlan) -> bool:
+        """True when both plans keep exactly the same units."""
+        return [(x.kept_groups, x.kept_neurons) for x in self.layers] == [
+            (x.kept_groups, x.kept_neurons) for x in other.layers
+        ]

@@ -1,0 +1,97 @@
+"""Surgery: physically remove the units a plan drops, through the adapter.
+
+Each prunable parameter is replaced by `index_select` of its kept blocks (rows of q/k/v/gate/up, columns of
+o/down), so the pruned model is an ordinary, smaller dense model: no masks, real speed-ups. The config's
+`per_layer_config` is updated to the new widths, so the model describes itself truthfully (and saves so).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .adapters import MODULE_KINDS, ModelAdapter, get_adapter
+from .plan import PruningPlan
+
+
+class _KnownHeterogeneousAccess(logging.Filter):
+    """Drop transformers' warning about reading global widths from a per-layer config: this code builds each
+    layer from its own entry, so the global values it reads are only the starting shapes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "per-layer attribute" not in record.getMessage()
+
+
+logging.getLogger("transformers.integrations.heterogeneity.configuration_utils").addFilter(
+    _KnownHeterogeneousAccess()
+)
+
+
+def kept_element_index(kept_units: list[int], block: int, device) -> torch.Tensor:
+    units = torch.as_tensor(kept_units, dtype=torch.long, device=device)
+    return (units[:, None] * block + torch.arange(block, device=device)[None, :]).flatten()
+
+
+def _sync_module_shape(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.Embedding):
+        module.num_embeddings, module.embedding_dim = module.weight.shape
+
+
+def check_plan_fits(plan: PruningPlan, adapter: ModelAdapter) -> None:
+    layers = adapter.layers()
+    if len(plan.layers) != len(layers):
+        raise ValueError(f"plan has {len(plan.layers)} layers, model has {len(layers)}")
+    for lp, layer in zip(plan.layers, layers):
+        for kind, kept, n_plan, n_model in (
+            ("attention", lp.kept_groups, lp.n_groups, layer.attention.n_units),
+            ("mlp", lp.kept_neurons, lp.n_neurons, layer.mlp.n_units),
+        ):
+            if n_plan != n_model:
+                raise ValueError(
+                    f"layer {lp.index} {kind}: plan is for {n_plan} dense units but the model has {n_model} "
+                    "(plans apply to the dense model)"
+                )
+            if not kept:
+                raise ValueError(f"layer {lp.index} {kind}: plan keeps no unit")
+            if kept != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= n_model:
+                raise ValueError(f"layer {lp.index} {kind}: kept indices must be sorted, unique, in [0, {n_model})")
+
+
+@torch.no_grad()
+def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """Prune `model` in place to `plan` and return it."""
+    adapter = get_adapter(model)
+    check_plan_fits(plan, adapter)
+    for lp, layer in zip(plan.layers, adapter.layers()):
+        for kind in MODULE_KINDS:
+            group = layer.group(kind)
+            kept = lp.kept_groups if kind == "attention" else lp.kept_neurons
+            if len(kept) == group.n_units:
+                continue
+            for s in group.slices:
+                old = s.param
+                index = kept_element_index(kept, s.block, old.device)
+                new = nn.Parameter(old.index_select(s.dim, index).contiguous(), requires_grad=old.requires_grad)
+                setattr(s.module, s.param_name, new)
+                _sync_module_shape(s.module)
+        adapter.after_surgery(layer)
+    record_layer_widths(adapter)
+    return model
+
+
+def record_layer_widths(adapter: ModelAdapter) -> None:
+    """Write the current per-layer widths into transformers' own `per_layer_config` field."""
+    config = adapter.config
+    # Stock modeling code (5.24) still reads the global widths; let it, while the per-layer truth is recorded.
+    config.allow_global_per_layer_attribute_access = True
+    overrides = adapter.per_layer_overrides()
+    config.per_layer_config = {i: dict(o) for i, o in overrides.items()}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (tied embeddings counted once, as `model.num_parameters()` does)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from nirvana.tiny import TINY_FAMILIES, tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(params=TINY_FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture
+def model(family):
+    return tiny_model(family)
+
+
+@pytest.fixture(scope="session")
+def calib_ids(tokenizer):
+    """8 windows of 32 tokens of real text (pydoc topics), deterministic."""
+    from nirvana.tiny import pydoc_text
+
+    ids = tokenizer(pydoc_text()[:200_000], return_tensors="pt").input_ids[0]
+    n, t = 8, 32
+    starts = torch.arange(n) * (ids.numel() // n)
+    return torch.stack([ids[s : s + t] for s in starts.tolist()])
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real offline SmolLM2-135M-Instruct in fp32 (slow tests; built by `make assets`)."""
+    from nirvana import paths
+    from nirvana.models import load_model
+
+    if not (paths.smollm2_dir() / "config.json").exists():
+        pytest.skip("SmolLM2 asset not built: run `make assets`")
+    model, _ = load_model("builtin:smollm2-135m-instruct", dtype="float32", device="cpu")
+    return model
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2):
+    from transformers import AutoTokenizer
+
+    from nirvana import paths
+
+    return AutoTokenizer.from_pretrained(paths.smollm2_dir())
+
+
+@pytest.fixture(scope="session")
+def smollm2_calibration(smollm2_tokenizer):
+    """One fixed 32×128 batch: the offline LAMBADA tail, passages joined in 4s, official sampler, seed 12."""
+    from nirvana.calibration import build_calibration
+
+    return build_calibration("lambada_tail", smollm2_tokenizer, n_samples=32, seq_len=128, seed=12, join=4)

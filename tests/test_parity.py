@@ -1,0 +1,50 @@
+"""Exact parity with an independent implementation of the official algorithm (tests/reference_official.py)."""
+
+import pytest
+from reference_official import official_counts, official_plan, official_unit_scores
+from reference_official import plan_from_scores as ref_plan_from_scores
+
+from nirvana.pruning import compute_plan, plan_from_scores, score_units
+from nirvana.tiny import tiny_model
+
+
+def kept(plan):
+    return [{"kept_groups": lp.kept_groups, "kept_neurons": lp.kept_neurons} for lp in plan.layers]
+
+
+@pytest.mark.parametrize("criterion", ["nirvana", "magnitude"])
+@pytest.mark.parametrize("sparsity,gamma", [(0.2, 3.36), (0.5, 3.36), (0.2, 1.0), (0.7, 1.0)])
+def test_tiny_plans_equal_official(criterion, sparsity, gamma, calib_ids):
+    model = tiny_model("llama", num_hidden_layers=6, num_key_value_heads=2, num_attention_heads=8,
+                       intermediate_size=160)
+    ours = compute_plan(model, calib_ids, criterion, sparsity=sparsity, gamma=gamma)
+    ref = official_plan(model, calib_ids, sparsity, gamma, criterion=criterion)
+    assert kept(ours) == ref["layers"]
+    assert (ours.pruned_groups, ours.pruned_neurons) == (ref["pruned_groups"], ref["pruned_neurons"])
+
+
+SMOL_CASES = [("nirvana", 0.2, 3.36), ("nirvana", 0.5, 3.36), ("nirvana", 0.2, 1.0), ("magnitude", 0.2, 3.36)]
+
+
+@pytest.fixture(scope="module")
+def smol_scores(smollm2, smollm2_calibration):
+    """One scoring pass per criterion and implementation (each nirvana pass is ~25 s on 2 cores)."""
+    ours = {c: score_units(smollm2, smollm2_calibration, c) for c in ("nirvana", "magnitude")}
+    ref = {c: official_unit_scores(smollm2, smollm2_calibration, c) for c in ("nirvana", "magnitude")}
+    return ours, ref
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("criterion,sparsity,gamma", SMOL_CASES)
+def test_smollm2_plans_equal_official(criterion, sparsity, gamma, smollm2, smol_scores):
+    """The issue's acceptance check: fp32 SmolLM2, one fixed 32×128 calibration tensor, identical plans."""
+    ours, ref = smol_scores
+    plan = plan_from_scores(smollm2, ours[criterion], sparsity, gamma)
+    cfg = smollm2.config
+    n_rep = cfg.num_attention_heads // cfg.num_key_value_heads
+    k_a, k_m = official_counts(cfg.num_hidden_layers, cfg.num_key_value_heads,
+                               2 * cfg.head_dim * (n_rep + 1) * cfg.hidden_size, cfg.intermediate_size,
+                               3 * cfg.hidden_size, sparsity, gamma)
+    expected = ref_plan_from_scores(*ref[criterion], k_a, k_m)
+    assert kept(plan) == expected["layers"]
+    assert (plan.pruned_groups, plan.pruned_neurons) == (expected["pruned_groups"], expected["pruned_neurons"])
