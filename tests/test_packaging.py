@@ -1,0 +1,41 @@
+"""Set-up files agree with each other, and every Hydra config composes."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(spec: str) -> str:
+    for sep in ("==", ">=", "<=", "<", ">", "["):
+        spec = spec.split(sep)[0]
+    return spec.strip().lower()
+
+
+def test_environment_yml_lists_the_same_requirements_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(s): s for s in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = {_name(s): s for s in pip}
+    assert set(listed) == set(wanted)
+    for name, spec in wanted.items():
+        if name == "torch":  # pyproject leaves the build to TORCH_SPEC; environment.yml pins the tested one
+            continue
+        assert listed[name].replace(" ", "") == spec.replace(" ", ""), name
+
+
+def test_exact_pins_for_what_changes_numbers():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for pkg in ("transformers", "tokenizers", "datasets", "lm-eval"):
+        spec = next(s for s in deps if _name(s) == pkg)
+        assert "==" in spec, spec
+
+
+def test_makefile_installs_torch_first_from_a_variable():
+    text = (ROOT / "Makefile").read_text()
+    assert re.search(r"^TORCH_SPEC\s*\?=\s*torch==", text, re.M)
+    assert text.index("$(TORCH_SPEC)") < text.index('pip install -e ".[dev]"')
