@@ -1,0 +1,111 @@
+"""Atomic writes: a reader (or a crashed build) never sees a half-written file or folder.
+
+Everything is first written into a temporary sibling of its destination -- same parent, hence same
+filesystem, so the final `os.replace` is a single atomic rename -- and removed again if anything fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+# Temporary siblings start with this prefix, so a stale one (from a killed process) is recognisable.
+TMP_PREFIX = ".tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(path: Path, is_dir: bool) -> None:
+    # mkdtemp/mkstemp create private (0700/0600) entries; give the result the permissions a plain
+    # mkdir/open would have, so a cache shared by a lab (NIRVANA_CACHE) stays readable to others.
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder; on success it replaces `final` in one rename, on error it vanishes.
+
+    An existing `final` (e.g. an invalid earlier build) is swapped out only after the new folder is complete,
+    so an interrupted rebuild leaves the old one (or nothing), never a mixture.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=final.parent))
+    try:
+        _default_mode(tmp, is_dir=True)
+        yield tmp
+        if final.exists():
+            # os.replace cannot overwrite a non-empty folder: move the old one aside first.
+            trash = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-old-", dir=final.parent))
+            os.replace(final, trash / final.name)
+            os.replace(tmp, final)
+            _remove(trash)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path, mode: str = "w", **open_kwargs) -> Iterator:
+    """Open a temporary sibling of `final` for writing; it becomes `final` only when the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=final.parent)
+    tmp = Path(name)
+    try:
+        _default_mode(tmp, is_dir=False)
+        if "b" not in mode:
+            open_kwargs.setdefault("encoding", "utf-8")
+        with os.fdopen(fd, mode, **open_kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    with atomic_file(path) as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+    """Write one JSON object per line (UTF-8, non-ASCII kept readable); return the number of rows."""
+    n = 0
+    with atomic_file(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def stale_tmp(parent: Path) -> list[Path]:
+    """Leftovers of killed builds (a SIGKILL skips the clean-up above); `build` removes them."""
+    return sorted(Path(parent).glob(f"{TMP_PREFIX}*")) if Path(parent).is_dir() else []
