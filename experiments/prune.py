@@ -20,8 +20,7 @@ from nirvana.allocation import validate_hyperparameters
 from nirvana.calibration import build_calibration
 from nirvana.checkpoint import save_pruned
 from nirvana.models import load_model
-from nirvana.pruning import compute_plan
-from nirvana.scoring import make_scorer
+from nirvana.pruning import CALIBRATION_FREE, PRUNERS, compute_plan
 from nirvana.surgery import apply_plan
 
 
@@ -33,9 +32,11 @@ def run_prune(cfg: DictConfig, out_dir: str | Path):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     p = cfg.pruner
+    options = {k: v for k, v in OmegaConf.to_container(p, resolve=True).items() if k not in ("name", "gamma")}
     # Cheap checks first: a typo in sparsity must not cost a model load and a backward pass.
-    validate_hyperparameters(cfg.sparsity, p.gamma, p.round_to)
-    scorer = make_scorer(p.name, include_bias=p.include_bias)
+    if p.name not in PRUNERS:
+        raise ValueError(f"unknown pruner {p.name!r}; choose one of {sorted(PRUNERS)}")
+    validate_hyperparameters(cfg.sparsity, p.gamma, options.get("round_to", 8))
 
     t0 = time.perf_counter()
     model, tokenizer = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.model.device, cfg.model.device_map)
@@ -43,7 +44,7 @@ def run_prune(cfg: DictConfig, out_dir: str | Path):
 
     c = cfg.calibration
     ids = None
-    if scorer.needs_calibration:
+    if p.name not in CALIBRATION_FREE:
         ids = build_calibration(c.source, tokenizer, c.n_samples, c.seq_len, c.seed, c.path, c.join, c.field)
         import torch
 
@@ -51,10 +52,10 @@ def run_prune(cfg: DictConfig, out_dir: str | Path):
 
     t1 = time.perf_counter()
     plan = compute_plan(
-        model, ids, scorer, sparsity=cfg.sparsity, gamma=p.gamma, allocator=p.allocator, round_to=p.round_to,
-        spare_rule=p.spare_rule, arithmetic=p.arithmetic, model_name=cfg.model.name,
+        model, ids, p.name, sparsity=cfg.sparsity, gamma=p.gamma, model_name=cfg.model.name,
         extra={"calibration": OmegaConf.to_container(c, resolve=True),
                "calibration_shape": list(ids.shape) if ids is not None else None},
+        **options,
     )
     t_score = time.perf_counter() - t1
     plan.save(out_dir)

@@ -122,16 +122,62 @@ def _pruned_by_global_threshold(scores: list[torch.Tensor], k: int) -> list[torc
     return [s <= threshold for s in scores]
 
 
-def _pruned_by_layer_fraction(scores: list[torch.Tensor], fraction: float) -> list[torch.Tensor]:
+def _pruned_by_layer_fraction(scores: list[torch.Tensor], fractions: list[float]) -> list[torch.Tensor]:
+    """Per layer, prune units scoring below the score at index int(f·n) of the ascending sort.
+
+    FLAP's and Wanda-sp's rule: units tying with the cut are kept, and int() truncates, so a layer of 3
+    GQA groups at f=0.2 loses none (int(0.6) = 0).
+    """
     masks = []
-    for s in scores:
-        k = int(fraction * s.numel())
-        mask = torch.zeros_like(s, dtype=torch.bool)
-        if k > 0:
-            # stable sort: among equal scores the lower index goes first, deterministically
-            mask[torch.sort(s, stable=True).indices[:k]] = True
-        masks.append(mask)
+    for s, f in zip(scores, fractions):
+        k = int(f * s.numel())
+        if k <= 0:
+            masks.append(torch.zeros_like(s, dtype=torch.bool))
+        else:  # f < 1 is validated, so k < n
+            masks.append(s < torch.sort(s).values[k])
     return masks
+
+
+def layer_range_mask(n_layers: int, layer_start: int = 0, layer_end: int | None = None) -> list[bool]:
+    """Which layers a uniform allocator may prune; negative `layer_end` counts from the end (Python slice)."""
+    indices = range(n_layers)[layer_start:layer_end]
+    if len(indices) == 0:
+        raise ValueError(f"layer range [{layer_start}, {layer_end}) selects no layer of {n_layers}")
+    return [i in indices for i in range(n_layers)]
+
+
+RATIO_MATCHED = "matched"
+RATIO_LITERAL = "literal"
+
+
+def uniform_fractions(
+    layers: list[LayerUnits], sparsity: float, gamma: float, in_range: list[bool], ratio: str
+) -> tuple[float, float]:
+    """Per-layer pruned fractions (attention, MLP) for layers inside the range; γ = MLP/attention.
+
+    `matched` (default): chosen so that the parameters removed equal `sparsity` of ALL attention+MLP
+    parameters, so methods compare at equal sparsity even when some layers are left intact.
+    `literal`: LLM-Pruner's flag semantics — `sparsity` is the fraction of units (heads/neurons, not
+    parameters) removed in each layer of the range, so the model-wide sparsity comes out lower.
+    """
+    if ratio == RATIO_LITERAL:
+        f_a = sparsity
+    elif ratio == RATIO_MATCHED:
+        def cost(layer: LayerUnits, mlp_weight: float) -> float:
+            return layer.attention.n_units * layer.attention.unit_cost + mlp_weight * layer.mlp.n_units * layer.mlp.unit_cost
+
+        total = sum(cost(layer, 1.0) for layer in layers)
+        in_scope = sum(cost(layer, gamma) for layer, inside in zip(layers, in_range) if inside)
+        f_a = sparsity * total / in_scope
+    else:
+        raise ValueError(f"unknown ratio mode {ratio!r}; choose {RATIO_MATCHED!r} or {RATIO_LITERAL!r}")
+    f_m = gamma * f_a
+    if f_a >= 1 or f_m >= 1:
+        raise ValueError(
+            f"sparsity {sparsity} with γ={gamma} needs pruned fractions attention={f_a:.3f}, mlp={f_m:.3f} inside "
+            "the layer range; both must stay below 1 (widen the range or lower the sparsity)"
+        )
+    return f_a, f_m
 
 
 def keep_one_group(pruned: torch.Tensor, scores: torch.Tensor, rule: str) -> torch.Tensor:
@@ -175,25 +221,39 @@ def allocate(
     round_to: int = 8,
     spare_rule: str = SPARE_HIGHEST_INDEX,
     arithmetic: str = ARITHMETIC_OFFICIAL,
+    layer_start: int = 0,
+    layer_end: int | None = None,
+    ratio: str = RATIO_MATCHED,
 ) -> list[tuple[list[int], list[int]]]:
-    """Kept (attention groups, MLP neurons) per layer, as sorted index lists into the dense units."""
+    """Kept (attention groups, MLP neurons) per layer, as sorted index lists into the dense units.
+
+    `global`: NIRVANA's closed-form budget and one threshold per module type over all layers.
+    `uniform`: the same fractions in every layer of [layer_start, layer_end) (others intact), as
+    LLM-Pruner and Wanda-sp do; see `uniform_fractions` for the `ratio` modes.
+    """
     validate_hyperparameters(sparsity, gamma, round_to)
     if spare_rule not in SPARE_RULES:
         raise ValueError(f"unknown spare rule {spare_rule!r}; choose one of {SPARE_RULES}")
-    budget = budget_for(layers, sparsity, gamma, arithmetic)
     if method == "global":
+        budget = budget_for(layers, sparsity, gamma, arithmetic)
         att = _pruned_by_global_threshold(scores.attention, budget.k_attention)
         mlp = _pruned_by_global_threshold(scores.mlp, budget.k_mlp)
     elif method == "uniform":
-        n_groups = sum(layer.attention.n_units for layer in layers)
-        n_neurons = sum(layer.mlp.n_units for layer in layers)
-        att = _pruned_by_layer_fraction(scores.attention, budget.k_attention / n_groups)
-        mlp = _pruned_by_layer_fraction(scores.mlp, budget.k_mlp / n_neurons)
+        in_range = layer_range_mask(len(layers), layer_start, layer_end)
+        f_a, f_m = uniform_fractions(layers, sparsity, gamma, in_range, ratio)
+        att = _pruned_by_layer_fraction(scores.attention, [f_a if r else 0.0 for r in in_range])
+        mlp = _pruned_by_layer_fraction(scores.mlp, [f_m if r else 0.0 for r in in_range])
     else:
-        raise ValueError(f"unknown allocation method {method!r}; choose 'global' or 'uniform'")
+        raise ValueError(f"unknown allocation method {method!r}; choose one of {ALLOCATORS}")
+    return apply_guards(scores, att, mlp, round_to, spare_rule)
 
+
+def apply_guards(
+    scores: UnitScores, att: list[torch.Tensor], mlp: list[torch.Tensor], round_to: int, spare_rule: str
+) -> list[tuple[list[int], list[int]]]:
+    """Pruned masks → kept index lists, after the ≥1-group and multiple-of-`round_to` guards."""
     kept = []
-    for i in range(len(layers)):
+    for i in range(len(att)):
         a = keep_one_group(att[i], scores.attention[i], spare_rule)
         m = round_kept_width(mlp[i], scores.mlp[i], round_to)
         kept.append((torch.nonzero(~a).flatten().tolist(), torch.nonzero(~m).flatten().tolist()))

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 PLAN_FORMAT = "nirvana-plan/1"
 PLAN_FILENAME = "pruning_plan.json"
+BIAS_SUFFIX = ".bias.safetensors"  # FLAP's compensation biases live beside the JSON, as tensors
 
 
 @dataclass
@@ -56,6 +57,8 @@ class PruningPlan:
     group_cost: int = 0  # parameters per attention group / MLP neuron (for re-deriving counts)
     neuron_cost: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # provenance: calibration, scorer options, …
+    # {layer index: {"attention"|"mlp": bias [hidden]}} added to o_proj/down_proj (FLAP); None for most pruners
+    output_bias: dict[int, dict[str, Any]] | None = None
 
     # --- derived ----------------------------------------------------------------------------------
     @property
@@ -79,7 +82,8 @@ class PruningPlan:
 
     # --- JSON -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = {"format": PLAN_FORMAT, **{k: v for k, v in asdict(self).items() if k != "layers"}}
+        d = {"format": PLAN_FORMAT}
+        d.update({f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("layers", "output_bias")})
         d["pruned_groups"] = self.pruned_groups
         d["pruned_neurons"] = self.pruned_neurons
         d["layers"] = [layer.to_dict() for layer in self.layers]
@@ -108,9 +112,17 @@ class PruningPlan:
         if path.is_dir():
             path = path / PLAN_FILENAME
         path.parent.mkdir(parents=True, exist_ok=True)
+        d = self.to_dict()
+        if self.output_bias:
+            from safetensors.torch import save_file
+
+            d["output_bias_file"] = path.name + BIAS_SUFFIX
+            tensors = {f"{i}.{kind}": b.detach().cpu().float().contiguous()
+                       for i, kinds in self.output_bias.items() for kind, b in kinds.items()}
+            save_file(tensors, str(path.parent / d["output_bias_file"]))  # before the JSON that names it
         # write-then-rename: an interrupted save never leaves a truncated plan behind
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-            json.dump(self.to_dict(), f, indent=1)
+            json.dump(d, f, indent=1)
         os.replace(f.name, path)
         return path
 
@@ -120,7 +132,16 @@ class PruningPlan:
         if path.is_dir():
             path = path / PLAN_FILENAME
         with open(path) as f:
-            return cls.from_dict(json.load(f))
+            d = json.load(f)
+        plan = cls.from_dict(d)
+        if d.get("output_bias_file"):
+            from safetensors.torch import load_file
+
+            plan.output_bias = {}
+            for key, t in load_file(str(path.parent / d["output_bias_file"])).items():
+                i, kind = key.split(".")
+                plan.output_bias.setdefault(int(i), {})[kind] = t
+        return plan
 
     def same_decision(self, other: PruningPlan) -> bool:
         """True when both plans keep exactly the same units."""

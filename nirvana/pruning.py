@@ -1,11 +1,13 @@
 """The Python API: score → plan → apply → save, each step callable alone.
 
-    from nirvana.pruning import score_units, plan_from_scores, prune
-    scores = score_units(model, calib_ids, "nirvana")            # UnitScores
+    from nirvana.pruning import compute_plan, score_units, plan_from_scores
+    plan = compute_plan(model, calib_ids, "nirvana", sparsity=0.5, gamma=3.36)   # any pruner
+    scores = score_units(model, calib_ids, "nirvana")                            # or step by step
     plan = plan_from_scores(model, scores, sparsity=0.5, gamma=3.36)
     apply_plan(model, plan); save_pruned(model, plan, "out/", tokenizer)
 
-`prune(model, ids, ...)` chains the first three.
+Pruners: `nirvana`, `magnitude`, `taylor`, `random` score units and hand the scores to an allocator
+(`global` or `uniform`); `wanda_sp` and `flap` allocate as part of the method (nirvana.baselines).
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .adapters import ModelAdapter, get_adapter
+from .adapters import LayerUnits, ModelAdapter, get_adapter
 from .allocation import ARITHMETIC_OFFICIAL, SPARE_HIGHEST_INDEX, allocate, validate_hyperparameters
 from .plan import LayerPlan, PruningPlan
-from .scoring import Scorer, UnitScores, make_scorer
+from .scoring import SCORERS, Scorer, UnitScores, make_scorer
 from .surgery import apply_plan, count_parameters
+
+PRUNERS = (*SCORERS, "wanda_sp", "flap")
+CALIBRATION_FREE = ("magnitude", "random")
 
 
 def validate_calibration(input_ids: torch.Tensor, adapter: ModelAdapter) -> None:
@@ -39,19 +44,49 @@ def validate_calibration(input_ids: torch.Tensor, adapter: ModelAdapter) -> None
         raise ValueError(f"calibration ids must lie in [0, {vocab}) (the vocabulary); found [{lo}, {hi}]")
 
 
-def _as_scorer(scorer: str | Scorer) -> Scorer:
-    return make_scorer(scorer) if isinstance(scorer, str) else scorer
+def _prepare_ids(model: nn.Module, adapter: ModelAdapter, input_ids, pruner: str) -> torch.Tensor | None:
+    if pruner in CALIBRATION_FREE:
+        return None
+    if input_ids is None:
+        raise ValueError(f"pruner {pruner!r} needs calibration ids")
+    validate_calibration(input_ids, adapter)
+    return input_ids.to(device=next(model.parameters()).device, dtype=torch.long)
 
 
 def score_units(model: nn.Module, input_ids: torch.Tensor | None, scorer: str | Scorer = "nirvana") -> UnitScores:
     adapter = get_adapter(model)
-    scorer = _as_scorer(scorer)
-    if scorer.needs_calibration:
-        if input_ids is None:
-            raise ValueError(f"scorer {scorer.name!r} needs calibration ids")
-        validate_calibration(input_ids, adapter)
-        input_ids = input_ids.to(device=next(model.parameters()).device, dtype=torch.long)
-    return scorer.score(adapter, input_ids)
+    scorer = make_scorer(scorer) if isinstance(scorer, str) else scorer
+    ids = _prepare_ids(model, adapter, input_ids, scorer.name if scorer.needs_calibration else "magnitude")
+    return scorer.score(adapter, ids)
+
+
+def _make_plan(model, layers: list[LayerUnits], kept, sparsity, gamma, pruner, allocator, model_name, extra,
+               output_bias=None) -> PruningPlan:
+    params_before = count_parameters(model)
+    removed = 0
+    layer_plans = []
+    for layer, (groups, neurons) in zip(layers, kept):
+        removed += (layer.attention.n_units - len(groups)) * layer.attention.unit_cost
+        removed += (layer.mlp.n_units - len(neurons)) * layer.mlp.unit_cost
+        layer_plans.append(LayerPlan(layer.index, groups, neurons, layer.attention.n_units, layer.mlp.n_units))
+    if output_bias:  # compensation biases are new parameters: one hidden-size vector per projection that lacks one
+        hidden = layers[0].attention.output_projection().param.shape[0]
+        removed -= sum(hidden for layer in layers for g in (layer.attention, layer.mlp)
+                       if g.output_projection().module.bias is None)
+    return PruningPlan(
+        model=model_name or getattr(model.config, "_name_or_path", "") or model.config.model_type,
+        pruner=pruner,
+        sparsity=float(sparsity),
+        gamma=float(gamma),
+        params_before=params_before,
+        params_after=params_before - removed,
+        layers=layer_plans,
+        allocator=allocator,
+        group_cost=layers[0].attention.unit_cost,
+        neuron_cost=layers[0].mlp.unit_cost,
+        extra=dict(extra or {}),
+        output_bias=output_bias,
+    )
 
 
 def plan_from_scores(
@@ -66,55 +101,61 @@ def plan_from_scores(
     pruner: str = "nirvana",
     model_name: str | None = None,
     extra: dict | None = None,
+    layer_start: int = 0,
+    layer_end: int | None = None,
+    ratio: str = "matched",
 ) -> PruningPlan:
-    adapter = get_adapter(model)
-    layers = adapter.layers()
-    kept = allocate(layers, scores, sparsity, gamma, allocator, round_to, spare_rule, arithmetic)
-    params_before = count_parameters(model)
-    removed = 0
-    layer_plans = []
-    for layer, (groups, neurons) in zip(layers, kept):
-        removed += (layer.attention.n_units - len(groups)) * layer.attention.unit_cost
-        removed += (layer.mlp.n_units - len(neurons)) * layer.mlp.unit_cost
-        layer_plans.append(LayerPlan(layer.index, groups, neurons, layer.attention.n_units, layer.mlp.n_units))
-    return PruningPlan(
-        model=model_name or getattr(model.config, "_name_or_path", "") or model.config.model_type,
-        pruner=pruner,
-        sparsity=float(sparsity),
-        gamma=float(gamma),
-        params_before=params_before,
-        params_after=params_before - removed,
-        layers=layer_plans,
-        allocator=allocator,
-        group_cost=layers[0].attention.unit_cost,
-        neuron_cost=layers[0].mlp.unit_cost,
-        extra={"round_to": round_to, "spare_rule": spare_rule, "arithmetic": arithmetic, **(extra or {})},
-    )
+    layers = get_adapter(model).layers()
+    kept = allocate(layers, scores, sparsity, gamma, allocator, round_to, spare_rule, arithmetic,
+                    layer_start, layer_end, ratio)
+    options = {"round_to": round_to, "spare_rule": spare_rule, "arithmetic": arithmetic}
+    if allocator == "uniform":
+        options.update(layer_start=layer_start, layer_end=layer_end, ratio=ratio)
+    return _make_plan(model, layers, kept, sparsity, gamma, pruner, allocator, model_name,
+                      {**options, **(extra or {})})
 
 
 def compute_plan(
     model: nn.Module,
     input_ids: torch.Tensor | None,
-    scorer: str | Scorer = "nirvana",
+    pruner: str | Scorer = "nirvana",
     sparsity: float = 0.2,
     gamma: float = 1.0,
-    allocator: str = "global",
-    round_to: int = 8,
-    spare_rule: str = SPARE_HIGHEST_INDEX,
-    arithmetic: str = ARITHMETIC_OFFICIAL,
     model_name: str | None = None,
     extra: dict | None = None,
+    **options,
 ) -> PruningPlan:
-    validate_hyperparameters(sparsity, gamma, round_to)  # fail before the (expensive) scoring pass
-    scorer = _as_scorer(scorer)
-    scores = score_units(model, input_ids, scorer)
-    return plan_from_scores(
-        model, scores, sparsity, gamma, allocator, round_to, spare_rule, arithmetic, scorer.name, model_name, extra
-    )
+    """Any pruner by name. `options` are the pruner's own (see conf/pruner/<name>.yaml); unknown ones raise."""
+    name = pruner.name if isinstance(pruner, Scorer) else pruner
+    if name not in PRUNERS:
+        raise ValueError(f"unknown pruner {name!r}; choose one of {sorted(PRUNERS)}")
+    validate_hyperparameters(sparsity, gamma, options.get("round_to", 8))  # before any expensive pass
+    adapter = get_adapter(model)
+    ids = _prepare_ids(model, adapter, input_ids, name)
+
+    if name in ("wanda_sp", "flap"):
+        from .baselines.flap import flap_plan
+        from .baselines.wanda_sp import wanda_sp_plan
+
+        bias = None
+        if name == "wanda_sp":
+            kept, _ = wanda_sp_plan(adapter, ids, sparsity, gamma, **options)
+            allocator = "uniform"
+        else:
+            kept, _, bias = flap_plan(adapter, ids, sparsity, **options)
+            allocator = "standardized_global"
+        return _make_plan(model, adapter.layers(), kept, sparsity, gamma, name, allocator, model_name,
+                          {**options, **(extra or {})}, output_bias=bias)
+
+    scorer_kwargs = {k: options.pop(k) for k in ("include_bias", "seed") if k in options}
+    scorer = pruner if isinstance(pruner, Scorer) else make_scorer(name, **scorer_kwargs)
+    scores = scorer.score(adapter, ids)
+    return plan_from_scores(model, scores, sparsity, gamma, pruner=name, model_name=model_name,
+                            extra={**scorer_kwargs, **(extra or {})}, **options)
 
 
 def prune(model: nn.Module, input_ids: torch.Tensor | None, **kwargs) -> tuple[nn.Module, PruningPlan]:
-    """Score, plan and cut `model` in place; returns (model, plan)."""
+    """Plan and cut `model` in place; returns (model, plan). kwargs as `compute_plan`."""
     plan = compute_plan(model, input_ids, **kwargs)
     apply_plan(model, plan)
     return model, plan

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import ATTENTION, MLP, MODULE_KINDS, ModelAdapter, ParamSlice
+from .adapters import ATTENTION, MODULE_KINDS, ModelAdapter, ParamSlice
 
 
 @dataclass
@@ -37,6 +37,11 @@ def blocked_sum(weight_scores: torch.Tensor, s: ParamSlice, n_units: int) -> tor
     blocks = weight_scores.unflatten(s.dim, (n_units, s.block))
     other = [d for d in range(blocks.ndim) if d != s.dim]
     return blocks.sum(dim=other) if other else blocks
+
+
+def sum_blocks(vector: torch.Tensor, n_units: int, block: int) -> torch.Tensor:
+    """[n_units·block] per-channel values → [n_units] sums of each unit's contiguous block."""
+    return vector.reshape(n_units, block).sum(dim=1)
 
 
 def _zero_scores(adapter: ModelAdapter) -> UnitScores:
@@ -147,9 +152,50 @@ class NirvanaScorer(GradientSaliencyScorer):
         return output_max_target(adapter.logits(input_ids))
 
 
+def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, mean over predicted tokens (what `model(ids, labels=ids).loss` computes)."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="mean"
+    )
+
+
+class TaylorScorer(GradientSaliencyScorer):
+    """LLM-Pruner's first-order Taylor importance: |∂L/∂W ⊙ W| with L the LM loss, summed per unit.
+
+    The only difference from NIRVANA's scorer is the target (loss instead of output), which is the point
+    of the paper's comparison.
+    """
+
+    name = "taylor"
+
+    def target(self, adapter, input_ids):
+        return lm_loss(adapter.logits(input_ids), input_ids)
+
+
+class RandomScorer(Scorer):
+    """Seeded i.i.d. uniform unit scores: the floor every criterion must beat."""
+
+    name = "random"
+    needs_calibration = False
+
+    def __init__(self, include_bias: bool = False, seed: int = 0):
+        super().__init__(include_bias)
+        self.seed = seed
+
+    def score(self, adapter, input_ids=None):
+        g = torch.Generator().manual_seed(self.seed)
+        layers = adapter.layers()
+        return UnitScores(
+            attention=[torch.rand(layer.attention.n_units, generator=g, dtype=torch.float64) for layer in layers],
+            mlp=[torch.rand(layer.mlp.n_units, generator=g, dtype=torch.float64) for layer in layers],
+        )
+
+
 SCORERS: dict[str, type[Scorer]] = {
     "nirvana": NirvanaScorer,
     "magnitude": MagnitudeScorer,
+    "taylor": TaylorScorer,
+    "random": RandomScorer,
 }
 
 
@@ -159,4 +205,7 @@ def make_scorer(name: str, **kwargs) -> Scorer:
     return SCORERS[name](**kwargs)
 
 
-__all__ = ["UnitScores", "Scorer", "MagnitudeScorer", "NirvanaScorer", "make_scorer", "SCORERS", "MLP"]
+__all__ = [
+    "UnitScores", "Scorer", "MagnitudeScorer", "NirvanaScorer", "TaylorScorer", "RandomScorer", "make_scorer",
+    "SCORERS",
+]

@@ -79,8 +79,26 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
                 setattr(s.module, s.param_name, new)
                 _sync_module_shape(s.module)
         adapter.after_surgery(layer)
+    if plan.output_bias:
+        add_output_biases(adapter, plan.output_bias)
     record_layer_widths(adapter)
     return model
+
+
+def add_output_biases(adapter: ModelAdapter, biases: dict[int, dict[str, torch.Tensor]]) -> None:
+    """FLAP's bias compensation: every layer's o_proj and down_proj get a bias (zero where nothing was
+    removed), and the config says so, so the checkpoint's modeling code creates them on load."""
+    for layer in adapter.layers():
+        for kind in MODULE_KINDS:
+            linear = layer.group(kind).output_projection().module
+            b = biases.get(layer.index, {}).get(kind)
+            new = torch.zeros(linear.out_features, dtype=linear.weight.dtype, device=linear.weight.device)
+            if linear.bias is not None:
+                new += linear.bias
+            if b is not None:
+                new += b.to(new)
+            linear.bias = nn.Parameter(new, requires_grad=linear.weight.requires_grad)
+    adapter.config.nirvana_output_bias = True
 
 
 def record_layer_widths(adapter: ModelAdapter) -> None:

@@ -79,3 +79,14 @@ def test_failed_save_leaves_nothing(tmp_path, calib_ids, monkeypatch):
     with pytest.raises(RuntimeError):
         save_pruned(model, None, tmp_path / "c")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_flap_checkpoint_with_compensation_biases_loads_fresh(tmp_path, tokenizer, calib_ids):
+    model = tiny_model("llama", num_hidden_layers=4, intermediate_size=96)
+    _, plan = prune(model, calib_ids, pruner="flap", sparsity=0.4)
+    with torch.no_grad():
+        expected = model(calib_ids).logits
+    ckpt = save_pruned(model, plan, tmp_path / "ckpt", tokenizer)
+    assert json.loads((ckpt / "config.json").read_text())["nirvana_output_bias"] is True
+    assert (ckpt / "pruning_plan.json.bias.safetensors").exists()
+    torch.testing.assert_close(fresh_process_logits(ckpt, calib_ids, tmp_path), expected, rtol=0, atol=0)

@@ -1,9 +1,9 @@
 """Set-up files agree with each other: pyproject, environment.yml, Makefile."""
 
 import re
+import tomllib
 from pathlib import Path
 
-import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

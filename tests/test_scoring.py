@@ -8,12 +8,15 @@ from nirvana.scoring import MagnitudeScorer
 from nirvana.tiny import tiny_model
 
 
-def brute_force_scores(model, ids):
-    """Per-weight autograd of the official target, aggregated by explicit loops over heads and neurons."""
+def official_target(model, ids):
+    return model(input_ids=ids, use_cache=False).logits.max(dim=1).values.mean()
+
+
+def brute_force_scores(model, ids, target=official_target):
+    """Per-weight autograd of `target`, aggregated by explicit loops over heads and neurons."""
     cfg = model.config
     weights = {n: p for n, p in model.named_parameters() if "proj.weight" in n}
-    logits = model(input_ids=ids, use_cache=False).logits
-    f = logits.max(dim=1).values.mean()
+    f = target(model, ids)
     grads = dict(zip(weights, torch.autograd.grad(f, list(weights.values()))))
     sal = {n: (grads[n] * w).abs() for n, w in weights.items()}
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads

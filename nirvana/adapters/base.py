@@ -53,6 +53,17 @@ class UnitGroup:
             total += p.numel() // p.shape[s.dim] * s.block
         return total
 
+    def output_projection(self) -> ParamSlice:
+        """The slice whose *input* channels are the units' outputs (o_proj / down_proj columns).
+
+        Activation-statistics baselines (Wanda-sp, FLAP) measure these input channels, and FLAP's bias
+        compensation adds a bias to this module.
+        """
+        for s in self.slices:
+            if s.dim == 1 and s.param_name == "weight" and isinstance(s.module, nn.Linear):
+                return s
+        raise ValueError(f"layer {self.layer} {self.kind}: no output projection among the unit's parameters")
+
     def check(self) -> None:
         for s in self.slices:
             size = s.param.shape[s.dim]
