@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nirvana.allocation import validate_hyperparameters
-from nirvana.calibration import build_calibration
+from nirvana.calibration import choose_calibration
 from nirvana.checkpoint import save_pruned
 from nirvana.models import load_model
 from nirvana.pruning import CALIBRATION_FREE, PRUNERS, compute_plan
@@ -42,21 +43,23 @@ def run_prune(cfg: DictConfig, out_dir: str | Path):
     model, tokenizer = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.model.device, cfg.model.device_map)
     t_load = time.perf_counter() - t0
 
-    c = cfg.calibration
-    ids = None
-    if p.name not in CALIBRATION_FREE:
-        ids = build_calibration(c.source, tokenizer, c.n_samples, c.seq_len, c.seed, c.path, c.join, c.field)
-        import torch
+    c = OmegaConf.to_container(cfg.calibration, resolve=True)
 
-        torch.save(ids, out_dir / "calibration.pt")
+    def plan_for(ids, extra=None):
+        return compute_plan(model, ids, p.name, sparsity=cfg.sparsity, gamma=p.gamma, model_name=cfg.model.name,
+                            extra=extra, **options)
 
     t1 = time.perf_counter()
-    plan = compute_plan(
-        model, ids, p.name, sparsity=cfg.sparsity, gamma=p.gamma, model_name=cfg.model.name,
-        extra={"calibration": OmegaConf.to_container(c, resolve=True),
-               "calibration_shape": list(ids.shape) if ids is not None else None},
-        **options,
-    )
+    ids, chosen = None, {"selection": "none"}
+    if p.name not in CALIBRATION_FREE:
+        ids, chosen = choose_calibration(model, tokenizer, plan_for, **c)
+        torch.save(ids, out_dir / "calibration.pt")
+    plan = plan_for(ids, {"calibration": c, "calibration_choice": chosen,
+                          "calibration_shape": list(ids.shape) if ids is not None else None})
+    if chosen.get("candidates") and chosen["selection"] == "kl":
+        for cand in chosen["candidates"]:
+            mark = " ← chosen" if cand["label"] == chosen["chosen"] else ""
+            print(f"[calibration] {cand['label']}: KL {cand['kl']:.5f}{mark}")
     t_score = time.perf_counter() - t1
     plan.save(out_dir)
     apply_plan(model, plan)

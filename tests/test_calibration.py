@@ -48,7 +48,7 @@ def test_windows_come_from_distinct_texts(tokenizer):
 
 def test_source_too_small_names_both_numbers(tokenizer):
     texts = ["short"] * 10 + ["a long enough text " * 20] * 2
-    with pytest.raises(ValueError, match=r"only 2 texts .* 3 samples of 16 tokens"):
+    with pytest.raises(ValueError, match=r"only 2 usable texts .* 3 samples of 16 tokens"):
         sample_windows(texts, tokenizer, 3, 16, seed=0)
 
 

@@ -1,0 +1,128 @@
+"""Where calibration text comes from: hub datasets, the offline sets, local files, saved id tensors.
+
+Hub sources (need network access to the Hugging Face hub): `bookcorpus` (the paper's default), `c4`
+(allenai/c4 en, first shard), `wikitext2` (wikitext-2-raw-v1 train) and a generic `hf` (name, config,
+split, field). They stay memory-mapped `datasets` tables, read one text at a time, so BookCorpus's 74M rows
+never become a Python list. Offline: `lambada_tail`, `wiki_passages`, `pydoc`, `text_file`; and `tensor`,
+a saved LongTensor of ids.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from .. import paths
+
+
+class HubTexts(Sequence):
+    """A lazy view of one text column of a `datasets.Dataset`."""
+
+    def __init__(self, dataset, field: str):
+        if field not in dataset.column_names:
+            raise ValueError(f"text field {field!r} not in the dataset's columns {dataset.column_names}")
+        self.dataset, self.field = dataset, field
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[i][self.field]
+
+    def filtered(self, keep: Callable[[str], bool]) -> HubTexts:
+        return HubTexts(self.dataset.filter(lambda row: keep(row[self.field])), self.field)
+
+
+HUB_SOURCES = {
+    # name: (load_dataset args, kwargs, text field)
+    "bookcorpus": (("bookcorpus",), {"split": "train"}, "text"),
+    "c4": (("allenai/c4",), {"data_files": {"train": "en/c4-train.00000-of-01024.json.gz"}, "split": "train"}, "text"),
+    "wikitext2": (("wikitext", "wikitext-2-raw-v1"), {"split": "train"}, "text"),
+}
+
+
+def hub_texts(name: str, hf_name: str | None = None, hf_config: str | None = None, split: str = "train",
+              field: str = "text") -> HubTexts:
+    import datasets
+
+    if name == "hf":
+        if not hf_name:
+            raise ValueError("calibration source 'hf' needs calibration.hf_name (and optionally hf_config, split, field)")
+        args, kwargs = ((hf_name, hf_config) if hf_config else (hf_name,)), {"split": split}
+    else:
+        args, kwargs, field = HUB_SOURCES[name]
+    try:
+        dataset = datasets.load_dataset(*args, **kwargs)
+    except Exception as err:  # offline machines end here: say what to use instead
+        raise RuntimeError(
+            f"could not load calibration source {name!r} from the hub ({type(err).__name__}: {err}); offline, use "
+            "calibration=lambada_tail, wiki_passages, text_file or tensor"
+        ) from err
+    return HubTexts(dataset, field)
+
+
+def read_texts(path: str | Path, field: str = "text") -> list[str]:
+    """A .jsonl file (one object per line, `field` holds the text) or a plain text file (one text per
+    blank-line-separated paragraph)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"calibration text file {path} does not exist (offline sets come from `make assets`)")
+    if path.suffix == ".jsonl":
+        with open(path) as f:
+            return [json.loads(line)[field] for line in f if line.strip()]
+    return [p for p in path.read_text().split("\n\n") if p.strip()]
+
+
+def join_consecutive(texts: Sequence[str], group: int) -> list[str]:
+    """Join every `group` consecutive passages with a blank line.
+
+    LAMBADA passages are short (only 8 of the 2000 tail passages reach 128 SmolLM2 tokens), so the
+    official one-passage-per-window sampler would never finish on them; joined in 4s they make 500
+    novel excerpts of book-like text, the role BookCorpus plays in the paper.
+    """
+    if group < 1:
+        raise ValueError(f"group must be ≥ 1, got {group}")
+    return ["\n\n".join(texts[i : i + group]) for i in range(0, len(texts), group)]
+
+
+OFFLINE_TEXTS = {"lambada_tail": "lambada_tail.jsonl", "wiki_passages": "wiki_passages.jsonl"}
+SOURCES = ("tensor", "text_file", "pydoc", "hf", *OFFLINE_TEXTS, *HUB_SOURCES)
+
+
+def offline_texts(name: str) -> list[str]:
+    if name == "pydoc":  # the standard library's documentation topics: always present (tests, smoke runs)
+        from pydoc_data.topics import topics
+
+        return [topics[k] for k in sorted(topics)]
+    return read_texts(paths.text_dir() / OFFLINE_TEXTS[name])
+
+
+def load_texts(source: str, path: str | None = None, field: str = "text", join: int = 1,
+               hf_name: str | None = None, hf_config: str | None = None, split: str = "train") -> Sequence[str]:
+    """The texts of any text source (everything but `tensor`), with consecutive passages joined if asked."""
+    if source not in SOURCES or source == "tensor":
+        raise ValueError(f"unknown text source {source!r}; choose one of {sorted(s for s in SOURCES if s != 'tensor')}")
+    if source == "text_file":
+        if path is None:
+            raise ValueError("calibration source 'text_file' needs calibration.path=FILE (.jsonl or .txt)")
+        texts: Sequence[str] = read_texts(path, field)
+    elif source in HUB_SOURCES or source == "hf":
+        texts = hub_texts(source, hf_name, hf_config, split, field)
+    else:
+        texts = offline_texts(source)
+    if join > 1:
+        texts = join_consecutive(list(texts), join)
+    return texts
+
+
+def load_id_tensor(path: str | Path) -> torch.Tensor:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"calibration tensor {path} does not exist")
+    ids = torch.load(path, weights_only=True)
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{path} holds a {type(ids).__name__}, expected a LongTensor [n_samples, seq_len]")
+    return ids.long()

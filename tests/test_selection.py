@@ -1,0 +1,136 @@
+"""KL-based calibration selection and the calibration sources."""
+
+import pytest
+import torch
+
+from nirvana.calibration import (
+    Candidate,
+    choose_calibration,
+    draw_windows,
+    kl_to_dense,
+    load_texts,
+    select_by_kl,
+)
+from nirvana.pruning import compute_plan
+from nirvana.tiny import tiny_model
+
+
+def keep_all(model, calib_ids):
+    return compute_plan(model, calib_ids, "magnitude", sparsity=0.0, gamma=1.0)
+
+
+def test_kl_is_zero_for_the_dense_plan_and_positive_otherwise(calib_ids):
+    model = tiny_model("llama")
+    probe = calib_ids[:, :16]
+    assert kl_to_dense(model, keep_all(model, calib_ids), probe) == pytest.approx(0.0, abs=1e-7)
+    pruned = compute_plan(model, calib_ids, "nirvana", sparsity=0.5, gamma=1.0)
+    assert kl_to_dense(model, pruned, probe) > 1e-4
+
+
+def test_kl_matches_the_physically_pruned_model(calib_ids):
+    from nirvana.surgery import apply_plan
+
+    model = tiny_model("qwen3")
+    plan = compute_plan(model, calib_ids, "nirvana", sparsity=0.5, gamma=1.0)
+    probe = calib_ids[:4, :16]
+    kl = kl_to_dense(model, plan, probe)
+    with torch.no_grad():
+        dense = torch.log_softmax(model(probe).logits, -1)
+        apply_plan(model, plan)
+        pruned = torch.log_softmax(model(probe).logits, -1)
+    assert kl == pytest.approx(float((dense.exp() * (dense - pruned)).sum(-1).mean()), rel=1e-4)
+
+
+def test_selection_returns_the_argmin(calib_ids):
+    model = tiny_model("llama")
+    cands = [Candidate(f"c{i}", "x", i, calib_ids[i : i + 2]) for i in range(4)]
+
+    def plan_for(ids):  # candidate 2 induces the dense plan (KL 0); the others prune more and more
+        i = next(j for j, c in enumerate(cands) if torch.equal(c.ids, ids))
+        return keep_all(model, calib_ids) if i == 2 else compute_plan(model, ids, "nirvana", sparsity=0.2 + 0.1 * i)
+
+    assert select_by_kl(model, cands, calib_ids[:, :16], plan_for) == 2
+    assert cands[2].kl == pytest.approx(0.0, abs=1e-7) and all(c.kl > 0 for i, c in enumerate(cands) if i != 2)
+
+
+@pytest.mark.parametrize("selection", ["kl", "kl_per_sample"])
+def test_choose_calibration_records_candidates_and_keeps_probe_disjoint(selection, tokenizer, monkeypatch):
+    import nirvana.calibration as cal
+
+    model = tiny_model("llama")
+    probes = []
+    real_draw = cal.draw_windows
+
+    def spy(texts, tok, n, t, seed, exclude=frozenset()):
+        w = real_draw(texts, tok, n, t, seed, exclude)
+        if exclude:
+            probes.append((set(w.texts), set(exclude)))
+        return w
+
+    monkeypatch.setattr(cal, "draw_windows", spy)
+    ids, record = choose_calibration(
+        model, tokenizer, lambda x: compute_plan(model, x, "nirvana", sparsity=0.4, gamma=1.0), "pydoc",
+        n_samples=3, seq_len=24, seed=5, selection=selection, candidates=3,
+        probe={"n_samples": 6, "seq_len": 16, "seed": 42},
+    )
+    assert ids.shape == (3, 24)
+    (probe_texts, candidate_texts), = probes
+    assert probe_texts and not probe_texts & candidate_texts
+    kls = [c["kl"] for c in record["candidates"]]
+    assert all(k is not None and k >= 0 for k in kls)
+    if selection == "kl":
+        assert len(kls) == 3
+        assert record["chosen"] == min(record["candidates"], key=lambda c: c["kl"])["label"]
+    else:
+        chosen = set(record["chosen"])
+        assert len(chosen) == 3
+        worst_chosen = max(c["kl"] for c in record["candidates"] if c["label"] in chosen)
+        assert all(c["kl"] >= worst_chosen for c in record["candidates"] if c["label"] not in chosen)
+
+
+def test_selection_rejects_a_fixed_tensor(tokenizer):
+    with pytest.raises(ValueError, match="nothing to choose from"):
+        choose_calibration(None, tokenizer, None, "tensor", selection="kl")
+    with pytest.raises(ValueError, match="unknown calibration selection"):
+        choose_calibration(None, tokenizer, None, "pydoc", selection="best")
+
+
+def test_probe_exclusion_is_honoured(tokenizer):
+    texts = [f"{w} " * 80 for w in "abcdefgh"]
+    first = draw_windows(texts, tokenizer, 4, 8, seed=0)
+    rest = draw_windows(texts, tokenizer, 4, 8, seed=0, exclude=set(first.texts))
+    assert not set(first.texts) & set(rest.texts)
+    with pytest.raises(ValueError, match="texts excluded"):
+        draw_windows(texts, tokenizer, 5, 8, seed=0, exclude=set(first.texts))
+
+
+def test_hub_sources_go_through_datasets(monkeypatch, tokenizer):
+    """Hub code paths stay real: `datasets.load_dataset` is swapped for a local table with the same API."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return datasets.Dataset.from_dict({"text": [f"{w} " * 60 for w in "abcdefghij"] + ["too short"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    texts = load_texts("bookcorpus")
+    assert calls[-1] == (("bookcorpus",), {"split": "train"})
+    ids = draw_windows(texts, tokenizer, 4, 16, seed=12).ids
+    assert ids.shape == (4, 16)
+    load_texts("c4")
+    assert calls[-1][0] == ("allenai/c4",) and "en/" in calls[-1][1]["data_files"]["train"]
+    load_texts("hf", hf_name="some/dataset", hf_config="cfg", split="validation")
+    assert calls[-1] == (("some/dataset", "cfg"), {"split": "validation"})
+
+
+def test_hub_failure_names_offline_alternatives(monkeypatch):
+    import datasets
+
+    def offline(*a, **k):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(RuntimeError, match="offline, use calibration=lambada_tail"):
+        load_texts("wikitext2")
