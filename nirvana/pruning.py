@@ -123,9 +123,13 @@ def compute_plan(
     gamma: float = 1.0,
     model_name: str | None = None,
     extra: dict | None = None,
+    score_cache: str | None = None,
     **options,
 ) -> PruningPlan:
-    """Any pruner by name. `options` are the pruner's own (see conf/pruner/<name>.yaml); unknown ones raise."""
+    """Any pruner by name. `options` are the pruner's own (see conf/pruner/<name>.yaml); unknown ones raise.
+
+    `score_cache`: a folder where score-based pruners keep their unit scores (nirvana.score_cache), so a
+    sweep over sparsity or γ scores each (model, scorer, calibration) once."""
     name = pruner.name if isinstance(pruner, Scorer) else pruner
     if name not in PRUNERS:
         raise ValueError(f"unknown pruner {name!r}; choose one of {sorted(PRUNERS)}")
@@ -149,7 +153,16 @@ def compute_plan(
 
     scorer_kwargs = {k: options.pop(k) for k in ("include_bias", "seed") if k in options}
     scorer = pruner if isinstance(pruner, Scorer) else make_scorer(name, **scorer_kwargs)
-    scores = scorer.score(adapter, ids)
+    scores, key = None, None
+    if score_cache and not isinstance(pruner, Scorer):
+        from .score_cache import cache_key, load_scores, save_scores
+
+        key = cache_key(model, name, scorer_kwargs, ids)
+        scores = load_scores(score_cache, key)
+    if scores is None:
+        scores = scorer.score(adapter, ids)
+        if key is not None:
+            save_scores(score_cache, key, scores)
     return plan_from_scores(model, scores, sparsity, gamma, pruner=name, model_name=model_name,
                             extra={**scorer_kwargs, **(extra or {})}, **options)
 

@@ -135,3 +135,22 @@ def test_bad_hyperparameters_fail_before_scoring(calib_ids):
     with pytest.raises(ValueError, match="gamma"):
         compute_plan(model, calib_ids, sparsity=0.5, gamma=0)
     assert calls == []
+
+
+def test_score_cache_reuses_scores_and_notices_changed_weights(tmp_path, calib_ids, monkeypatch):
+    from nirvana.scoring import NirvanaScorer
+
+    calls = []
+    real = NirvanaScorer.score
+    monkeypatch.setattr(NirvanaScorer, "score", lambda self, *a: calls.append(1) or real(self, *a))
+    model = tiny_model("llama")
+    a = compute_plan(model, calib_ids, "nirvana", sparsity=0.2, score_cache=str(tmp_path))
+    b = compute_plan(model, calib_ids, "nirvana", sparsity=0.5, gamma=2.0, score_cache=str(tmp_path))
+    assert len(calls) == 1  # scores do not depend on sparsity or γ
+    assert b.same_decision(compute_plan(model, calib_ids, "nirvana", sparsity=0.5, gamma=2.0))
+    assert a.sparsity == 0.2
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.mul_(2)
+    compute_plan(model, calib_ids, "nirvana", sparsity=0.2, score_cache=str(tmp_path))
+    compute_plan(model, calib_ids[:4], "nirvana", sparsity=0.2, score_cache=str(tmp_path))
+    assert len(calls) == 4  # new weights → rescored; new calibration → rescored (plus the uncached call)
