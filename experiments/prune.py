@@ -52,7 +52,8 @@ def run_prune(cfg: DictConfig, out_dir: str | Path):
     t1 = time.perf_counter()
     ids, chosen = None, {"selection": "none"}
     if p.name not in CALIBRATION_FREE:
-        ids, chosen = choose_calibration(model, tokenizer, plan_for, **c)
+        choice = choose_calibration(model, tokenizer, plan_for, **c)
+        ids, chosen = choice.ids, choice.record
         torch.save(ids, out_dir / "calibration.pt")
     plan = plan_for(ids, {"calibration": c, "calibration_choice": chosen,
                           "calibration_shape": list(ids.shape) if ids is not None else None})

@@ -68,12 +68,13 @@ def test_choose_calibration_records_candidates_and_keeps_probe_disjoint(selectio
         return w
 
     monkeypatch.setattr(cal, "draw_windows", spy)
-    ids, record = choose_calibration(
+    choice = choose_calibration(
         model, tokenizer, lambda x: compute_plan(model, x, "nirvana", sparsity=0.4, gamma=1.0), "pydoc",
         n_samples=3, seq_len=24, seed=5, selection=selection, candidates=3,
         probe={"n_samples": 6, "seq_len": 16, "seed": 42},
     )
-    assert ids.shape == (3, 24)
+    ids, record = choice.ids, choice.record
+    assert ids.shape == (3, 24) and choice.probe_ids.shape == (6, 16)
     (probe_texts, candidate_texts), = probes
     assert probe_texts and not probe_texts & candidate_texts
     kls = [c["kl"] for c in record["candidates"]]
