@@ -9,12 +9,18 @@ TORCH_SPEC  ?= torch==2.13.0
 # Where `make assets` puts model weights and benchmark data (git-ignored; override to share a cache).
 export NIRVANA_CACHE ?= $(CURDIR)/.cache/nirvana
 PYTEST_ARGS ?=
+# reproduce-table2: the model config (conf/model/*.yaml) and the Hydra launcher (basic | joblib | submitit_slurm)
+MODEL    ?= llama3.1_8b
+LAUNCHER ?= basic
+ARGS     ?=
+# The offline default has no hub: the same sweep on offline text and tasks
+TABLE2_EXPERIMENT = $(if $(filter smollm2_135m,$(MODEL)),table2_offline,table2)
 
 SETUP_STAMP  := $(VENV)/.setup-done
 ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets test test-fast demo lint clean-assets
+.PHONY: help setup assets test test-fast demo reproduce-table2 report-demo lint clean-assets
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-20s %s\n", $$1, $$2}'
@@ -41,8 +47,20 @@ test: $(ASSETS_STAMP) ## set up, build assets, run the whole test suite but GPU 
 test-fast: $(SETUP_STAMP) ## tests that need no built asset (no `slow`, no `gpu`)
 	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 
-demo: $(ASSETS_STAMP) ## the main job on the offline default (SmolLM2-135M)
-	$(PY) -m experiments.demo
+demo: $(ASSETS_STAMP) ## the main job on the offline default: prune SmolLM2 with NIRVANA + baselines, evaluate, tabulate
+	$(PY) -m experiments.run -m experiment=demo $(ARGS)
+	$(MAKE) --no-print-directory report-demo
+
+report-demo: $(SETUP_STAMP) ## rebuild results/demo tables and figures from its rows
+	$(PY) -m experiments.report --rows results/demo/rows.jsonl --out results/demo \
+		--plans $$(ls -t outputs/demo/*/*/pruning_plan.json 2>/dev/null | grep -v /dense | head -20)
+
+reproduce-table2: $(SETUP_STAMP) ## Table 2 sweep (GPU + hub); MODEL=smollm2_135m runs it offline; LAUNCHER=joblib|submitit_slurm
+	$(PY) -m experiments.run experiment=$(TABLE2_EXPERIMENT) model=$(MODEL) preflight=true $(ARGS)
+	$(if $(filter table2_offline,$(TABLE2_EXPERIMENT)),$(MAKE) --no-print-directory assets)
+	$(PY) -m experiments.run -m experiment=$(TABLE2_EXPERIMENT) model=$(MODEL) hydra/launcher=$(LAUNCHER) $(ARGS)
+	$(PY) -m experiments.report --rows results/rows/table2_$(MODEL).jsonl --out results/tables/$(MODEL) \
+		--model $(MODEL) --paper results/paper/table2.csv
 
 lint: $(SETUP_STAMP) ## ruff
 	$(VENV)/bin/ruff check nirvana experiments tests

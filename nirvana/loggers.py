@@ -1,0 +1,80 @@
+"""Experiment loggers with one API (`log_config`, `log_rows`, `log_files`, `finish`), chosen by config.
+
+Result rows stay the source of truth; a logger only mirrors them. `NullLogger` does nothing (nanoGPT's
+trick instead of `if wandb:` branches everywhere). `WandbLogger` runs offline unless told otherwise and
+never fails or blocks a run: if wandb cannot start (not logged in, no network), it warns and becomes a
+NullLogger.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+class NullLogger:
+    def log_config(self, config: dict[str, Any]) -> None: ...
+
+    def log_rows(self, rows: Iterable[dict[str, Any]]) -> None: ...
+
+    def log_files(self, paths: Iterable[str | Path]) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class WandbLogger(NullLogger):
+    def __init__(self, project: str = "nirvana", mode: str = "offline", run_name: str | None = None,
+                 group: str | None = None, dir: str | None = None):
+        self.run = None
+        try:
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.run = wandb.init(project=project, mode=mode, name=run_name, group=group, dir=dir,
+                                  reinit="finish_previous")
+        except Exception as err:  # noqa: BLE001 — a mirror must never take the run down with it
+            warnings.warn(f"wandb logging disabled ({type(err).__name__}: {err}); result rows are unaffected",
+                          stacklevel=2)
+
+    def log_config(self, config):
+        if self.run is not None:
+            self.run.config.update(config, allow_val_change=True)
+
+    def log_rows(self, rows):
+        if self.run is None:
+            return
+        metrics = {}
+        for r in rows:
+            key = r["metric"] if r["task"] in ("speed", "pruning", "calibration") or "/" in r["metric"] else f"{r['task']}/{r['metric']}"
+            metrics[key] = r["value"]
+        self.run.log(metrics)
+        self.run.summary.update(metrics)
+
+    def log_files(self, paths):
+        if self.run is None:
+            return
+        import wandb
+
+        for p in paths:
+            p = Path(p)
+            if p.suffix == ".png":
+                self.run.log({p.stem: wandb.Image(str(p))})
+            elif p.suffix == ".csv":
+                import pandas as pd
+
+                self.run.log({p.stem: wandb.Table(dataframe=pd.read_csv(p))})
+
+    def finish(self):
+        if self.run is not None:
+            self.run.finish()
+
+
+def make_logger(kind: str = "none", **kwargs) -> NullLogger:
+    if kind in ("none", "jsonl"):  # jsonl: the result rows themselves, which every run writes anyway
+        return NullLogger()
+    if kind == "wandb":
+        return WandbLogger(**kwargs)
+    raise ValueError(f"unknown logger {kind!r}; choose none, jsonl or wandb")

@@ -1,0 +1,178 @@
+"""Experiment configs, the run entry point, resumable sweeps, and the report — on tiny models."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from experiments.report import build_report
+from experiments.run import run_experiment, run_identity
+from nirvana.reporting import tables
+from nirvana.results import append_rows, make_row, read_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+# Shrink any experiment to seconds: tiny model, tiny calibration and probe, 2 items per task, 4 windows.
+SHRINK = [
+    "model=tiny_llama", "calibration=pydoc", "calibration.n_samples=4", "calibration.seq_len=32",
+    "calibration.candidates=2", "calibration.probe.n_samples=4", "calibration.probe.seq_len=16",
+    "eval=quick", "eval.limit=2", "eval.zeroshot.tasks=[arc_easy]", "eval.perplexity.max_windows=4",
+    "eval.speed=null", "score_cache=null", "progress=false",
+]
+
+
+def cfg(*overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="run", overrides=list(overrides), return_hydra_config=False)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_runs_shrunk(name, tmp_path):
+    full = cfg(f"experiment={name}")
+    assert full.hydra if "hydra" in full else True
+    c = cfg(f"experiment={name}", *SHRINK, f"results_file={tmp_path / 'rows.jsonl'}", "requires.gpu=false",
+            "requires.hub=false", "eval.perplexity.datasets=[wiki_passages]", "eval.zeroshot.suite=local")
+    rows = run_experiment(c, tmp_path / "run")
+    assert rows and all(r["model"] == "tiny_llama" for r in rows)
+
+
+def test_experiment_sweeps_live_in_the_files():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        c = compose(config_name="run", overrides=["experiment=demo"], return_hydra_config=True)
+    params = c.hydra.sweeper.params
+    assert set(params.pruner.split(",")) >= {"dense", "nirvana", "magnitude", "wanda_sp", "flap"}
+    assert params.sparsity == "0.2,0.4"
+
+
+def test_dense_runs_share_one_id_whatever_the_sweep_says():
+    a, _ = run_identity(cfg("pruner=dense", "sparsity=0.2"))
+    b, _ = run_identity(cfg("pruner=dense", "sparsity=0.4", "calibration=pydoc"))
+    c, _ = run_identity(cfg("pruner=nirvana", "sparsity=0.2"))
+    d, _ = run_identity(cfg("pruner=nirvana", "sparsity=0.2", "results_file=elsewhere.jsonl", "force=true"))
+    assert a == b and a != c and c == d
+
+
+def test_multirun_with_joblib_resumes_and_recomputes_only_what_is_missing(tmp_path):
+    rows_file = tmp_path / "rows.jsonl"
+    cmd = [sys.executable, "-m", "experiments.run", "-m", *SHRINK, "eval=ppl", "eval.perplexity.seq_len=[32]",
+           "eval.perplexity.datasets=[wiki_passages]", "pruner=nirvana,magnitude", "sparsity=0.3",
+           f"results_file={rows_file}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    df = read_rows(rows_file)
+    assert set(df["pruner"]) == {"nirvana", "magnitude"}
+    second = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert second.returncode == 0 and second.stdout.count("already complete") == 2, second.stdout[-2000:]
+    kept = df[df["pruner"] == "nirvana"]
+    rows_file.unlink()
+    append_rows(rows_file, kept.to_dict("records"))  # lose magnitude's rows
+    third = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert third.stdout.count("already complete") == 1, third.stdout[-2000:]
+    assert set(read_rows(rows_file)["pruner"]) == {"nirvana", "magnitude"}
+
+
+def test_a_crash_mid_run_leaves_no_rows(tmp_path, monkeypatch):
+    import experiments.run as run_mod
+
+    def boom(*a, **k):
+        raise RuntimeError("killed during evaluation")
+
+    monkeypatch.setattr(run_mod, "perplexity_rows", boom)
+    c = cfg(*SHRINK, "eval=ppl", f"results_file={tmp_path / 'rows.jsonl'}")
+    with pytest.raises(RuntimeError):
+        run_experiment(c, tmp_path / "run")
+    assert not (tmp_path / "rows.jsonl").exists() or read_rows(tmp_path / "rows.jsonl").empty
+
+
+def test_preflight_stops_before_loading_when_gpu_or_hub_is_missing(tmp_path, monkeypatch):
+    import experiments.run as run_mod
+
+    monkeypatch.setattr(run_mod, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("nirvana.requirements.hub_reachable", lambda timeout=5.0: False)
+    with pytest.raises(SystemExit, match="needs a CUDA GPU|needs the Hugging Face hub"):
+        run_experiment(cfg("experiment=table2", "preflight=true"), tmp_path)
+
+
+def fixture_rows():
+    run = {"model": "m", "checkpoint": "c", "calibration_source": "x", "calibration_seed": 0,
+           "calibration_selection": "none", "dtype": "float32", "device": "cpu"}
+    rows = []
+    for pruner, s, gamma, base in [("dense", 0.0, None, 0.6), ("nirvana", 0.2, 3.36, 0.55), ("flap", 0.2, 1.0, 0.5),
+                                   ("nirvana", 0.4, 3.36, 0.45), ("flap", 0.4, 1.0, 0.4)]:
+        r = {**run, "run_id": f"{pruner}{s}", "pruner": pruner, "sparsity": s, "gamma": gamma}
+        rows += [make_row(r, "arc_easy", "acc", base), make_row(r, "arc_easy", "acc_norm", 0.0),
+                 make_row(r, "piqa", "acc", base + 0.1), make_row(r, "average", "mean_task_metric", base + 0.05),
+                 make_row(r, "wiki_passages", "ppl/wiki_passages@128", 10 / base, seq_len=128)]
+        if pruner != "dense":
+            rows.append(make_row(r, "calibration", "kl/probe", 1 - base))
+    return rows
+
+
+def test_table_builder_on_fixture_rows(tmp_path):
+    append_rows(tmp_path / "rows.jsonl", fixture_rows())
+    wide = tables.table2(read_rows(tmp_path / "rows.jsonl"))
+    assert list(wide.columns) == ["arc_easy", "piqa", "avg", "wiki_passages@128"]
+    assert list(wide.index) == [("dense", 0.0), ("nirvana (γ=3.36)", 0.2), ("flap", 0.2), ("nirvana (γ=3.36)", 0.4),
+                                ("flap", 0.4)]
+    md = tables.to_markdown(wide)
+    assert "| nirvana (γ=3.36) | 0.2 | 0.5500 | 0.6500 | 0.6000 | 18.18 |" in md
+
+
+def test_report_writes_tables_figures_and_paper_comparison(tmp_path):
+    append_rows(tmp_path / "rows.jsonl", fixture_rows())
+    paper = tmp_path / "paper.csv"
+    pd.DataFrame([{"model": "m", "method": "nirvana (γ=3.36)", "sparsity": 0.2, "column": "arc_easy",
+                   "value": 0.5}]).to_csv(paper, index=False)
+    written = build_report([str(tmp_path / "rows.jsonl")], tmp_path / "out", paper=str(paper))
+    names = {p.name for p in written}
+    assert {"table2.md", "table2.csv", "table2.tex", "table2_vs_paper.md", "metrics_vs_sparsity.png",
+            "kl_vs_perplexity.png"} <= names
+    assert all(p.stat().st_size > 0 for p in written)
+    assert "0.0500" in (tmp_path / "out" / "table2_vs_paper.md").read_text()  # ours 0.55 − paper 0.50
+
+
+def test_empty_paper_file_ships_with_its_header():
+    text = (ROOT / "results" / "paper" / "table2.csv").read_text().strip().splitlines()
+    assert text == ["model,method,sparsity,column,value"]
+
+
+def test_rows_file_json_lines_are_complete(tmp_path):
+    append_rows(tmp_path / "r.jsonl", fixture_rows())
+    for line in (tmp_path / "r.jsonl").read_text().splitlines():
+        json.loads(line)
+
+
+def test_wandb_logger_runs_offline_without_an_account(tmp_path, monkeypatch):
+    from nirvana.loggers import NullLogger, WandbLogger, make_logger
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    logger = make_logger("wandb", project="test", mode="offline", dir=str(tmp_path))
+    assert isinstance(logger, WandbLogger)
+    logger.log_config({"a": 1})
+    logger.log_rows(fixture_rows()[:5])
+    logger.finish()
+    assert isinstance(make_logger("jsonl"), NullLogger)
+    with pytest.raises(ValueError, match="unknown logger"):
+        make_logger("tensorboard")
+
+
+def test_wandb_failure_never_fails_the_run(monkeypatch):
+    import wandb
+
+    from nirvana.loggers import WandbLogger
+
+    def refuse(**kwargs):
+        raise RuntimeError("not logged in")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    with pytest.warns(UserWarning, match="wandb logging disabled"):
+        logger = WandbLogger()
+    logger.log_rows(fixture_rows())  # a no-op, no exception
+    logger.finish()
