@@ -13,6 +13,9 @@ PYTEST_ARGS ?=
 MODEL    ?= llama3.1_8b
 LAUNCHER ?= basic
 ARGS     ?=
+# notebooks: where the result rows (and optionally plans) are
+RESULTS  ?= results
+PLANS    ?=
 # The offline default has no hub: the same sweep on offline text and tasks
 TABLE2_EXPERIMENT = $(if $(filter smollm2_135m,$(MODEL)),table2_offline,table2)
 
@@ -20,7 +23,7 @@ SETUP_STAMP  := $(VENV)/.setup-done
 ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets test test-fast demo reproduce-table2 report-demo lint clean-assets
+.PHONY: help setup assets test test-fast demo reproduce-table2 report-demo notebooks lint clean-assets
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-20s %s\n", $$1, $$2}'
@@ -61,6 +64,9 @@ reproduce-table2: $(SETUP_STAMP) ## Table 2 sweep (GPU + hub); MODEL=smollm2_135
 	$(PY) -m experiments.run -m experiment=$(TABLE2_EXPERIMENT) model=$(MODEL) hydra/launcher=$(LAUNCHER) $(ARGS)
 	$(PY) -m experiments.report --rows results/rows/table2_$(MODEL).jsonl --out results/tables/$(MODEL) \
 		--model $(MODEL) --paper results/paper/table2.csv
+
+notebooks: $(SETUP_STAMP) ## execute every analysis notebook headless on result rows (RESULTS=dir PLANS='glob') → outputs/notebooks
+	$(PY) -m experiments.notebooks --results $(RESULTS) $(if $(PLANS),--plans '$(PLANS)') --out outputs/notebooks
 
 lint: $(SETUP_STAMP) ## ruff
 	$(VENV)/bin/ruff check nirvana experiments tests

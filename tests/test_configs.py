@@ -32,7 +32,16 @@ def test_config_composes_and_resolves(primary, group, option):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name=primary, overrides=overrides)
     OmegaConf.resolve(cfg)  # every interpolation must resolve (no dangling ${...})
-    assert cfg[group] is not None
+    if group != "experiment":  # experiments are `# @package _global_` deltas: no key of their own
+        assert cfg[group] is not None
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_slurm"])
+def test_hydra_launchers_compose(launcher):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="run", overrides=[f"hydra/launcher={launcher}", "experiment=demo"],
+                      return_hydra_config=True)
+    assert launcher.split("_")[0] in cfg.hydra.launcher._target_.lower()
 
 
 def test_config_files_open_with_the_command_that_runs_them():
