@@ -6,7 +6,12 @@ that matter less lose more. `uniform` removes the same fractions from every laye
 
 Sparsity is the fraction of attention+MLP parameters removed (embeddings, norms and head never are).
 Both allocators return kept indices per layer; the guards (≥1 attention group per layer, kept MLP width a
-multiple of `round_to`) are shared.
+multiple of `round_to`) are shared. They act per *part* of a group (nirvana.adapters.base): a T5 decoder
+layer keeps ≥ 1 self-attention head AND ≥ 1 cross-attention head.
+
+Encoder-decoder models (layers in named stacks): `pool="model"` (default) puts every stack's units in the
+one pool per module type — the closed form then runs on the model's totals; `pool="stack"` gives each stack
+the same sparsity with its own budget and thresholds.
 """
 
 from __future__ import annotations
@@ -94,14 +99,36 @@ def _uniform_cost(layers: list[LayerUnits], kind: str) -> int:
     return costs.pop()
 
 
+def _by_stack(layers: list[LayerUnits]) -> dict[str, list[int]]:
+    """Positions in `layers` of each stack's layers, in order of first appearance."""
+    stacks: dict[str, list[int]] = {}
+    for i, layer in enumerate(layers):
+        stacks.setdefault(layer.stack, []).append(i)
+    return stacks
+
+
 def budget_for(layers: list[LayerUnits], sparsity: float, gamma: float, arithmetic: str = ARITHMETIC_OFFICIAL) -> Budget:
-    """The closed form needs identical layers, i.e. a dense model (plans always refer to the dense model)."""
-    widths = {(layer.attention.n_units, layer.mlp.n_units) for layer in layers}
-    if len(widths) != 1:
-        raise ValueError(f"allocation needs a dense model with identical layers; found widths {sorted(widths)}")
-    (n_groups, n_neurons) = widths.pop()
+    """The closed form needs identical layers, i.e. a dense model (plans always refer to the dense model).
+
+    With several stacks (encoder-decoder), layers must be identical within each stack (a T5 decoder layer
+    holds twice the encoder's heads); the closed form only depends on totals, so it runs on the model's
+    N_a = Σ groups and N_m = Σ neurons as one "layer" (unit costs must still agree across stacks).
+    """
+    stacks = _by_stack(layers)
+    for name, idx in stacks.items():
+        widths = {(layers[i].attention.n_units, layers[i].mlp.n_units) for i in idx}
+        if len(widths) != 1:
+            where = f" in stack {name!r}" if name else ""
+            raise ValueError(f"allocation needs a dense model with identical layers{where}; found widths {sorted(widths)}")
+    if len(stacks) == 1:
+        n_layers = len(layers)
+        n_groups, n_neurons = layers[0].attention.n_units, layers[0].mlp.n_units
+    else:
+        n_layers = 1
+        n_groups = sum(layer.attention.n_units for layer in layers)
+        n_neurons = sum(layer.mlp.n_units for layer in layers)
     return closed_form_budget(
-        len(layers),
+        n_layers,
         n_groups,
         _uniform_cost(layers, "attention"),
         n_neurons,
@@ -120,6 +147,17 @@ def _pruned_by_global_threshold(scores: list[torch.Tensor], k: int) -> list[torc
     k = min(k, pool.numel())
     threshold = torch.sort(pool).values[k - 1]
     return [s <= threshold for s in scores]
+
+
+def _per_part(layers: list[LayerUnits], kind: str, scores: list[torch.Tensor], fractions: list[float]) -> list[torch.Tensor]:
+    """`_pruned_by_layer_fraction` applied to each part of each layer's group (one part but for T5 decoders)."""
+    masks = []
+    for layer, s, f in zip(layers, scores, fractions):
+        m = torch.zeros_like(s, dtype=torch.bool)
+        for a, b in layer.group(kind).parts():
+            m[a:b] = _pruned_by_layer_fraction([s[a:b]], [f])[0]
+        masks.append(m)
+    return masks
 
 
 def _pruned_by_layer_fraction(scores: list[torch.Tensor], fractions: list[float]) -> list[torch.Tensor]:
@@ -148,6 +186,10 @@ def layer_range_mask(n_layers: int, layer_start: int = 0, layer_end: int | None 
 
 RATIO_MATCHED = "matched"
 RATIO_LITERAL = "literal"
+
+POOL_MODEL = "model"  # one pool per module type over every stack (the default)
+POOL_STACK = "stack"  # encoder-decoder: each stack its own budget and thresholds
+POOLS = (POOL_MODEL, POOL_STACK)
 
 
 def uniform_fractions(
@@ -224,38 +266,55 @@ def allocate(
     layer_start: int = 0,
     layer_end: int | None = None,
     ratio: str = RATIO_MATCHED,
+    pool: str = POOL_MODEL,
 ) -> list[tuple[list[int], list[int]]]:
     """Kept (attention groups, MLP neurons) per layer, as sorted index lists into the dense units.
 
-    `global`: NIRVANA's closed-form budget and one threshold per module type over all layers.
+    `global`: NIRVANA's closed-form budget and one threshold per module type over all layers (`pool="stack"`:
+    per stack of an encoder-decoder model; the same as "model" for decoder-only models).
     `uniform`: the same fractions in every layer of [layer_start, layer_end) (others intact), as
     LLM-Pruner and Wanda-sp do; see `uniform_fractions` for the `ratio` modes.
     """
     validate_hyperparameters(sparsity, gamma, round_to)
     if spare_rule not in SPARE_RULES:
         raise ValueError(f"unknown spare rule {spare_rule!r}; choose one of {SPARE_RULES}")
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}; choose one of {POOLS}")
     if method == "global":
-        budget = budget_for(layers, sparsity, gamma, arithmetic)
-        att = _pruned_by_global_threshold(scores.attention, budget.k_attention)
-        mlp = _pruned_by_global_threshold(scores.mlp, budget.k_mlp)
+        pools = list(_by_stack(layers).values()) if pool == POOL_STACK else [list(range(len(layers)))]
+        att: list = [None] * len(layers)
+        mlp: list = [None] * len(layers)
+        for idx in pools:
+            budget = budget_for([layers[i] for i in idx], sparsity, gamma, arithmetic)
+            for i, a in zip(idx, _pruned_by_global_threshold([scores.attention[i] for i in idx], budget.k_attention)):
+                att[i] = a
+            for i, m in zip(idx, _pruned_by_global_threshold([scores.mlp[i] for i in idx], budget.k_mlp)):
+                mlp[i] = m
     elif method == "uniform":
         in_range = layer_range_mask(len(layers), layer_start, layer_end)
         f_a, f_m = uniform_fractions(layers, sparsity, gamma, in_range, ratio)
-        att = _pruned_by_layer_fraction(scores.attention, [f_a if r else 0.0 for r in in_range])
-        mlp = _pruned_by_layer_fraction(scores.mlp, [f_m if r else 0.0 for r in in_range])
+        att = _per_part(layers, "attention", scores.attention, [f_a if r else 0.0 for r in in_range])
+        mlp = _per_part(layers, "mlp", scores.mlp, [f_m if r else 0.0 for r in in_range])
     else:
         raise ValueError(f"unknown allocation method {method!r}; choose one of {ALLOCATORS}")
-    return apply_guards(scores, att, mlp, round_to, spare_rule)
+    return apply_guards(scores, att, mlp, round_to, spare_rule, layers)
 
 
 def apply_guards(
-    scores: UnitScores, att: list[torch.Tensor], mlp: list[torch.Tensor], round_to: int, spare_rule: str
+    scores: UnitScores, att: list[torch.Tensor], mlp: list[torch.Tensor], round_to: int, spare_rule: str,
+    layers: list[LayerUnits] | None = None,
 ) -> list[tuple[list[int], list[int]]]:
-    """Pruned masks → kept index lists, after the ≥1-group and multiple-of-`round_to` guards."""
+    """Pruned masks → kept index lists, after the ≥1-group and multiple-of-`round_to` guards (applied to each
+    part of a group when `layers` is given; without it every group is one part)."""
     kept = []
     for i in range(len(att)):
-        a = keep_one_group(att[i], scores.attention[i], spare_rule)
-        m = round_kept_width(mlp[i], scores.mlp[i], round_to)
+        a, m = att[i].clone(), mlp[i].clone()
+        parts_a = layers[i].attention.parts() if layers is not None else [(0, a.numel())]
+        parts_m = layers[i].mlp.parts() if layers is not None else [(0, m.numel())]
+        for x, y in parts_a:
+            a[x:y] = keep_one_group(att[i][x:y], scores.attention[i][x:y], spare_rule)
+        for x, y in parts_m:
+            m[x:y] = round_kept_width(mlp[i][x:y], scores.mlp[i][x:y], round_to)
         kept.append((torch.nonzero(~a).flatten().tolist(), torch.nonzero(~m).flatten().tolist()))
     return kept
 

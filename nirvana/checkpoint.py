@@ -3,6 +3,7 @@
 A checkpoint folder holds the usual HF files, `pruning_plan.json`, and `modeling_nirvana.py` (referenced by
 `auto_map`), so `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` and the stock
 `lm_eval --model hf --model_args pretrained=dir,trust_remote_code=True` work without this package.
+Encoder–decoders (T5) register under `AutoModelForSeq2SeqLM` instead (the adapter's `auto_model_class`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def save_pruned(model: nn.Module, plan: PruningPlan | None, save_dir: str | os.P
     config = model.config
     record_layer_widths(adapter)
     module = MODELING_FILE.stem
-    config.auto_map = {"AutoModelForCausalLM": f"{module}.{adapter.checkpoint_class_name()}"}
+    config.auto_map = {adapter.auto_model_class: f"{module}.{adapter.checkpoint_class_name()}"}
     save_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.", dir=save_dir.parent))
     try:
@@ -48,11 +49,11 @@ def save_pruned(model: nn.Module, plan: PruningPlan | None, save_dir: str | os.P
 
 
 def load_pruned(path: str | os.PathLike, **kwargs) -> nn.Module:
-    """Load a checkpoint written by `save_pruned` (or any HF causal LM folder)."""
-    from transformers import AutoModelForCausalLM
+    """Load a checkpoint written by `save_pruned` (or any HF causal / seq2seq LM folder)."""
+    from .models import auto_model_class
 
     kwargs.setdefault("trust_remote_code", True)
-    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    return auto_model_class(str(path), kwargs["trust_remote_code"]).from_pretrained(str(path), **kwargs)
 
 
 def load_plan(path: str | os.PathLike) -> PruningPlan:

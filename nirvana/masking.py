@@ -29,7 +29,10 @@ class UnitMask:
         with torch.no_grad():
             for s in group.slices:
                 p = s.param
-                index = kept_element_index(pruned, s.block, p.device)
+                local = s.local(pruned, group.n_units)
+                if not local:
+                    continue
+                index = kept_element_index(local, s.block, p.device)
                 self.saved.append((p, s.dim, index, p.index_select(s.dim, index).clone()))
                 p.index_fill_(s.dim, index, 0.0)
 

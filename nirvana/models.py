@@ -56,22 +56,33 @@ def load_model(
     device_map: str | dict | None = None,
     trust_remote_code: bool = True,
 ):
-    """Return (model in eval mode, tokenizer). `tiny:<family>` builds a random tiny model for smoke runs."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Return (model in eval mode, tokenizer). `tiny:<family>` builds a random tiny model for smoke runs
+    (`tiny:t5` / `tiny:flan_t5`: encoder–decoders). Encoder–decoder configs (T5) load as seq2seq LMs."""
+    from transformers import AutoTokenizer
 
     if name_or_path.startswith("tiny:"):
-        from .tiny import tiny_model, tiny_tokenizer
+        from .tiny import TINY_T5_VARIANTS, tiny_model, tiny_t5_model, tiny_tokenizer
 
-        return tiny_model(name_or_path.split(":", 1)[1]), tiny_tokenizer()
+        family = name_or_path.split(":", 1)[1]
+        model = tiny_t5_model(family) if family in TINY_T5_VARIANTS else tiny_model(family)
+        return model, tiny_tokenizer()
     path = resolve_path(name_or_path)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     if not Path(path).exists() and "/" not in path:
         raise FileNotFoundError(f"model {path!r} is neither a local folder nor a hub id (owner/name)")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
+    model = auto_model_class(path, trust_remote_code).from_pretrained(
         path, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code
     )
     if device_map is None:
         model.to(device)
     return model.eval(), tokenizer
+
+
+def auto_model_class(path: str, trust_remote_code: bool = True):
+    """AutoModelForSeq2SeqLM for encoder–decoder configs (T5), else AutoModelForCausalLM."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM

@@ -104,11 +104,14 @@ def plan_from_scores(
     layer_start: int = 0,
     layer_end: int | None = None,
     ratio: str = "matched",
+    pool: str = "model",
 ) -> PruningPlan:
     layers = get_adapter(model).layers()
     kept = allocate(layers, scores, sparsity, gamma, allocator, round_to, spare_rule, arithmetic,
-                    layer_start, layer_end, ratio)
+                    layer_start, layer_end, ratio, pool)
     options = {"round_to": round_to, "spare_rule": spare_rule, "arithmetic": arithmetic}
+    if pool != "model":  # encoder-decoder models: a budget per stack (nirvana.allocation)
+        options["pool"] = pool
     if allocator == "uniform":
         options.update(layer_start=layer_start, layer_end=layer_end, ratio=ratio)
     return _make_plan(model, layers, kept, sparsity, gamma, pruner, allocator, model_name,
@@ -135,6 +138,12 @@ def compute_plan(
         raise ValueError(f"unknown pruner {name!r}; choose one of {sorted(PRUNERS)}")
     validate_hyperparameters(sparsity, gamma, options.get("round_to", 8))  # before any expensive pass
     adapter = get_adapter(model)
+    if name in adapter.unsupported_pruners:
+        supported = [p for p in PRUNERS if p not in adapter.unsupported_pruners]
+        raise ValueError(
+            f"pruner {name!r} does not apply to {model.config.model_type} models ({type(adapter).__name__}); "
+            f"supported pruners: {', '.join(supported)}"
+        )
     ids = _prepare_ids(model, adapter, input_ids, name)
 
     if name in ("wanda_sp", "flap"):

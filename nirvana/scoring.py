@@ -33,8 +33,10 @@ class UnitScores:
 
 
 def blocked_sum(weight_scores: torch.Tensor, s: ParamSlice, n_units: int) -> torch.Tensor:
-    """Sum a per-weight score tensor over each unit's block along `s.dim` → [n_units]."""
-    blocks = weight_scores.unflatten(s.dim, (n_units, s.block))
+    """Sum a per-weight score tensor over each unit's block along `s.dim` → one value per unit the slice
+    covers (all `n_units` unless it covers a sub-range: add it into `scores[slice(*s.span(n_units))]`)."""
+    start, stop = s.span(n_units)
+    blocks = weight_scores.unflatten(s.dim, (stop - start, s.block))
     other = [d for d in range(blocks.ndim) if d != s.dim]
     return blocks.sum(dim=other) if other else blocks
 
@@ -92,7 +94,7 @@ class MagnitudeScorer(Scorer):
         scores = _zero_scores(adapter)
         for p, entries in _slices_by_param(adapter, self.include_bias).values():
             for kind, layer, n, s in entries:
-                scores.of(kind)[layer] += blocked_sum(p.detach().float().abs(), s, n).double().cpu()
+                scores.of(kind)[layer][slice(*s.span(n))] += blocked_sum(p.detach().float().abs(), s, n).double().cpu()
         return scores
 
 
@@ -118,7 +120,7 @@ class GradientSaliencyScorer(Scorer):
         def reduce_and_free(p: torch.Tensor) -> None:
             w_scores = (p.grad.float() * p.detach().float()).abs()
             for kind, layer, n, s in owners[id(p)][1]:
-                scores.of(kind)[layer] += blocked_sum(w_scores, s, n).double().cpu()
+                scores.of(kind)[layer][slice(*s.span(n))] += blocked_sum(w_scores, s, n).double().cpu()
             p.grad = None
 
         # Only scored weights need gradients: embeddings, norms and the LM head are never pruned.
@@ -163,13 +165,14 @@ class TaylorScorer(GradientSaliencyScorer):
     """LLM-Pruner's first-order Taylor importance: |∂L/∂W ⊙ W| with L the LM loss, summed per unit.
 
     The only difference from NIRVANA's scorer is the target (loss instead of output), which is the point
-    of the paper's comparison.
+    of the paper's comparison. The adapter defines the loss: next-token CE for decoders, the decoder's CE
+    on the continuation for encoder-decoders (nirvana.adapters.t5).
     """
 
     name = "taylor"
 
     def target(self, adapter, input_ids):
-        return lm_loss(adapter.logits(input_ids), input_ids)
+        return adapter.lm_loss(input_ids)
 
 
 class RandomScorer(Scorer):

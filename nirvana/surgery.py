@@ -59,6 +59,9 @@ def check_plan_fits(plan: PruningPlan, adapter: ModelAdapter) -> None:
                 raise ValueError(f"layer {lp.index} {kind}: plan keeps no unit")
             if kept != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= n_model:
                 raise ValueError(f"layer {lp.index} {kind}: kept indices must be sorted, unique, in [0, {n_model})")
+            for a, b in layer.group(kind).parts():
+                if not any(a <= u < b for u in kept):
+                    raise ValueError(f"layer {lp.index} {kind}: plan keeps no unit of its module with units [{a}, {b})")
 
 
 @torch.no_grad()
@@ -72,9 +75,10 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
             kept = lp.kept_groups if kind == "attention" else lp.kept_neurons
             if len(kept) == group.n_units:
                 continue
+            adapter.before_cut(group, kept)
             for s in group.slices:
                 old = s.param
-                index = kept_element_index(kept, s.block, old.device)
+                index = kept_element_index(s.local(kept, group.n_units), s.block, old.device)
                 new = nn.Parameter(old.index_select(s.dim, index).contiguous(), requires_grad=old.requires_grad)
                 setattr(s.module, s.param_name, new)
                 _sync_module_shape(s.module)
@@ -102,12 +106,9 @@ def add_output_biases(adapter: ModelAdapter, biases: dict[int, dict[str, torch.T
 
 
 def record_layer_widths(adapter: ModelAdapter) -> None:
-    """Write the current per-layer widths into transformers' own `per_layer_config` field."""
-    config = adapter.config
-    # Stock modeling code (5.24) still reads the global widths; let it, while the per-layer truth is recorded.
-    config.allow_global_per_layer_attribute_access = True
-    overrides = adapter.per_layer_overrides()
-    config.per_layer_config = {i: dict(o) for i, o in overrides.items()}
+    """Write the current per-layer widths into the config: transformers' own `per_layer_config` field for
+    decoder-only models, the adapter's own field where that cannot describe the model (T5's two stacks)."""
+    adapter.record_layer_widths()
 
 
 def count_parameters(model: nn.Module) -> int:

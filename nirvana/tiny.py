@@ -78,3 +78,50 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
             if p.ndim == 2:
                 p.mul_(10.0)
     return model.eval()
+
+
+# --- encoder–decoder (T5) ----------------------------------------------------------------------------------
+# "t5": T5 v1.0 (ReLU wi/wo, tied embeddings, decoder output scaled by d_model^-0.5);
+# "flan_t5": T5 v1.1 / Flan-T5 (gated-GELU wi_0/wi_1/wo, untied LM head).
+TINY_T5_VARIANTS = ("t5", "flan_t5")
+
+
+def tiny_t5_config(variant: str = "t5", vocab_size: int = TINY_VOCAB, **overrides):
+    from transformers import T5Config
+
+    if variant not in TINY_T5_VARIANTS:
+        raise ValueError(f"unknown tiny T5 variant {variant!r}; choose one of {TINY_T5_VARIANTS}")
+    kwargs = dict(
+        vocab_size=vocab_size,
+        d_model=64,
+        d_kv=16,
+        num_heads=4,
+        d_ff=128,
+        num_layers=3,
+        num_decoder_layers=3,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        dropout_rate=0.0,
+        feed_forward_proj="relu" if variant == "t5" else "gated-gelu",
+        tie_word_embeddings=variant == "t5",
+        # the tiny tokenizer has one special token (id 0): pad, EOS and decoder start alike
+        pad_token_id=0,
+        eos_token_id=0,
+        decoder_start_token_id=0,
+    )
+    kwargs.update(overrides)
+    return T5Config(**kwargs)
+
+
+def tiny_t5_model(variant: str = "t5", seed: int = 0, **overrides):
+    from transformers import AutoModelForSeq2SeqLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForSeq2SeqLM.from_config(tiny_t5_config(variant, **overrides), dtype=torch.float32)
+    # Scale the blocks' matrices (and the relative-bias tables) up so units differ clearly; the shared
+    # embedding and head already have T5's unit-variance init.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and not name.startswith(("shared", "lm_head")):
+                p.mul_(3.0)
+    return model.eval()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from .base import ATTENTION, MLP, MODULE_KINDS, LayerUnits, ModelAdapter, ParamSlice, UnitGroup
 from .decoder import LlamaFamilyAdapter
+from .t5 import T5Adapter
 
-ADAPTERS: list[type[ModelAdapter]] = [LlamaFamilyAdapter]
+ADAPTERS: list[type[ModelAdapter]] = [LlamaFamilyAdapter, T5Adapter]
 
 
 def supported_model_types() -> list[str]:

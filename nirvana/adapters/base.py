@@ -7,6 +7,11 @@ spell out a model's attribute paths. A *unit* is the smallest thing we remove:
 A unit occupies a contiguous block of `block` indices along one dimension of each parameter it touches
 (rows of q/k/v and gate/up, columns of o and down). `ParamSlice` records exactly that, so a generic routine
 can score (sum |S| over the block) and cut (index_select the kept blocks) any architecture.
+
+One group may span several modules: a `ParamSlice` may cover only a range of the group's units
+(`units=(start, stop)`), e.g. a T5 decoder layer's attention group holds its self-attention heads as units
+[0, H) and its cross-attention heads as units [H, 2H). Each such range is a *part*: it must keep ≥ 1 unit.
+Layers may belong to named stacks (`LayerUnits.stack`: "encoder"/"decoder"); layers of one stack are alike.
 """
 
 from __future__ import annotations
@@ -23,16 +28,27 @@ MODULE_KINDS = (ATTENTION, MLP)
 
 @dataclass(frozen=True)
 class ParamSlice:
-    """Unit u of a group owns indices [u*block, (u+1)*block) along `dim` of `module.<param_name>`."""
+    """Unit u of a group owns indices [(u-start)*block, (u-start+1)*block) along `dim` of `module.<param_name>`,
+    for the units [start, stop) = `units` the slice covers (None: all the group's units, start = 0)."""
 
     module: nn.Module
     param_name: str
     dim: int
     block: int
+    units: tuple[int, int] | None = None
 
     @property
     def param(self) -> nn.Parameter:
         return getattr(self.module, self.param_name)
+
+    def span(self, n_units: int) -> tuple[int, int]:
+        """[start, stop) of the group's units this slice covers."""
+        return self.units if self.units is not None else (0, n_units)
+
+    def local(self, units: list[int], n_units: int) -> list[int]:
+        """Group unit indices → this slice's block indices (units outside its span are dropped)."""
+        start, stop = self.span(n_units)
+        return [u - start for u in units if start <= u < stop]
 
 
 @dataclass
@@ -46,12 +62,24 @@ class UnitGroup:
 
     @property
     def unit_cost(self) -> int:
-        """Parameters removed with one unit (weights and biases): the allocation's currency."""
-        total = 0
+        """Parameters removed with one unit (weights and biases): the allocation's currency.
+
+        Every unit of a group must cost the same (true of heads and neurons); a group whose parts differ
+        in per-unit cost is rejected rather than averaged."""
+        costs = torch.zeros(self.n_units, dtype=torch.long)
         for s in self.slices:
             p = s.param
-            total += p.numel() // p.shape[s.dim] * s.block
-        return total
+            start, stop = s.span(self.n_units)
+            costs[start:stop] += p.numel() // p.shape[s.dim] * s.block
+        distinct = costs.unique().tolist()
+        if len(distinct) > 1:
+            raise ValueError(f"layer {self.layer} {self.kind}: units cost different numbers of parameters {distinct}")
+        return int(distinct[0]) if distinct else 0
+
+    def parts(self) -> list[tuple[int, int]]:
+        """The unit ranges of the group's modules: one (0, n_units) unless slices cover sub-ranges."""
+        spans = {s.span(self.n_units) for s in self.slices if s.units is not None}
+        return sorted(spans) if spans else [(0, self.n_units)]
 
     def output_projection(self) -> ParamSlice:
         """The slice whose *input* channels are the units' outputs (o_proj / down_proj columns).
@@ -67,10 +95,11 @@ class UnitGroup:
     def check(self) -> None:
         for s in self.slices:
             size = s.param.shape[s.dim]
-            if size != self.n_units * s.block:
+            start, stop = s.span(self.n_units)
+            if not 0 <= start < stop <= self.n_units or size != (stop - start) * s.block:
                 raise ValueError(
                     f"layer {self.layer} {self.kind}: {type(s.module).__name__}.{s.param_name} has {size} "
-                    f"entries along dim {s.dim}, expected {self.n_units} units x {s.block}"
+                    f"entries along dim {s.dim}, expected units [{start}, {stop}) of {self.n_units} x {s.block}"
                 )
 
 
@@ -79,6 +108,7 @@ class LayerUnits:
     index: int
     attention: UnitGroup
     mlp: UnitGroup
+    stack: str = ""  # "encoder" / "decoder" for encoder-decoder models; "" for decoder-only models
 
     def group(self, kind: str) -> UnitGroup:
         return self.attention if kind == ATTENTION else self.mlp
@@ -88,6 +118,10 @@ class ModelAdapter:
     """Base class. Subclasses set `model_types` and implement the abstract methods."""
 
     model_types: tuple[str, ...] = ()
+    # The transformers Auto class a saved checkpoint registers in `auto_map` (and loads with).
+    auto_model_class: str = "AutoModelForCausalLM"
+    # Pruners whose method does not apply to this architecture: compute_plan refuses them with a clear error.
+    unsupported_pruners: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -97,6 +131,11 @@ class ModelAdapter:
     def layers(self) -> list[LayerUnits]:
         raise NotImplementedError
 
+    def before_cut(self, group: UnitGroup, kept: list[int]) -> None:
+        """Called by surgery just before `group` is cut to its `kept` units (indices into its current units),
+        for architectures that must remember WHICH units survive, not only how many (T5: the heads' relative
+        position bias). Default: nothing."""
+
     def after_surgery(self, layer: LayerUnits) -> None:
         """Update module attributes that cache widths (e.g. `mlp.intermediate_size`). Default: nothing."""
 
@@ -104,14 +143,30 @@ class ModelAdapter:
         """Config attributes of each layer as the model stands now (recorded in `per_layer_config`)."""
         raise NotImplementedError
 
+    def record_layer_widths(self) -> None:
+        """Write the current per-layer widths into the config, so the model (and its checkpoint) describes
+        itself truthfully. Default: transformers' own `per_layer_config` field."""
+        config = self.config
+        # Stock modeling code (5.24) still reads the global widths; let it, while the per-layer truth is recorded.
+        config.allow_global_per_layer_attribute_access = True
+        overrides = self.per_layer_overrides()
+        config.per_layer_config = {i: dict(o) for i, o in overrides.items()}
+
     def checkpoint_class_name(self) -> str:
         """Class in nirvana/checkpoint_code/modeling_nirvana.py that `auto_map` points to."""
         raise NotImplementedError
 
     # --- calibration forward ---------------------------------------------------------------------
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Logits [B, T, V] on a calibration batch; the scorers' only way to run the model."""
+        """Logits [B, T', V] on a calibration batch [B, T]; the scorers' only way to run the model.
+        Decoder-only: T' = T. Encoder–decoders: the decoder's positions over the window's continuation."""
         raise NotImplementedError
+
+    def lm_loss(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The LM cross-entropy of a calibration batch (Taylor's target). Default: next-token prediction."""
+        from ..scoring import lm_loss
+
+        return lm_loss(self.logits(input_ids), input_ids)
 
     def max_context(self) -> int | None:
         return getattr(self.config, "max_position_embeddings", None)

@@ -7,6 +7,12 @@ before it. Windows all have the same length, so this equals the exp of the mean 
 is what the official code computes. Always quote seq_len (the metric name does: `ppl/wikitext2@512`): a
 128-token window gives far higher perplexity than a 2048-token one.
 
+Encoder–decoder models (T5) use the seq2seq protocol: the same windows, each split as the calibration is
+(nirvana.adapters.t5.split_windows) into a prefix of P = ⌊seq_len/2⌋ tokens + EOS fed to the encoder and a
+continuation of seq_len − P tokens the decoder predicts, teacher-forced behind its start token; PPL =
+exp(mean NLL over every continuation token), all of them predicted (the first from the prefix alone). The
+metric name says so: `ppl/wiki_passages@64+64` (prefix + continuation), never comparable to a decoder's `@128`.
+
 Datasets: `wikitext2` (wikitext-103-v1 test — the same text as WikiText-2 test), `ptb` (ptb_text_only
 validation), `lambada` (EleutherAI/lambada_openai test) from the hub; offline `wiki_passages` and
 `lambada_head` (built by `make assets`); or a path to any .jsonl (field "text") / plain-text file.
@@ -130,11 +136,14 @@ class PerplexityResult:
     ppl: float
     nll: float  # mean NLL per predicted token, in nats
     n_windows: int
-    n_tokens: int  # predicted tokens: n_windows × (seq_len − 1)
+    n_tokens: int  # predicted tokens: n_windows × (seq_len − 1); seq2seq: n_windows × (seq_len − prefix_len)
     limit: str | None  # "max_texts=300,max_windows=8" when limited, else None
+    prefix_len: int | None = None  # seq2seq: encoder prefix tokens per window (None: causal protocol)
 
     @property
     def metric(self) -> str:
+        if self.prefix_len is not None:
+            return f"ppl/{self.dataset}@{self.prefix_len}+{self.seq_len - self.prefix_len}"
         return f"ppl/{self.dataset}@{self.seq_len}"
 
     def to_dict(self) -> dict:
@@ -148,16 +157,25 @@ def window_nll(model, windows: torch.Tensor, batch_size: int = 4, progress: bool
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     device = next(model.parameters()).device
+    seq2seq = is_seq2seq(model)
     total, count = 0.0, 0
     for start in tqdm(range(0, windows.shape[0], batch_size), desc=desc, disable=not progress):
         batch = windows[start : start + batch_size].to(device)
-        logits = model(input_ids=batch, use_cache=False).logits
+        if seq2seq:  # prefix → encoder, continuation → decoder targets (module docstring)
+            from ..adapters.t5 import seq2seq_logits
+
+            logits, targets = seq2seq_logits(model, batch)
+        else:
+            logits, targets = model(input_ids=batch, use_cache=False).logits[:, :-1], batch[:, 1:]
         # fp32 log-softmax whatever the model dtype: bf16 NLL sums drift visibly over many tokens.
-        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
-                               reduction="sum")
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
         total += float(loss)
-        count += batch[:, 1:].numel()
+        count += targets.numel()
     return total, count
+
+
+def is_seq2seq(model) -> bool:
+    return bool(getattr(model.config, "is_encoder_decoder", False))
 
 
 def _limit_label(max_texts, max_windows, max_tokens) -> str | None:
@@ -179,5 +197,10 @@ def evaluate_perplexity(model, tokenizer, dataset: str, seq_len: int = 512, batc
     label = dataset_label(dataset)
     total, count = window_nll(model, windows, batch_size, progress, desc=f"ppl {label}@{seq_len}")
     nll = total / count
+    prefix = None
+    if is_seq2seq(model):
+        from ..adapters.t5 import prefix_length
+
+        prefix = prefix_length(seq_len)
     return PerplexityResult(label, seq_len, math.exp(nll), nll, windows.shape[0], count,
-                            _limit_label(max_texts, max_windows, max_tokens))
+                            _limit_label(max_texts, max_windows, max_tokens), prefix)

@@ -18,6 +18,15 @@ FLOPs per token (forward, multiply-add = 2 FLOPs), documented so that results ca
     prefill (causal attention).
 flop_ratio = F_pruned / F_dense (1 for an unpruned model); the ideal speed-up is 1 / flop_ratio, and
 speed-up efficiency = measured speed-up / ideal speed-up = measured speed-up × flop_ratio.
+
+Encoder–decoders (T5): the prompt goes to the encoder and the decoder generates. Prefill = the encoder pass
+over the prompt plus the decoder's first step (which projects the encoder states into the cross-attention
+cache); decode = `new_tokens` further decoder steps reusing the encoder output and both caches. Per token:
+    prefill  F = 2 · (P_encoder + P_cross_kv) + 4 · W_encoder · prompt_len      (bidirectional attention)
+    decode   F = 2 · (P_decoder − P_cross_kv + P_head) + 4 · W_self · new_tokens / 2 + 4 · W_cross · prompt_len
+with P_* the Linear weights of the encoder, of the decoder's cross-attention k/v (applied to prompt tokens
+once), of the decoder and of the LM head; W_* the summed query widths (heads × d_kv) of the encoder's
+self-attention and of the decoder's self- and cross-attention.
 """
 
 from __future__ import annotations
@@ -45,6 +54,29 @@ def query_width(model: nn.Module) -> int:
     return total
 
 
+def is_seq2seq(model: nn.Module) -> bool:
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def _linears(module: nn.Module, suffixes: tuple[str, ...] = ("",)) -> int:
+    return sum(m.weight.numel() for n, m in module.named_modules() if isinstance(m, nn.Linear) and n.endswith(suffixes))
+
+
+def _t5_widths(module: nn.Module, attention: str) -> int:
+    return sum(m.out_features for n, m in module.named_modules() if n.endswith(f"{attention}.q"))
+
+
+def seq2seq_flops_per_token(model: nn.Module, prompt_len: int, new_tokens: int) -> tuple[float, float]:
+    """(prefill, decode) FLOPs per token of a T5-style encoder–decoder (module docstring)."""
+    enc, dec = model.get_encoder(), model.get_decoder()
+    cross_kv = _linears(dec, ("EncDecAttention.k", "EncDecAttention.v"))
+    head = model.get_output_embeddings().weight.numel()
+    prefill = 2.0 * (_linears(enc) + cross_kv) + 4.0 * _t5_widths(enc, "SelfAttention") * prompt_len
+    decode = (2.0 * (_linears(dec) - cross_kv + head) + 4.0 * _t5_widths(dec, "SelfAttention") * new_tokens / 2
+              + 4.0 * _t5_widths(dec, "EncDecAttention") * prompt_len)
+    return prefill, decode
+
+
 def flops_per_token(model: nn.Module, context: float) -> float:
     """F(ctx) = 2 · P_linear + 4 · Σ(n_q · head_dim) · ctx (see the module docstring)."""
     return 2.0 * linear_params(model) + 4.0 * query_width(model) * context
@@ -64,18 +96,20 @@ def dense_twin(model: nn.Module) -> nn.Module | None:
     """A randomly initialised dense model with the pruned model's original architecture (its config without
     `per_layer_config`), same dtype and device: timing does not depend on weight values, so this is the speed
     reference when the dense weights are not at hand. None when `model` is already homogeneous."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     config = model.config
-    if not getattr(config, "is_heterogeneous", False):  # transformers 5.x: True once per_layer_config is set
+    # transformers 5.x: is_heterogeneous is True once per_layer_config is set; T5 records its own field
+    if not (getattr(config, "is_heterogeneous", False) or getattr(config, "nirvana_t5_layers", None)):
         return None
     d = config.to_dict()
     for k in ("per_layer_config", "is_heterogeneous", "auto_map", "allow_global_per_layer_attribute_access",
-              "nirvana_output_bias"):
+              "nirvana_output_bias", "nirvana_t5_layers"):
         d.pop(k, None)
     dense_config = AutoConfig.for_model(d.pop("model_type"), **d)
     p = next(model.parameters())
-    twin = AutoModelForCausalLM.from_config(dense_config, dtype=p.dtype)
+    auto = AutoModelForSeq2SeqLM if is_seq2seq(model) else AutoModelForCausalLM
+    twin = auto.from_config(dense_config, dtype=p.dtype)
     return twin.to(p.device).eval()
 
 
@@ -109,6 +143,8 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def _one_pass(model, ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     device = ids.device
+    if is_seq2seq(model):
+        return _one_seq2seq_pass(model, ids, new_tokens)
     _sync(device)
     t0 = time.perf_counter()
     out = model(input_ids=ids, use_cache=True)
@@ -119,6 +155,28 @@ def _one_pass(model, ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     nxt = out.logits[:, -1:].argmax(-1)
     for _ in range(new_tokens):
         out = model(input_ids=nxt, cache=cache, use_cache=True)
+        cache = out.cache
+        nxt = out.logits[:, -1:].argmax(-1)
+    _sync(device)
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1
+
+
+@torch.no_grad()
+def _one_seq2seq_pass(model, ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """Prefill: encoder over the prompt + the decoder's first step; decode: `new_tokens` cached decoder steps."""
+    device = ids.device
+    start = torch.full((ids.shape[0], 1), int(model.config.decoder_start_token_id), dtype=ids.dtype, device=device)
+    _sync(device)
+    t0 = time.perf_counter()
+    encoded = model.get_encoder()(input_ids=ids)
+    out = model(encoder_outputs=encoded, decoder_input_ids=start, use_cache=True)
+    _sync(device)
+    t1 = time.perf_counter()
+    cache = out.cache
+    nxt = out.logits[:, -1:].argmax(-1)
+    for _ in range(new_tokens):
+        out = model(encoder_outputs=encoded, decoder_input_ids=nxt, cache=cache, use_cache=True)
         cache = out.cache
         nxt = out.logits[:, -1:].argmax(-1)
     _sync(device)
@@ -162,8 +220,13 @@ def compare_speed(pruned, dense, repeats: int = 5, warmup: int = 1, **kwargs) ->
     med = {name: {k: statistics.median(getattr(r, k) for r in rs) for k in ("prefill_tok_s", "decode_tok_s")}
            for name, rs in runs.items()}
     first = runs["pruned"][0]
-    prefill_ratio = flop_ratio(pruned, dense, (first.prompt_len + 1) / 2)
-    decode_ratio = flop_ratio(pruned, dense, first.prompt_len + first.new_tokens / 2)
+    if is_seq2seq(pruned):
+        (p_pre, p_dec), (d_pre, d_dec) = (seq2seq_flops_per_token(m, first.prompt_len, first.new_tokens)
+                                          for m in (pruned, dense))
+        prefill_ratio, decode_ratio = p_pre / d_pre, p_dec / d_dec
+    else:
+        prefill_ratio = flop_ratio(pruned, dense, (first.prompt_len + 1) / 2)
+        decode_ratio = flop_ratio(pruned, dense, first.prompt_len + first.new_tokens / 2)
     prefill_speedup = med["pruned"]["prefill_tok_s"] / med["dense"]["prefill_tok_s"]
     decode_speedup = med["pruned"]["decode_tok_s"] / med["dense"]["decode_tok_s"]
     return {

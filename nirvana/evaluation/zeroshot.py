@@ -142,12 +142,19 @@ class WeightGuard:
             raise RuntimeError(f"the model changed {when}; refusing to report its scores: " + "; ".join(changed))
 
 
+def lm_eval_backend(model) -> str:
+    """HFLM's backend: "seq2seq" for encoder–decoders (T5: the context goes to the encoder, the continuation
+    is scored by the decoder), else "default" (lm-eval's own detection, causal for our decoders)."""
+    return "seq2seq" if getattr(model.config, "is_encoder_decoder", False) else "default"
+
+
 def wrap_model(model, tokenizer, batch_size: int = 8, max_length: int | None = None):
     """An lm-eval HFLM around an in-memory model, after checking that wrapping changed nothing."""
     from lm_eval.models.huggingface import HFLM
 
     guard = WeightGuard(model)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
+              backend=lm_eval_backend(model))
     if guard.changes():
         log.warning("HFLM changed the model while wrapping it (%s); restoring the original weights",
                     "; ".join(guard.changes()))
@@ -190,5 +197,5 @@ def evaluate_zeroshot(model, tokenizer, tasks=TASKS, suite: str = "local", limit
         scores.append(TaskScore(task, name, metric, float(res[f"{metric},none"]),
                                 _number(res.get(f"{metric}_stderr,none")), n))
     extra = {"task_versions": {t: out.get("versions", {}).get(n) for t, n in names.items()},
-             "batch_size": batch_size, "max_length": max_length}
+             "batch_size": batch_size, "max_length": max_length, "backend": getattr(lm, "backend", None)}
     return ZeroShotResult(scores, suite, limit, lm_eval.__version__, extra)
