@@ -18,12 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 # Shrink any experiment to seconds: tiny model, tiny calibration and probe, 2 items per task, 4 windows.
-SHRINK = [
+TINY = [
     "model=tiny_llama", "calibration=pydoc", "calibration.n_samples=4", "calibration.seq_len=32",
     "calibration.candidates=2", "calibration.probe.n_samples=4", "calibration.probe.seq_len=16",
-    "eval=quick", "eval.limit=2", "eval.zeroshot.tasks=[arc_easy]", "eval.perplexity.max_windows=4",
-    "eval.speed=null", "score_cache=null", "progress=false",
+    "score_cache=null", "progress=false",
 ]
+SHRINK = [*TINY, "eval=quick", "eval.limit=2", "eval.zeroshot.tasks=[arc_easy]", "eval.perplexity.max_windows=4",
+          "eval.speed=null"]
+PPL_ONLY = [*TINY, "eval=ppl", "eval.perplexity.seq_len=[32]", "eval.perplexity.datasets=[wiki_passages]",
+            "eval.perplexity.max_windows=4"]
 
 
 def cfg(*overrides):
@@ -35,10 +38,17 @@ def cfg(*overrides):
 def test_every_experiment_composes_and_runs_shrunk(name, tmp_path):
     full = cfg(f"experiment={name}")
     assert full.hydra if "hydra" in full else True
-    c = cfg(f"experiment={name}", *SHRINK, f"results_file={tmp_path / 'rows.jsonl'}", "requires.gpu=false",
-            "requires.hub=false", "eval.perplexity.datasets=[wiki_passages]", "eval.zeroshot.suite=local")
+    # perplexity only: the zero-shot path has its own tests (test_zeroshot, test_evaluate_cli, the test below)
+    c = cfg(f"experiment={name}", *PPL_ONLY, f"results_file={tmp_path / 'rows.jsonl'}", "requires.gpu=false",
+            "requires.hub=false")
     rows = run_experiment(c, tmp_path / "run")
     assert rows and all(r["model"] == "tiny_llama" for r in rows)
+
+
+def test_a_run_with_every_stage(tmp_path):
+    c = cfg(*SHRINK, "pruner=flap", f"results_file={tmp_path / 'rows.jsonl'}")
+    rows = run_experiment(c, tmp_path / "run")
+    assert {"pruning", "calibration", "wiki_passages", "arc_easy", "average"} <= {r["task"] for r in rows}
 
 
 def test_experiment_sweeps_live_in_the_files():
@@ -59,8 +69,7 @@ def test_dense_runs_share_one_id_whatever_the_sweep_says():
 
 def test_multirun_with_joblib_resumes_and_recomputes_only_what_is_missing(tmp_path):
     rows_file = tmp_path / "rows.jsonl"
-    cmd = [sys.executable, "-m", "experiments.run", "-m", *SHRINK, "eval=ppl", "eval.perplexity.seq_len=[32]",
-           "eval.perplexity.datasets=[wiki_passages]", "pruner=nirvana,magnitude", "sparsity=0.3",
+    cmd = [sys.executable, "-m", "experiments.run", "-m", *PPL_ONLY, "pruner=nirvana,magnitude", "sparsity=0.3",
            f"results_file={rows_file}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -84,7 +93,7 @@ def test_a_crash_mid_run_leaves_no_rows(tmp_path, monkeypatch):
         raise RuntimeError("killed during evaluation")
 
     monkeypatch.setattr(run_mod, "perplexity_rows", boom)
-    c = cfg(*SHRINK, "eval=ppl", f"results_file={tmp_path / 'rows.jsonl'}")
+    c = cfg(*PPL_ONLY, f"results_file={tmp_path / 'rows.jsonl'}")
     with pytest.raises(RuntimeError):
         run_experiment(c, tmp_path / "run")
     assert not (tmp_path / "rows.jsonl").exists() or read_rows(tmp_path / "rows.jsonl").empty
