@@ -120,6 +120,18 @@ def speed_rows(cfg, run, model) -> list[dict]:
                      n=s.repeats, extra={"new_tokens": s.new_tokens}) for k, v in out.items()]
 
 
+def evaluation_rows(cfg, run, model, tokenizer, texts) -> list[dict]:
+    """Every stage `cfg.eval` enables, in protocol order (shared by evaluate, run and recover)."""
+    rows = []
+    if cfg.eval.get("perplexity"):
+        rows += perplexity_rows(cfg, run, model, tokenizer, texts)
+    if cfg.eval.get("zeroshot"):
+        rows += zeroshot_rows(cfg, run, model, tokenizer)
+    if cfg.eval.get("speed"):
+        rows += speed_rows(cfg, run, model)
+    return rows
+
+
 def summarize(run_id, prov, rows, seconds, results_file) -> str:
     parts = [f"{r['metric']}={r['value']:.4g}" for r in rows if r["metric"].startswith("ppl/")]
     avg = next((r for r in rows if r["task"] == zs_mod.AVERAGE_TASK), None)
@@ -149,13 +161,7 @@ def run_evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     p = next(model.parameters())
     run = {"run_id": run_id, **prov, "dtype": str(p.dtype).replace("torch.", ""), "device": str(p.device)}
 
-    rows = []
-    if cfg.eval.get("perplexity"):
-        rows += perplexity_rows(cfg, run, model, tokenizer, texts)
-    if cfg.eval.get("zeroshot"):
-        rows += zeroshot_rows(cfg, run, model, tokenizer)
-    if cfg.eval.get("speed"):
-        rows += speed_rows(cfg, run, model)
+    rows = evaluation_rows(cfg, run, model, tokenizer, texts)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.evaluate import perplexity_rows, provenance, speed_rows, validate, zeroshot_rows
+from experiments.evaluate import evaluation_rows, provenance, validate
 from nirvana import recovery as rec
 from nirvana.checkpoint import save_pruned
 from nirvana.evaluation import perplexity as ppl_mod
@@ -58,13 +58,7 @@ def check_config(cfg: DictConfig) -> rec.LoraSettings:
 
 
 def eval_rows(cfg, run, model, tokenizer, texts, stage: str) -> list[dict]:
-    rows = []
-    if cfg.eval.get("perplexity"):
-        rows += perplexity_rows(cfg, run, model, tokenizer, texts)
-    if cfg.eval.get("zeroshot"):
-        rows += zeroshot_rows(cfg, run, model, tokenizer)
-    if cfg.eval.get("speed"):
-        rows += speed_rows(cfg, run, model)
+    rows = evaluation_rows(cfg, run, model, tokenizer, texts)
     for r in rows:
         r["extra"] = {**r["extra"], "stage": stage}
     return rows

@@ -20,7 +20,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.evaluate import perplexity_rows, speed_rows, validate, zeroshot_rows
+from experiments.evaluate import evaluation_rows, validate
 from experiments.evaluate import summarize as summarize_eval
 from nirvana.allocation import validate_hyperparameters
 from nirvana.calibration import choose_calibration, kl_to_dense
@@ -135,13 +135,7 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
         if cfg.save_checkpoint:
             run["checkpoint"] = str(save_pruned(model, plan, out_dir / "checkpoint", tokenizer).resolve())
 
-    eval_rows = []
-    if cfg.eval.get("perplexity"):
-        eval_rows += perplexity_rows(cfg, run, model, tokenizer, texts)
-    if cfg.eval.get("zeroshot"):
-        eval_rows += zeroshot_rows(cfg, run, model, tokenizer)
-    if cfg.eval.get("speed"):
-        eval_rows += speed_rows(cfg, run, model)
+    eval_rows = evaluation_rows(cfg, run, model, tokenizer, texts)
     rows += eval_rows
 
     append_rows(out_dir / "rows.jsonl", rows)

@@ -87,12 +87,12 @@ def test_multirun_with_joblib_resumes_and_recomputes_only_what_is_missing(tmp_pa
 
 
 def test_a_crash_mid_run_leaves_no_rows(tmp_path, monkeypatch):
-    import experiments.run as run_mod
+    import experiments.evaluate as eval_mod
 
     def boom(*a, **k):
         raise RuntimeError("killed during evaluation")
 
-    monkeypatch.setattr(run_mod, "perplexity_rows", boom)
+    monkeypatch.setattr(eval_mod, "perplexity_rows", boom)
     c = cfg(*PPL_ONLY, f"results_file={tmp_path / 'rows.jsonl'}")
     with pytest.raises(RuntimeError):
         run_experiment(c, tmp_path / "run")
