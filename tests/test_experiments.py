@@ -120,17 +120,19 @@ def fixture_rows():
                  make_row(r, "wiki_passages", "ppl/wiki_passages@128", 10 / base, seq_len=128)]
         if pruner != "dense":
             rows.append(make_row(r, "calibration", "kl/probe", 1 - base))
+            rows.append(make_row(r, "pruning", "kept_fraction", 1 - s / 1.2))
     return rows
 
 
 def test_table_builder_on_fixture_rows(tmp_path):
     append_rows(tmp_path / "rows.jsonl", fixture_rows())
     wide = tables.table2(read_rows(tmp_path / "rows.jsonl"))
-    assert list(wide.columns) == ["arc_easy", "piqa", "avg", "wiki_passages@128"]
+    assert list(wide.columns) == ["params_kept", "arc_easy", "piqa", "avg", "wiki_passages@128"]
     assert list(wide.index) == [("dense", 0.0), ("nirvana (γ=3.36)", 0.2), ("flap", 0.2), ("nirvana (γ=3.36)", 0.4),
                                 ("flap", 0.4)]
     md = tables.to_markdown(wide)
-    assert "| nirvana (γ=3.36) | 0.2 | 0.5500 | 0.6500 | 0.6000 | 18.18 |" in md
+    assert "| dense | 0 | 1.00 | 0.6000 |" in md
+    assert "| nirvana (γ=3.36) | 0.2 | 0.8333 | 0.5500 | 0.6500 | 0.6000 | 18.18 |" in md
 
 
 def test_report_writes_tables_figures_and_paper_comparison(tmp_path):

@@ -17,12 +17,15 @@ from ..evaluation.zeroshot import AVERAGE_TASK, TASK_METRICS
 
 METHOD_ORDER = ["dense", "nirvana", "magnitude", "taylor", "wanda_sp", "flap", "random"]
 AVG_COLUMN = "avg"
+KEPT_COLUMN = "params_kept"  # methods round differently: the sparsity asked for is not always what you get
 
 
 def cell_column(row: pd.Series) -> str | None:
     """Which Table-2 column a result row fills (None: not a table cell)."""
     if row["task"] == AVERAGE_TASK:
         return AVG_COLUMN
+    if row["task"] == "pruning" and row["metric"] == "kept_fraction":
+        return KEPT_COLUMN
     if row["task"] in TASK_METRICS and row["metric"] == TASK_METRICS[row["task"]]:
         return row["task"]
     if isinstance(row["metric"], str) and row["metric"].startswith("ppl/"):
@@ -47,7 +50,10 @@ def table2(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
     wide = df.pivot(index=["method", "sparsity"], columns="column", values="value")
     tasks = [t for t in TASK_METRICS if t in wide.columns]
     ppl = sorted(c for c in wide.columns if "@" in c)
-    wide = wide[tasks + ([AVG_COLUMN] if AVG_COLUMN in wide.columns else []) + ppl]
+    kept = [KEPT_COLUMN] if KEPT_COLUMN in wide.columns else []
+    if kept:
+        wide[KEPT_COLUMN] = wide[KEPT_COLUMN].fillna(1.0)  # the dense model keeps everything
+    wide = wide[kept + tasks + ([AVG_COLUMN] if AVG_COLUMN in wide.columns else []) + ppl]
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     keys = sorted(wide.index, key=lambda k: (k[1], order.get(k[0].split(" ")[0], 99), k[0]))
     return wide.loc[keys]
