@@ -85,6 +85,9 @@ def prune_in_memory(cfg, model, tokenizer, out_dir: Path):
                ("pruning", "kept_fraction", plan.kept_fraction, {}),
                ("pruning", "prune_seconds", seconds, {})]
     for cand in chosen.get("candidates") or []:
+        if chosen["selection"] == "kl":
+            mark = " ← chosen" if cand["label"] == chosen["chosen"] else ""
+            print(f"[calibration] {cand['label']}: KL {cand['kl']:.5f}{mark}")
         payload.append(("calibration", "kl/candidate", cand["kl"],
                         {"label": cand["label"], "chosen": cand["label"] in (chosen["chosen"] if isinstance(
                             chosen["chosen"], list) else [chosen["chosen"]])}))
