@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from torch import nn
 
 from .adapters import get_adapter
+from .atomic import atomic_dir
 from .plan import PLAN_FILENAME, PruningPlan
 from .surgery import record_layer_widths
 
@@ -30,21 +30,13 @@ def save_pruned(model: nn.Module, plan: PruningPlan | None, save_dir: str | os.P
     record_layer_widths(adapter)
     module = MODELING_FILE.stem
     config.auto_map = {adapter.auto_model_class: f"{module}.{adapter.checkpoint_class_name()}"}
-    save_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.", dir=save_dir.parent))
-    try:
+    with atomic_dir(save_dir) as tmp:
         model.save_pretrained(tmp)
         shutil.copy2(MODELING_FILE, tmp / MODELING_FILE.name)
         if plan is not None:
             plan.save(tmp / PLAN_FILENAME)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if save_dir.exists():
-            shutil.rmtree(save_dir)
-        os.replace(tmp, save_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return save_dir
 
 

@@ -39,7 +39,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import paths
+from .atomic import atomic_dir
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ALPACA_DATASET = "yahma/alpaca-cleaned"
@@ -379,16 +379,8 @@ class Schedule:
 # --- resumable state ----------------------------------------------------------------------------------------
 def _write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     """Fill a temp folder next to `target`, then rename it: `target` exists only when complete."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         write(tmp)
-        if target.exists():  # a rerun of the same step: replace the old copy
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from nirvana import assets, paths
+from nirvana import atomic as _atomic
 from nirvana.assets import __main__ as cli
-from nirvana.assets import _atomic, _manifest, benchmarks, smollm2, texts
+from nirvana.assets import _manifest, benchmarks, smollm2, texts
 from nirvana.assets._errors import AssetError
 
 # ------------------------------------------------------------------------------------------- helpers

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator
 from tqdm.auto import tqdm
 
 from .. import paths
+from ..atomic import stale_tmp
 from . import benchmarks, smollm2, texts
-from ._atomic import stale_tmp
 from ._errors import AssetError
 
 # In dependency order: texts are cut from the benchmark files.

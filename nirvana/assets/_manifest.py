@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ._atomic import write_json
+from ..atomic import write_json
 
 MANIFEST = "manifest.json"
 

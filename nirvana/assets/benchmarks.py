@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import paths
+from ..atomic import TMP_PREFIX, atomic_dir, write_jsonl
 from . import wheels
-from ._atomic import TMP_PREFIX, atomic_dir, write_jsonl
 from ._errors import AssetError
 from ._manifest import problem, write_manifest
 

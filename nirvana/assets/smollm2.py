@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 
 from .. import paths
+from ..atomic import TMP_PREFIX, atomic_dir
 from . import wheels
-from ._atomic import TMP_PREFIX, atomic_dir
 from ._errors import AssetError
 from ._manifest import problem, sha256, write_manifest
 

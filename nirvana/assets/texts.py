@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import paths
+from ..atomic import atomic_dir, read_jsonl, write_jsonl
 from . import benchmarks
-from ._atomic import atomic_dir, read_jsonl, write_jsonl
 from ._errors import AssetError
 from ._manifest import problem, read_manifest, write_manifest
 

@@ -18,7 +18,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ._atomic import TMP_PREFIX
+from ..atomic import TMP_PREFIX
 from ._errors import AssetError
 
 

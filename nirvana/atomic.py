@@ -1,4 +1,6 @@
-"""Atomic writes: a reader (or a crashed build) never sees a half-written file or folder.
+"""Atomic writes: a reader (or a crashed process) never sees a half-written file or folder.
+
+Used by the asset builds, checkpoints and recovery state alike.
 
 Everything is first written into a temporary sibling of its destination -- same parent, hence same
 filesystem, so the final `os.replace` is a single atomic rename -- and removed again if anything fails.
