@@ -23,7 +23,7 @@ from nirvana.evaluation import speed as speed_mod
 from nirvana.evaluation import zeroshot as zs_mod
 from nirvana.models import load_model
 from nirvana.plan import PLAN_FILENAME, PruningPlan
-from nirvana.results import append_rows, completed_run_ids, make_row, make_run_id
+from nirvana.results import completed_run_ids, make_row, make_run_id, record_run
 
 BOOKKEEPING = ("results_file", "skip_completed", "progress")  # do not change the numbers → not in the run id
 
@@ -164,9 +164,7 @@ def run_evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     rows = evaluation_rows(cfg, run, model, tokenizer, texts)
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    append_rows(out_dir / "rows.jsonl", rows)
-    append_rows(cfg.results_file, rows)  # last: its presence marks the run complete
+    record_run(rows, out_dir, cfg.results_file)
     seconds = time.perf_counter() - t_start
     (out_dir / "summary.json").write_text(json.dumps(
         {"run_id": run_id, "config": resolved, "rows": len(rows), "seconds": round(seconds, 1),

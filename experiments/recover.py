@@ -28,7 +28,7 @@ from nirvana.evaluation import perplexity as ppl_mod
 from nirvana.models import load_model
 from nirvana.plan import PLAN_FILENAME, PruningPlan
 from nirvana.requirements import check_requirements
-from nirvana.results import append_rows, completed_run_ids, iter_rows, make_row, make_run_id
+from nirvana.results import append_rows, completed_run_ids, iter_rows, make_row, make_run_id, record_run
 
 BOOKKEEPING = ("results_file", "force", "progress", "work_dir", "save_dir")
 
@@ -129,9 +129,7 @@ def run_recover(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
                                                   "val_history": result.val_history}))
     rows = before + after + train_rows
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    append_rows(out_dir / "rows.jsonl", rows)
-    append_rows(cfg.results_file, rows)  # last: its presence marks the run complete
+    record_run(rows, out_dir, cfg.results_file)
     seconds = time.perf_counter() - t_start
     (work_dir / "summary.json").write_text(json.dumps(
         {"run_id": run_id, "checkpoint": str(save_dir), "rows": len(rows), "seconds": round(seconds, 1),

@@ -30,7 +30,7 @@ from nirvana.loggers import make_logger
 from nirvana.models import load_model
 from nirvana.pruning import CALIBRATION_FREE, PRUNERS, compute_plan
 from nirvana.requirements import check_requirements, is_hub_model
-from nirvana.results import append_rows, completed_run_ids, make_row, make_run_id
+from nirvana.results import completed_run_ids, make_row, make_run_id, record_run
 from nirvana.surgery import apply_plan
 
 BOOKKEEPING = ("results_file", "force", "progress", "logger", "save_checkpoint", "preflight", "requires",
@@ -141,8 +141,7 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     eval_rows = evaluation_rows(cfg, run, model, tokenizer, texts)
     rows += eval_rows
 
-    append_rows(out_dir / "rows.jsonl", rows)
-    append_rows(cfg.results_file, rows)  # last: its presence marks the run complete
+    record_run(rows, out_dir, cfg.results_file)
     logger.log_rows(rows)
     logger.finish()
     seconds = time.perf_counter() - t_start

@@ -198,6 +198,14 @@ def read_rows(paths: str | os.PathLike | Iterable[str | os.PathLike]):
     return df[list(ROW_FIELDS) + [c for c in df.columns if c not in ROW_FIELDS]]
 
 
+def record_run(rows: list[Mapping[str, Any]], run_dir: str | os.PathLike, results_file: str | os.PathLike) -> None:
+    """A finished run's rows: a copy in its run folder, then the shared results file — last, because a run id
+    present there is what marks the run complete for `completed_run_ids`."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    append_rows(Path(run_dir) / "rows.jsonl", rows)
+    append_rows(results_file, rows)
+
+
 def completed_run_ids(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> set[str]:
     """Run ids with rows in the file(s). A run's rows are written in one batch at its end, so these runs
     are complete: a sweep skips a config when `make_run_id(config) in completed_run_ids(file)`."""
