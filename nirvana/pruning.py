@@ -23,6 +23,11 @@ from .surgery import apply_plan, count_parameters
 
 PRUNERS = (*SCORERS, "wanda_sp", "flap")
 CALIBRATION_FREE = ("magnitude", "random")
+# Options of the scorer itself (nirvana.scoring), as opposed to the allocator's.
+SCORER_OPTIONS = ("include_bias", "seed", "micro_batch_size", "checkpointing", "vocab_chunk")
+# Recomputing a block gives bit-identical activations, so checkpointing does not change the scores and
+# does not split the score cache; the others may change the last bits (summation order).
+_SAME_SCORES = ("checkpointing",)
 
 
 def validate_calibration(input_ids: torch.Tensor, adapter: ModelAdapter) -> None:
@@ -160,13 +165,13 @@ def compute_plan(
         return _make_plan(model, adapter.layers(), kept, sparsity, gamma, name, allocator, model_name,
                           {**options, **(extra or {})}, output_bias=bias)
 
-    scorer_kwargs = {k: options.pop(k) for k in ("include_bias", "seed") if k in options}
+    scorer_kwargs = {k: options.pop(k) for k in SCORER_OPTIONS if k in options}
     scorer = pruner if isinstance(pruner, Scorer) else make_scorer(name, **scorer_kwargs)
     scores, key = None, None
     if score_cache and not isinstance(pruner, Scorer):
         from .score_cache import cache_key, load_scores, save_scores
 
-        key = cache_key(model, name, scorer_kwargs, ids)
+        key = cache_key(model, name, {k: v for k, v in scorer_kwargs.items() if k not in _SAME_SCORES}, ids)
         scores = load_scores(score_cache, key)
     if scores is None:
         scores = scorer.score(adapter, ids)

@@ -7,15 +7,32 @@ The NIRVANA scorer (REFERENCE.md §1) is first order on the model *output*, not 
 training dynamics follow sign-gradient descent, and removing weight W moves the output by about -(df/dW)·W,
 so a weight's saliency is |df/dW ⊙ W| and a unit's is the L1 sum over the weights it owns.
 
-Memory: each weight's gradient is reduced to its unit scores the moment autograd finishes it (a
-post-accumulate-grad hook) and then freed, so at most one parameter's gradient lives at a time instead of
-the whole model's (the official code holds them all, ~80 GB for Llama-3.1-8B). The scores are identical:
-|g ⊙ W| needs g only for W itself.
+Memory (benchmarked by `make bench`, results/bench/):
+  - Gradients are never all held: each weight's gradient is reduced to its unit scores the moment autograd
+    finishes it (a post-accumulate-grad hook) and freed, so at most a few parameters' gradients live at a
+    time instead of the whole model's (the official code holds them all). |g ⊙ W| needs g only for W itself,
+    so the scores are those of the full-gradient computation.
+  - The output target never builds the [B, T, V] logits or their gradient: the LM head is applied to
+    `vocab_chunk` vocabulary rows at a time and only the max over T of each chunk is kept (max's backward
+    needs only the argmax indices), so the logits cost B·T·vocab_chunk floats instead of B·T·V.
+  - `checkpointing=True` keeps only each block's input during the forward pass and recomputes the block in
+    backward: activation memory falls from O(L·B·T·width) to O(B·T·d·L + one block), for about one extra
+    forward pass of time.
+  - `micro_batch_size=m` runs the batch in slices of m rows. The official target is a mean over the batch,
+    f = Σ_i (m_i/B)·f_i, so ∂f/∂W is the sum of the slices' gradients — but |Σ_i g_i ⊙ W| ≠ Σ_i |g_i ⊙ W|:
+    scoring each slice and adding the scores would be a different (larger, and differently ranked)
+    criterion. We therefore accumulate the gradients themselves across slices and take |g ⊙ W| once at the
+    end; this is exact up to floating-point summation order, and it must hold every scored weight's
+    gradient until the last slice (+1× the prunable weights), while activations shrink by B/m. It pays off
+    when activations dominate (small models, long calibration batches on CPU); with checkpointing the
+    single pass is usually the better trade. Exactness needs every row of the batch to carry the same
+    weight in the target: true for all our targets, because calibration batches are rectangular.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -103,10 +120,37 @@ def output_max_target(logits: torch.Tensor) -> torch.Tensor:
     return logits.float().max(dim=1).values.mean()
 
 
+def chunked_output_max_target(hidden: torch.Tensor, head: torch.nn.Linear, vocab_chunk: int) -> torch.Tensor:
+    """`output_max_target(head(hidden))` without materialising the [B, T, V] logits (module docstring).
+
+    Each chunk's logits are freed as soon as their max over T is taken (max keeps only the argmax for
+    backward); in backward, one chunk's logit gradient exists at a time."""
+    if vocab_chunk < 1:
+        raise ValueError(f"vocab_chunk must be >= 1, got {vocab_chunk}")
+    weight, bias = head.weight, head.bias
+    vocab = weight.shape[0]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, vocab, vocab_chunk):
+        stop = min(start + vocab_chunk, vocab)
+        logits = torch.nn.functional.linear(hidden, weight[start:stop], None if bias is None else bias[start:stop])
+        total = total + logits.float().max(dim=1).values.sum()
+    return total / (hidden.shape[0] * vocab)
+
+
 class GradientSaliencyScorer(Scorer):
-    """|∂f/∂W ⊙ W| for a scalar target f of the calibration forward pass, gradients freed as they arrive."""
+    """|∂f/∂W ⊙ W| for a scalar target f of the calibration forward pass, gradients freed as they arrive.
+
+    `micro_batch_size` and `checkpointing` trade time for memory without changing the criterion (module
+    docstring); the target must be a mean over the batch rows (all of ours are)."""
 
     name = "gradient"
+
+    def __init__(self, include_bias: bool = False, micro_batch_size: int | None = None, checkpointing: bool = False):
+        super().__init__(include_bias)
+        if micro_batch_size is not None and int(micro_batch_size) < 1:
+            raise ValueError(f"micro_batch_size must be >= 1 or None, got {micro_batch_size}")
+        self.micro_batch_size = None if micro_batch_size is None else int(micro_batch_size)
+        self.checkpointing = bool(checkpointing)
 
     def target(self, adapter: ModelAdapter, input_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -116,6 +160,7 @@ class GradientSaliencyScorer(Scorer):
         scores = _zero_scores(adapter)
         owners = _slices_by_param(adapter, self.include_bias)
         prunable = {pid: p for pid, (p, _) in owners.items()}
+        slices = self._row_slices(input_ids)
 
         def reduce_and_free(p: torch.Tensor) -> None:
             w_scores = (p.grad.float() * p.detach().float()).abs()
@@ -127,14 +172,26 @@ class GradientSaliencyScorer(Scorer):
         saved_flags = {name: p.requires_grad for name, p in model.named_parameters()}
         hooks: list[Callable] = []
         was_training = model.training
+        checkpointing = adapter.activation_checkpointing() if self.checkpointing else nullcontext()
         try:
             model.eval()
             for p in model.parameters():
                 p.requires_grad_(id(p) in prunable)
                 p.grad = None
-            hooks = [p.register_post_accumulate_grad_hook(reduce_and_free) for p in prunable.values()]
-            with torch.enable_grad():
-                self.target(adapter, input_ids).backward()
+            if len(slices) == 1:  # one pass: each gradient is final when it arrives → reduce and free it
+                hooks = [p.register_post_accumulate_grad_hook(reduce_and_free) for p in prunable.values()]
+            with torch.enable_grad(), checkpointing:
+                batch = input_ids.shape[0]
+                for rows in slices:
+                    part = input_ids[rows]
+                    f = self.target(adapter, part)
+                    if len(slices) > 1:
+                        f = f * (part.shape[0] / batch)  # f = Σ (m_i / B) f_i for a mean over rows
+                    f.backward()
+            if len(slices) > 1:  # gradients summed over the slices: score them once, now
+                for p in prunable.values():
+                    if p.grad is not None:
+                        reduce_and_free(p)
         finally:
             for h in hooks:
                 h.remove()
@@ -144,13 +201,31 @@ class GradientSaliencyScorer(Scorer):
             model.train(was_training)
         return scores
 
+    def _row_slices(self, input_ids: torch.Tensor) -> list[slice]:
+        batch = input_ids.shape[0]
+        step = batch if self.micro_batch_size is None else min(self.micro_batch_size, batch)
+        return [slice(i, min(i + step, batch)) for i in range(0, batch, step)]
+
 
 class NirvanaScorer(GradientSaliencyScorer):
-    """The paper's criterion with the official code's target f (REFERENCE.md §1)."""
+    """The paper's criterion with the official code's target f (REFERENCE.md §1).
+
+    `vocab_chunk`: LM-head rows per chunk of the memory-frugal target (None = the plain [B, T, V] logits)."""
 
     name = "nirvana"
 
+    def __init__(self, include_bias: bool = False, micro_batch_size: int | None = None, checkpointing: bool = False,
+                 vocab_chunk: int | None = 8192):
+        super().__init__(include_bias, micro_batch_size, checkpointing)
+        if vocab_chunk is not None and int(vocab_chunk) < 1:
+            raise ValueError(f"vocab_chunk must be >= 1 or None, got {vocab_chunk}")
+        self.vocab_chunk = None if vocab_chunk is None else int(vocab_chunk)
+
     def target(self, adapter, input_ids):
+        if self.vocab_chunk is not None:
+            split = adapter.hidden_and_head(input_ids)
+            if split is not None:  # None: the adapter's logits are not a plain head(hidden) (e.g. T5)
+                return chunked_output_max_target(*split, self.vocab_chunk)
         return output_max_target(adapter.logits(input_ids))
 
 

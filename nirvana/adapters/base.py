@@ -16,9 +16,11 @@ Layers may belong to named stacks (`LayerUnits.stack`: "encoder"/"decoder"); lay
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 ATTENTION = "attention"
@@ -161,6 +163,40 @@ class ModelAdapter:
         """Logits [B, T', V] on a calibration batch [B, T]; the scorers' only way to run the model.
         Decoder-only: T' = T. Encoder–decoders: the decoder's positions over the window's continuation."""
         raise NotImplementedError
+
+    def hidden_and_head(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, nn.Linear] | None:
+        """(final hidden states [B, T, d], LM head) with logits == head(hidden), so that a scorer can apply the
+        head a vocabulary chunk at a time; None where logits are not that (the scorer then uses `logits`)."""
+        return None
+
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks, in execution order (what activation checkpointing wraps)."""
+        raise NotImplementedError
+
+    @contextmanager
+    def activation_checkpointing(self):
+        """Inside this context each block keeps only its inputs for backward and recomputes itself then.
+
+        Wraps the blocks' `forward` instead of using transformers' `gradient_checkpointing_enable()`, which
+        only acts in train mode — and train mode would switch on dropout (T5) and change the scores."""
+        blocks = self.blocks()
+        # An instance-level forward (accelerate's device_map hooks install one) is restored as it was.
+        own = [block.__dict__.get("forward") for block in blocks]
+        for block in blocks:
+            inner = block.forward
+
+            def checkpointed(*args, _inner=inner, **kwargs):
+                return torch.utils.checkpoint.checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+            block.forward = checkpointed
+        try:
+            yield
+        finally:
+            for block, forward in zip(blocks, own):
+                if forward is None:
+                    del block.forward  # back to the class's method
+                else:
+                    block.forward = forward
 
     def lm_loss(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The LM cross-entropy of a calibration batch (Taylor's target). Default: next-token prediction."""

@@ -91,3 +91,12 @@ class LlamaFamilyAdapter(ModelAdapter):
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, use_cache=False).logits
+
+    def hidden_and_head(self, input_ids: torch.Tensor):
+        # *ForCausalLM computes logits = lm_head(last_hidden_state) for these four families (no soft-capping
+        # or logit scaling), so the head can be applied chunk by chunk.
+        hidden = self.model.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        return hidden, self.model.get_output_embeddings()
+
+    def blocks(self):
+        return list(self._decoder_layers())

@@ -94,6 +94,9 @@ class T5Adapter(ModelAdapter):
 
         return list(t5_blocks(self.model))
 
+    def blocks(self):
+        return [block for _, _, block, _, _ in self._blocks()]
+
     @staticmethod
     def _n_heads(attn) -> int:
         return attn.q.weight.shape[0] // attn.key_value_proj_dim

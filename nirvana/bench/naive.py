@@ -1,0 +1,39 @@
+"""The naive full-gradient NIRVANA scorer: the benchmark's reference point, not something to use.
+
+It does what the official code does (REFERENCE.md §1): every parameter requires grad (embeddings and LM head
+included, as after `from_pretrained`), one forward over the whole batch building the full [B, T, V] logits,
+one backward, all gradients held at once, then |g ⊙ W| reduced per unit. Same target and reduction as
+`nirvana.scoring.NirvanaScorer`, so the scores agree to float rounding — the benchmark checks the plans are
+identical — and only the memory schedule differs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..adapters import ModelAdapter
+from ..scoring import UnitScores, _slices_by_param, _zero_scores, blocked_sum, output_max_target
+
+
+def full_gradient_scores(adapter: ModelAdapter, input_ids: torch.Tensor) -> UnitScores:
+    model = adapter.model
+    saved = {name: p.requires_grad for name, p in model.named_parameters()}
+    was_training = model.training
+    try:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(True)
+            p.grad = None
+        with torch.enable_grad():
+            output_max_target(adapter.logits(input_ids)).backward()
+        scores = _zero_scores(adapter)
+        for p, entries in _slices_by_param(adapter, include_bias=False).values():
+            w_scores = (p.grad.float() * p.detach().float()).abs()
+            for kind, layer, n, s in entries:
+                scores.of(kind)[layer][slice(*s.span(n))] += blocked_sum(w_scores, s, n).double().cpu()
+        return scores
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(saved[name])
+            p.grad = None
+        model.train(was_training)
