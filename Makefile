@@ -23,7 +23,7 @@ SETUP_STAMP  := $(VENV)/.setup-done
 ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets test test-fast demo reproduce-table2 report-demo notebooks lint clean-assets
+.PHONY: help setup assets test test-fast demo reproduce-table2 report-demo notebooks bench gpu-check lint clean-assets
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-20s %s\n", $$1, $$2}'
@@ -67,6 +67,12 @@ reproduce-table2: $(SETUP_STAMP) ## Table 2 sweep (GPU + hub); MODEL=smollm2_135
 
 notebooks: $(SETUP_STAMP) ## execute every analysis notebook headless on result rows (RESULTS=dir PLANS='glob') → outputs/notebooks
 	$(PY) -m experiments.notebooks --results $(RESULTS) $(if $(PLANS),--plans '$(PLANS)') --out outputs/notebooks
+
+bench: $(ASSETS_STAMP) ## benchmarks side by side (scoring memory/time, speed, zero-shot, demo) → results/bench (~50 min)
+	$(PY) -m experiments.bench $(ARGS)
+
+gpu-check: $(SETUP_STAMP) ## the prepared GPU check (Llama-3.1-8B shape, 24 GiB cap) → results/bench/gpu_check.json
+	$(PY) -m experiments.gpu_check $(ARGS)
 
 lint: $(SETUP_STAMP) ## ruff
 	$(VENV)/bin/ruff check nirvana experiments tests

@@ -1,0 +1,45 @@
+"""Run one measurement in a fresh Python process, so that one variant's freed-but-kept memory (and its warm
+caches) cannot flatter or penalise the next. The child prints one JSON line; that line is the result.
+
+The child runs with a fixed glibc mmap threshold (MALLOC_MMAP_THRESHOLD_). By default glibc raises that
+threshold as large blocks are freed, after which freed tensor memory can stay resident: the same scoring run
+then peaks ~0.5 GiB higher or lower from one process to the next (measured on SmolLM2). With a fixed threshold
+every large tensor is unmapped when freed, resident memory tracks live tensors, and repeats agree to the MiB.
+It applies to every variant alike (time included)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "TOKENIZERS_PARALLELISM": "false"}
+WORKERS = {
+    "scoring": "nirvana.bench.scoring:measure_scoring",
+}
+
+
+def run_isolated(worker: str, timeout: float | None = None, **kwargs) -> dict:
+    if worker not in WORKERS:
+        raise ValueError(f"unknown worker {worker!r}; choose one of {sorted(WORKERS)}")
+    cmd = [sys.executable, "-m", "nirvana.bench.isolate", worker, json.dumps(kwargs)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **CHILD_ENV})
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"benchmark worker {worker} {kwargs} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _main(argv: list[str]) -> None:
+    import importlib
+
+    worker, kwargs = argv[0], json.loads(argv[1])
+    module, func = WORKERS[worker].split(":")
+    result = getattr(importlib.import_module(module), func)(**kwargs)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

@@ -1,0 +1,89 @@
+"""Peak memory of one region of code, on CUDA (allocator statistics) or CPU (the process's resident peak).
+
+CPU: Linux's VmHWM (peak resident set size) is reset on entry by writing "5" to /proc/self/clear_refs, so the
+peak belongs to the region rather than to the process's whole life. It counts everything resident — the
+model included — which is what decides whether a job fits; `extra_bytes` subtracts what was resident on
+entry. Freed memory that the C allocator keeps can inflate later regions, so benchmarks measure each
+variant in a fresh process (nirvana.bench.isolate).
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def resident_bytes() -> int:
+    kib = _status_kib("VmRSS")
+    return (kib or 0) * 1024
+
+
+def _reset_resident_peak() -> bool:
+    try:
+        _CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _resident_peak_bytes() -> int:
+    kib = _status_kib("VmHWM")
+    if kib is None:  # not Linux: the process-lifetime peak is the best there is
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib * 1024
+
+
+@dataclass
+class PeakMemory:
+    """`with PeakMemory(device) as m: ...` → m.peak_bytes, m.base_bytes, m.extra_bytes, m.how."""
+
+    device: str | torch.device = "cpu"
+    peak_bytes: int = 0
+    base_bytes: int = 0
+    how: str = ""
+
+    def __enter__(self):
+        dev = torch.device(self.device)
+        self._cuda = dev.type == "cuda"
+        if self._cuda:
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            self.base_bytes = torch.cuda.memory_allocated(dev)
+            self.how = "torch.cuda.max_memory_allocated"
+        else:
+            scoped = _reset_resident_peak()
+            self.base_bytes = resident_bytes()
+            self.how = "VmHWM after clear_refs" if scoped else "ru_maxrss (process lifetime)"
+        return self
+
+    def __exit__(self, *exc):
+        if self._cuda:
+            dev = torch.device(self.device)
+            torch.cuda.synchronize(dev)
+            self.peak_bytes = torch.cuda.max_memory_allocated(dev)
+        else:
+            self.peak_bytes = _resident_peak_bytes()
+        return False
+
+    @property
+    def extra_bytes(self) -> int:
+        return max(self.peak_bytes - self.base_bytes, 0)
+
+
+GIB = 2**30

@@ -1,0 +1,162 @@
+"""Scoring benchmark: peak memory and time of NIRVANA scoring, ours vs the naive full-gradient scorer.
+
+Variants (all the same criterion — the plans are checked identical to the naive one's):
+  naive               — nirvana.bench.naive: all gradients held, full [B, T, V] logits (the official schedule)
+  ours                — nirvana.scoring.NirvanaScorer() as shipped: gradients reduced and freed as they arrive,
+                        LM head applied in vocabulary chunks
+  ours+checkpointing  — plus activation checkpointing (one extra forward pass of time)
+  ours+micro_batch    — plus exact gradient accumulation over micro-batches of B/4 rows (holds the gradients)
+Each measurement runs in a fresh process (nirvana.bench.isolate); repeats are interleaved across variants so
+that a noisy neighbour hits all of them alike; medians are reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+
+import torch
+
+from .memory import GIB, PeakMemory
+from .models import load_bench_model, random_ids
+
+VARIANTS = {
+    "naive": None,
+    "ours": {},
+    "ours+checkpointing": {"checkpointing": True},
+    "ours+micro_batch": {"micro_batch_size": "B/4"},
+}
+REFERENCE = "naive"
+# The plan every variant must reproduce: Llama-3.1-8B's headline setting (REFERENCE.md §2).
+PLAN_SPARSITY, PLAN_GAMMA = 0.5, 3.36
+
+
+def check_variants(variants) -> list[str]:
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown scoring variant(s) {unknown}; choose from {list(VARIANTS)}")
+    return list(variants)
+
+
+def make_variant_scorer(variant: str, batch: int):
+    from ..scoring import NirvanaScorer
+
+    options = dict(VARIANTS[variant])
+    if options.get("micro_batch_size") == "B/4":
+        options["micro_batch_size"] = max(batch // 4, 1)
+    return NirvanaScorer(**options)
+
+
+def plan_digest(model, scores) -> tuple[str, int, int]:
+    """Hash of the kept units of the s=0.5, γ=3.36 plan, and its pruned group / neuron counts."""
+    from ..pruning import plan_from_scores
+
+    plan = plan_from_scores(model, scores, PLAN_SPARSITY, PLAN_GAMMA)
+    kept = [[layer.kept_groups, layer.kept_neurons] for layer in plan.layers]
+    return hashlib.sha256(json.dumps(kept).encode()).hexdigest()[:16], plan.pruned_groups, plan.pruned_neurons
+
+
+def measure_scoring(model: str, variant: str, batch: int, seq_len: int, device: str = "cpu",
+                    dtype: str = "float32", seed: int = 0, memory_cap_gib: float | None = None,
+                    scores_out: str | None = None) -> dict:
+    """One scoring pass of `variant` on a freshly loaded `model`; meant for a fresh process (isolate)."""
+    from ..adapters import get_adapter
+    from ..models import resolve_dtype
+    from .naive import full_gradient_scores
+
+    check_variants([variant])
+    t0 = time.perf_counter()
+    net = load_bench_model(model, device, resolve_dtype(dtype, device))
+    load_s = time.perf_counter() - t0
+    adapter = get_adapter(net)
+    ids = random_ids(adapter.vocab_size(), batch, seq_len, seed, device)
+    if memory_cap_gib is not None and device.startswith("cuda"):
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(memory_cap_gib * GIB / total, 1.0), device)
+    result = {"model": model, "variant": variant, "batch": batch, "seq_len": seq_len, "device": device,
+              "dtype": dtype, "threads": torch.get_num_threads(), "load_s": round(load_s, 3),
+              "memory_cap_gib": memory_cap_gib, "params": sum(p.numel() for p in net.parameters())}
+    try:
+        with PeakMemory(device) as mem:
+            t1 = time.perf_counter()
+            if variant == REFERENCE:
+                scores = full_gradient_scores(adapter, ids)
+            else:
+                scores = make_variant_scorer(variant, batch).score(adapter, ids)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - t1
+    except torch.OutOfMemoryError as e:
+        return {**result, "oom": True, "error": str(e).splitlines()[0][:300]}
+    digest, groups, neurons = plan_digest(net, scores)
+    if scores_out:
+        from ..score_cache import save_scores
+
+        save_scores(scores_out, f"{model}-{variant}", scores)
+    return {**result, "oom": False, "seconds": seconds, "peak_bytes": mem.peak_bytes, "base_bytes": mem.base_bytes,
+            "extra_bytes": mem.extra_bytes, "memory_measure": mem.how, "plan_digest": digest,
+            "pruned_groups": groups, "pruned_neurons": neurons}
+
+
+def max_relative_difference(a, b) -> float:
+    worst = 0.0
+    for xs, ys in ((a.attention, b.attention), (a.mlp, b.mlp)):
+        for x, y in zip(xs, ys, strict=True):
+            worst = max(worst, float(((x - y).abs() / y.abs().clamp_min(1e-300)).max()))
+    return worst
+
+
+def summarize(measurements: list[dict]) -> list[dict]:
+    """Median time and peak per (model, variant), with ratios to the naive scorer of the same model."""
+    rows = []
+    keys = sorted({(m["model"], m["variant"]) for m in measurements}, key=lambda k: (k[0], list(VARIANTS).index(k[1])))
+    for model, variant in keys:
+        runs = [m for m in measurements if m["model"] == model and m["variant"] == variant]
+        ok = [m for m in runs if not m.get("oom")]
+        row = {"model": model, "variant": variant, "repeats": len(runs), "oom": len(runs) - len(ok)}
+        if ok:
+            row |= {
+                "seconds_median": statistics.median(m["seconds"] for m in ok),
+                "peak_gib_median": statistics.median(m["peak_bytes"] for m in ok) / GIB,
+                "extra_gib_median": statistics.median(m["extra_bytes"] for m in ok) / GIB,
+                "plan_digest": sorted({m["plan_digest"] for m in ok}),
+                "pruned_groups": ok[0]["pruned_groups"], "pruned_neurons": ok[0]["pruned_neurons"],
+            }
+        rows.append(row)
+    for row in rows:
+        ref = next((r for r in rows if r["model"] == row["model"] and r["variant"] == REFERENCE
+                    and "seconds_median" in r), None)
+        if ref and "seconds_median" in row:
+            row["time_ratio"] = row["seconds_median"] / ref["seconds_median"]
+            row["peak_ratio"] = row["peak_gib_median"] / ref["peak_gib_median"]
+            row["extra_ratio"] = row["extra_gib_median"] / ref["extra_gib_median"]
+            row["plan_identical"] = row["plan_digest"] == ref["plan_digest"]
+    return rows
+
+
+def run_scoring_bench(models: dict[str, dict], variants, repeats: int, device: str = "cpu", dtype: str = "float32",
+                      memory_cap_gib: float | None = None, scores_dir: str | None = None, progress=None) -> dict:
+    """`models`: {spec: {"batch": B, "seq_len": T}}. Returns {"measurements", "summary", "score_differences"}."""
+    from .isolate import run_isolated
+
+    variants = check_variants(variants)
+    jobs = [(r, m, v) for r in range(repeats) for m in models for v in variants]
+    measurements = []
+    for r, model, variant in (progress(jobs) if progress else jobs):
+        out = scores_dir if (scores_dir and r == 0) else None
+        res = run_isolated("scoring", model=model, variant=variant, device=device, dtype=dtype,
+                           memory_cap_gib=memory_cap_gib, scores_out=out, **models[model])
+        measurements.append({**res, "repeat": r})
+    differences = {}
+    if scores_dir and REFERENCE in variants:
+        from ..score_cache import load_scores
+
+        for model in models:
+            ref = load_scores(scores_dir, f"{model}-{REFERENCE}")
+            for v in variants:
+                other = load_scores(scores_dir, f"{model}-{v}")
+                if ref is not None and other is not None and v != REFERENCE:
+                    differences[f"{model}/{v}"] = max_relative_difference(other, ref)
+    return {"measurements": measurements, "summary": summarize(measurements), "score_differences": differences}

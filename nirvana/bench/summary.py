@@ -1,0 +1,142 @@
+"""results/bench/SUMMARY.md (and scoring.png) from the sections' JSON files — never from live measurements."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SECTIONS = ("scoring", "speed", "zeroshot", "demo", "gpu_check")
+
+
+def load_sections(out_dir: Path) -> dict[str, dict]:
+    found = {}
+    for name in SECTIONS:
+        path = Path(out_dir) / f"{name}.json"
+        if path.is_file():
+            found[name] = json.loads(path.read_text())
+    return found
+
+
+def _provenance(doc: dict) -> str:
+    p = doc.get("provenance", {})
+    return (f"_Measured {p.get('finished', '?')} at git {p.get('git', '?')} on {p.get('machine', '?')}; "
+            f"command: `{p.get('command', '?')}`._")
+
+
+def _fmt(x, spec=".2f", none="—"):
+    return none if x is None else format(x, spec)
+
+
+def scoring_md(doc: dict) -> list[str]:
+    r = doc["result"]
+    lines = ["## Scoring: peak memory and time, ours vs the naive full-gradient scorer", "",
+             "Same criterion in every variant (plans at s=0.5, γ=3.36 compared with the naive one's). Peak = "
+             "resident memory of a fresh process during scoring, model included; *extra* = peak minus what was "
+             "resident before scoring. Medians of the repeats; ratios are to the naive scorer on the same model.", ""]
+    lines += ["| model | batch | variant | time s | × naive | peak GiB | × naive | extra GiB | plan = naive | "
+              "max rel. score diff |", "|---|---|---|---|---|---|---|---|---|---|"]
+    shapes = {m["model"]: f'{m["batch"]}×{m["seq_len"]}' for m in r["measurements"]}
+    for row in r["summary"]:
+        if "seconds_median" not in row:
+            lines.append(f'| {row["model"]} | {shapes.get(row["model"], "")} | {row["variant"]} | OOM ({row["oom"]}×) '
+                         f'| | | | | | |')
+            continue
+        diff = r.get("score_differences", {}).get(f'{row["model"]}/{row["variant"]}')
+        same = row.get("plan_identical")
+        lines.append(
+            f'| {row["model"]} | {shapes.get(row["model"], "")} | {row["variant"]} | {row["seconds_median"]:.1f} | '
+            f'{_fmt(row.get("time_ratio"))} | {row["peak_gib_median"]:.2f} | {_fmt(row.get("peak_ratio"))} | '
+            f'{row["extra_gib_median"]:.2f} | {"—" if same is None else ("yes" if same else "**no**")} | '
+            f'{"—" if diff is None else f"{diff:.1e}"} |')
+    goal = doc.get("goal", {})
+    if goal:
+        lines += ["", f'Goal: peak ≤ {goal["peak_ratio"]}× at time ≤ {goal["time_ratio"]}× of the naive scorer. '
+                  + "; ".join(f'{m}: {", ".join(v) if v else "no variant meets it"}'
+                              for m, v in goal.get("met_by", {}).items()) + "."]
+    return lines
+
+
+def speed_md(doc: dict) -> list[str]:
+    r = doc["result"]
+    lines = ["## Inference speed: NIRVANA-pruned vs dense", "",
+             f'{r["model"]}, {r["threads"]} threads. Efficiency = measured speed-up × FLOP ratio (1.0 = the ideal '
+             "speed-up 1/FLOP ratio). Medians of alternating repeats.", "",
+             "| sparsity | batch × prompt + new | params kept | stage | FLOP ratio | dense tok/s | pruned tok/s | "
+             "speed-up | efficiency |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        shape = f'{row["batch_size"]} × {row["prompt_len"]} + {row["new_tokens"]}'
+        for stage in ("prefill", "decode"):
+            lines.append(f'| {row["sparsity"]} | {shape} | {row["params_kept"]:.3f} | {stage} | '
+                         f'{row[f"{stage}_flop_ratio"]:.3f} | {row[f"dense_{stage}_tok_s"]:.1f} | '
+                         f'{row[f"{stage}_tok_s"]:.1f} | {row[f"{stage}_speedup"]:.2f}× | '
+                         f'{row[f"{stage}_efficiency"]:.2f} |')
+    return lines
+
+
+def zeroshot_md(doc: dict) -> list[str]:
+    r = doc["result"]
+    med, rps = r["seconds_median"], r["requests_per_s"]
+    return ["## Zero-shot evaluation throughput: ours vs the stock lm-eval CLI", "",
+            f'{", ".join(r["tasks"])}, limit {r["limit"]}, batch {r["batch_size"]}: {r["requests"]} loglikelihood '
+            "requests, end to end (process start to exit), medians of alternating repeats.", "",
+            "| path | seconds (median) | requests/s |", "|---|---|---|",
+            f'| ours (`python -m experiments.evaluate eval=zeroshot`) | {med["ours"]:.1f} | {rps["ours"]:.2f} |',
+            f'| stock `lm_eval --model hf` | {med["stock_cli"]:.1f} | {rps["stock_cli"]:.2f} |', "",
+            f'Ours / stock requests/s: **{r["ratio_ours_vs_stock"]:.2f}×**; identical metrics on every task: '
+            f'**{"yes" if r["same_scores"] else "no"}**.']
+
+
+def demo_md(doc: dict) -> list[str]:
+    r = doc["result"]
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in r["stages"].items())
+    return ["## `make demo` job", "", f'{r["seconds"] / 60:.1f} min wall ({stages}), {r["rows"]} result rows; '
+            f'{r["command"]}.' + (f' Overrides: `{" ".join(r["args"])}`.' if r["args"] else "")]
+
+
+def gpu_md(doc: dict) -> list[str]:
+    r = doc["result"]
+    return ["## GPU check", "", "```json", json.dumps(r.get("summary", r), indent=2), "```"]
+
+
+RENDER = {"scoring": scoring_md, "speed": speed_md, "zeroshot": zeroshot_md, "demo": demo_md, "gpu_check": gpu_md}
+
+
+def write_summary(out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    docs = load_sections(out_dir)
+    lines = ["# Benchmarks", "", "Written by `make bench` (`python -m experiments.bench`) from the JSON files beside "
+             "it; each section says when, where and with which command it was measured.", ""]
+    for name, doc in docs.items():
+        lines += RENDER[name](doc) + ["", _provenance(doc), ""]
+    path = out_dir / "SUMMARY.md"
+    path.write_text("\n".join(lines))
+    if "scoring" in docs:
+        scoring_figure(docs["scoring"], out_dir / "scoring.png")
+    return path
+
+
+def scoring_figure(doc: dict, path: Path) -> Path:
+    """Peak memory against time, one point per variant, one panel per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in doc["result"]["summary"] if "seconds_median" in r]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for r in (r for r in rows if r["model"] == model):
+            ax.scatter(r["seconds_median"], r["peak_gib_median"], s=60)
+            ax.annotate(r["variant"], (r["seconds_median"], r["peak_gib_median"]), textcoords="offset points",
+                        xytext=(5, 5), fontsize=8)
+        ax.set_title(model)
+        ax.set_xlabel("scoring time (s, median)")
+        ax.set_ylabel("peak resident memory (GiB, median)")
+        ax.set_ylim(bottom=0)
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

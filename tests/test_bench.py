@@ -1,0 +1,174 @@
+"""`make bench` machinery on small shapes: memory probe, isolated workers, summaries, the CLI, the GPU check."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from nirvana.bench.memory import PeakMemory
+from nirvana.bench.scoring import summarize
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+linux_only = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+
+
+@linux_only
+def test_peak_memory_is_scoped_to_its_region():
+    with PeakMemory("cpu") as big:
+        x = torch.ones(64 * 2**20)  # 256 MiB, touched
+        del x
+    with PeakMemory("cpu") as small:
+        y = torch.ones(2**20)  # 4 MiB
+        del y
+    assert big.how.startswith("VmHWM")
+    assert big.extra_bytes > 200 * 2**20
+    assert small.extra_bytes < 100 * 2**20  # the first region's peak was reset, not inherited
+
+
+def test_isolated_workers_agree_on_the_plan():
+    from nirvana.bench.isolate import run_isolated
+
+    out = {v: run_isolated("scoring", model="llama-tiny-shape", variant=v, batch=4, seq_len=16)
+           for v in ("naive", "ours+micro_batch")}
+    assert out["naive"]["plan_digest"] == out["ours+micro_batch"]["plan_digest"]
+    assert all(r["peak_bytes"] > r["base_bytes"] > 0 and r["seconds"] > 0 for r in out.values())
+    with pytest.raises(RuntimeError, match="unknown scoring variant"):
+        run_isolated("scoring", model="llama-tiny-shape", variant="nope", batch=4, seq_len=16)
+
+
+def _m(variant, seconds, peak, digest="d", model="m"):
+    return {"model": model, "variant": variant, "batch": 2, "seq_len": 8, "seconds": seconds, "peak_bytes": peak,
+            "extra_bytes": peak // 2, "plan_digest": digest, "pruned_groups": 1, "pruned_neurons": 2, "oom": False}
+
+
+def test_summary_takes_medians_and_ratios_to_naive():
+    g = 2**30
+    rows = summarize([_m("naive", 10, 10 * g), _m("naive", 12, 10 * g), _m("naive", 50, 10 * g),
+                      _m("ours", 6, 4 * g), _m("ours", 9, 4 * g), _m("ours", 3, 5 * g, digest="x")])
+    naive, ours = rows
+    assert naive["seconds_median"] == 12 and naive["time_ratio"] == 1.0
+    assert ours["seconds_median"] == 6 and ours["time_ratio"] == pytest.approx(0.5)
+    assert ours["peak_ratio"] == pytest.approx(0.4)
+    assert ours["plan_identical"] is False  # one repeat disagreed: reported, not hidden
+
+
+def test_bench_config_composes():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="bench")
+    from experiments.bench import validate
+
+    validate(cfg)
+    assert list(cfg.sections) == ["scoring", "speed", "zeroshot", "demo"]
+
+
+def _shrunk(tmp_path, *extra):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="bench", overrides=[
+            f"out_dir={tmp_path}", "progress=false", "sections=[scoring,speed]",
+            "scoring.models=[{name: llama-tiny-shape, batch: 4, seq_len: 16}]", "scoring.variants=[naive,ours]",
+            "scoring.repeats=1", "speed.model=tiny:llama", "speed.repeats=1", "speed.sparsities=[0.5]",
+            "speed.calibration={source: pydoc, n_samples: 4, seq_len: 32, seed: 0}",
+            "speed.shapes=[{batch_size: 1, prompt_len: 8, new_tokens: 2}]", f"speed.score_cache={tmp_path}/cache",
+            *extra])
+
+
+def test_bench_cli_shrunk_writes_sections_and_summary(tmp_path):
+    from experiments.bench import run_bench
+
+    summary = run_bench(_shrunk(tmp_path))
+    scoring = json.loads((tmp_path / "scoring.json").read_text())
+    assert scoring["provenance"]["git"] and scoring["goal"]["peak_ratio"] == 0.6
+    ours = next(r for r in scoring["result"]["summary"] if r["variant"] == "ours")
+    assert ours["plan_identical"] is True
+    assert scoring["result"]["score_differences"]["llama-tiny-shape/ours"] < 1e-4
+    speed = json.loads((tmp_path / "speed.json").read_text())["result"]["rows"]
+    assert speed[0]["prefill_flop_ratio"] < 1 and speed[0]["params_kept"] < 1
+    text = summary.read_text()
+    assert "## Scoring" in text and "## Inference speed" in text and "llama-tiny-shape" in text
+    assert (tmp_path / "scoring.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("override,match", [
+    ("sections=[scoring,nope]", "unknown bench section"),
+    ("scoring.variants=[naive,fast]", "unknown scoring variant"),
+    ("scoring.models=[{name: gpt5, batch: 1, seq_len: 8}]", "unknown benchmark model"),
+])
+def test_bench_rejects_bad_config_before_work(tmp_path, override, match):
+    from experiments.bench import run_bench
+
+    with pytest.raises(ValueError, match=match):
+        run_bench(_shrunk(tmp_path, override))
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_summary_renders_every_section_kind(tmp_path):
+    from nirvana.bench.summary import write_summary
+
+    prov = {"git": "abc", "finished": "now", "machine": "m", "command": "c"}
+    (tmp_path / "demo.json").write_text(json.dumps({"result": {"seconds": 900.0, "stages": {"sweep": 880.0,
+                                        "report": 20.0}, "rows": 40, "args": [], "command": "x"}, "provenance": prov}))
+    (tmp_path / "zeroshot.json").write_text(json.dumps({"result": {
+        "tasks": ["arc_easy"], "limit": 2, "batch_size": 8, "requests": 8, "seconds_median": {"ours": 4.0, "stock_cli": 5.0},
+        "requests_per_s": {"ours": 2.0, "stock_cli": 1.6}, "ratio_ours_vs_stock": 1.25, "same_scores": True},
+        "provenance": prov}))
+    text = write_summary(tmp_path).read_text()
+    assert "15.0 min" in text and "1.25×" in text and "git abc" in text
+
+
+def test_gpu_check_runs_on_cpu_with_a_small_shape(tmp_path):
+    from experiments.gpu_check import main, shape_budget
+
+    # REFERENCE.md §2's worked numbers, from the config alone
+    assert shape_budget("llama-8b-shape", 0.5, 3.36) == {"groups": 44, "neurons": 265_197}
+    assert shape_budget("llama-8b-shape", 0.2, 3.36) == {"groups": 17, "neurons": 106_078}
+    assert shape_budget("llama-8b-shape", 0.5, 1.0) == {"groups": 128, "neurons": 229_376}
+    out = tmp_path / "gpu_check.json"
+    code = main(["--shape", "llama-tiny-shape", "--device", "cpu", "--dtype", "float32", "--batch", "4",
+                 "--seq-len", "16", "--speed-repeats", "1", "--out", str(out)])
+    doc = json.loads(out.read_text())["result"]
+    assert code == 0 and doc["checks"]["parameters_consistent"] and doc["checks"]["adapter_budget_agrees"]
+    assert doc["plan_identical_to_naive"] is True
+    assert [r["variant"] for r in doc["scoring"]] == ["ours+checkpointing", "ours", "naive", "naive (no cap)"]
+    assert all(s["prefill_flop_ratio"] < 1 for s in doc["speed"])
+
+
+def test_gpu_check_refuses_cuda_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from experiments.gpu_check import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cuda"])
+
+
+@pytest.mark.gpu
+def test_gpu_check_on_the_gpu(tmp_path):
+    """The real check (Llama-3.1-8B shape, bf16, 24 GiB cap); `pytest -m gpu` on a CUDA machine."""
+    from experiments.gpu_check import main
+
+    out = tmp_path / "gpu_check.json"
+    assert main(["--out", str(out)]) == 0
+    doc = json.loads(out.read_text())["result"]
+    assert doc["checks"]["closed_form_matches_reference"] is True
+    assert doc["checks"]["scored_under_cap"] is True
+
+
+@pytest.mark.slow
+def test_zeroshot_bench_matches_the_stock_cli(tmp_path):
+    from nirvana import paths
+    from nirvana.bench.zeroshot import run_zeroshot_bench
+
+    if not (paths.smollm2_dir() / "config.json").exists():
+        pytest.skip("SmolLM2 asset not built: run `make assets`")
+    if not Path(sys.executable).with_name("lm_eval").exists():
+        pytest.skip("lm_eval CLI not installed next to this interpreter")
+    repo = str(Path(__file__).resolve().parents[1])
+    r = run_zeroshot_bench("smollm2_135m", str(paths.smollm2_dir()), ["arc_easy"], 2, 8, 2048, 1, repo)
+    assert r["requests"] == 8  # 2 questions × 4 choices
+    assert r["same_scores"] is True
+    assert r["requests_per_s"]["ours"] > 0 and r["requests_per_s"]["stock_cli"] > 0
+    assert os.environ.get("NIRVANA_CACHE") is None or Path(os.environ["NIRVANA_CACHE"]).exists()
