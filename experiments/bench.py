@@ -14,6 +14,7 @@ import datetime
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -77,10 +78,10 @@ def run_section(name: str, cfg: DictConfig) -> tuple[dict, dict]:
     if name == "scoring":
         from nirvana.bench.scoring import run_scoring_bench
 
-        scores_dir = str(Path(cfg.out_dir) / ".scores")
         models = {m["name"]: {"batch": m["batch"], "seq_len": m["seq_len"]} for m in c["models"]}
-        result = run_scoring_bench(models, c["variants"], c["repeats"], c["device"], c["dtype"],
-                                   scores_dir=scores_dir, progress=bar)
+        with tempfile.TemporaryDirectory(prefix="nirvana-bench-scores-") as scores_dir:  # for score differences
+            result = run_scoring_bench(models, c["variants"], c["repeats"], c["device"], c["dtype"],
+                                       scores_dir=scores_dir, progress=bar)
         return c, result
     if name == "speed":
         from nirvana.bench.speed import run_speed_bench

@@ -24,7 +24,8 @@ from .surgery import apply_plan, count_parameters
 PRUNERS = (*SCORERS, "wanda_sp", "flap")
 CALIBRATION_FREE = ("magnitude", "random")
 # Options of the scorer itself (nirvana.scoring), as opposed to the allocator's.
-SCORER_OPTIONS = ("include_bias", "seed", "micro_batch_size", "checkpointing", "vocab_chunk")
+MEMORY_OPTIONS = ("micro_batch_size", "checkpointing", "vocab_chunk")  # how gradient scorers run, not what
+SCORER_OPTIONS = ("include_bias", "seed", *MEMORY_OPTIONS)
 # Recomputing a block gives bit-identical activations, so checkpointing does not change the scores and
 # does not split the score cache; the others may change the last bits (summation order).
 _SAME_SCORES = ("checkpointing",)
@@ -166,6 +167,9 @@ def compute_plan(
                           {**options, **(extra or {})}, output_bias=bias)
 
     scorer_kwargs = {k: options.pop(k) for k in SCORER_OPTIONS if k in options}
+    if name in CALIBRATION_FREE:  # no forward pass, nothing to schedule (magnitude/random inherit nirvana.yaml)
+        for k in MEMORY_OPTIONS:
+            scorer_kwargs.pop(k, None)
     scorer = pruner if isinstance(pruner, Scorer) else make_scorer(name, **scorer_kwargs)
     scores, key = None, None
     if score_cache and not isinstance(pruner, Scorer):

@@ -145,3 +145,12 @@ def test_reduction_helpers_agree_with_the_naive_loop(calib_ids):
     p, entries = w
     kind, layer, n, s = entries[0]
     assert blocked_sum(p.detach().abs(), s, n).shape[0] == s.span(n)[1] - s.span(n)[0]
+
+
+@pytest.mark.parametrize("pruner", ["magnitude", "random"])
+def test_calibration_free_pruners_ignore_the_memory_options_they_inherit(pruner):
+    """conf/pruner/{magnitude,random}.yaml inherit nirvana.yaml, memory options included."""
+    model = tiny_model("llama")
+    plan = compute_plan(model, None, pruner, sparsity=0.3, gamma=1.0, micro_batch_size=None, checkpointing=False,
+                        vocab_chunk=8192)
+    assert plan.pruned_neurons > 0 and "vocab_chunk" not in plan.extra
