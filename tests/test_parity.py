@@ -5,6 +5,7 @@ from reference_official import official_counts, official_plan, official_unit_sco
 from reference_official import plan_from_scores as ref_plan_from_scores
 
 from nirvana.pruning import compute_plan, plan_from_scores, score_units
+from nirvana.scoring import NirvanaScorer
 from nirvana.tiny import tiny_model
 
 
@@ -23,13 +24,17 @@ def test_tiny_plans_equal_official(criterion, sparsity, gamma, calib_ids):
     assert (ours.pruned_groups, ours.pruned_neurons) == (ref["pruned_groups"], ref["pruned_neurons"])
 
 
-SMOL_CASES = [("nirvana", 0.2, 3.36), ("nirvana", 0.5, 3.36), ("nirvana", 0.2, 1.0), ("magnitude", 0.2, 3.36)]
+SMOL_CASES = [("nirvana", 0.2, 3.36), ("nirvana", 0.5, 3.36), ("nirvana", 0.2, 1.0), ("magnitude", 0.2, 3.36),
+              ("nirvana+memory_options", 0.2, 3.36), ("nirvana+memory_options", 0.5, 3.36)]
 
 
 @pytest.fixture(scope="module")
 def smol_scores(smollm2, smollm2_calibration):
     """One scoring pass per criterion and implementation (each nirvana pass is ~25 s on 2 cores)."""
     ours = {c: score_units(smollm2, smollm2_calibration, c) for c in ("nirvana", "magnitude")}
+    # The memory options must not change the plan either (nirvana/scoring.py): all of them at once.
+    frugal = NirvanaScorer(checkpointing=True, micro_batch_size=8, vocab_chunk=4096)
+    ours["nirvana+memory_options"] = score_units(smollm2, smollm2_calibration, frugal)
     ref = {c: official_unit_scores(smollm2, smollm2_calibration, c) for c in ("nirvana", "magnitude")}
     return ours, ref
 
@@ -45,6 +50,6 @@ def test_smollm2_plans_equal_official(criterion, sparsity, gamma, smollm2, smol_
     k_a, k_m = official_counts(cfg.num_hidden_layers, cfg.num_key_value_heads,
                                2 * cfg.head_dim * (n_rep + 1) * cfg.hidden_size, cfg.intermediate_size,
                                3 * cfg.hidden_size, sparsity, gamma)
-    expected = ref_plan_from_scores(*ref[criterion], k_a, k_m)
+    expected = ref_plan_from_scores(*ref[criterion.split("+")[0]], k_a, k_m)
     assert kept(plan) == expected["layers"]
     assert (plan.pruned_groups, plan.pruned_neurons) == (expected["pruned_groups"], expected["pruned_neurons"])
