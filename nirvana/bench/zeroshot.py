@@ -25,7 +25,7 @@ def count_requests(tasks: list[str], limit: int | None) -> int:
     """Loglikelihood requests lm-eval builds for `tasks` (local suite) at `limit`."""
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=str(paths.tasks_dir()))
+    manager = TaskManager(include_path=str(paths.tasks_dir()), include_defaults=False)
     total = 0
     for task in manager.load([lm_eval_task_name(t, "local") for t in tasks])["tasks"].values():
         task.build_all_requests(limit=limit, rank=0, world_size=1)
