@@ -1,6 +1,6 @@
 """The prepared GPU check: NIRVANA on a Llama-3.1-8B-shaped model within a 24 GiB budget, on one GPU.
 
-    python -m experiments.gpu_check                     # on a CUDA GPU: 8B shape, bf16, 24 GiB cap (≈ 2 min on an H200)
+    python -m experiments.gpu_check                     # on a CUDA GPU: 8B shape, bf16, 24 GiB cap (budget: 8 min on an H200)
     python -m experiments.gpu_check --shape llama-tiny-shape --device cpu --dtype float32 --out /tmp/gpu_check.json
 
 Nothing is downloaded: the weights are random (memory and speed depend on shapes, not values). Steps, each
