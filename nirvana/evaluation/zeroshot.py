@@ -184,7 +184,7 @@ def evaluate_zeroshot(model, tokenizer, tasks=TASKS, suite: str = "local", limit
     if limit is not None and not limit > 0:
         raise ValueError(f"limit must be > 0 or null, got {limit}")
     names = {t: lm_eval_task_name(t, suite) for t in tasks}
-    # Our local tasks are self-contained (data loader and helpers beside them): indexing lm-eval's own ~10k task
+    # Our local tasks are self-contained (data loader and helpers beside them): indexing lm-eval's own ~14k task
     # YAMLs as well would cost ~6 s per call (measured) for nothing. A user's include_path may build on them.
     manager = (TaskManager(include_path=str(include_path or paths.tasks_dir()), include_defaults=include_path is not None)
                if suite == "local" else TaskManager())
