@@ -58,6 +58,17 @@ def blocked_sum(weight_scores: torch.Tensor, s: ParamSlice, n_units: int) -> tor
     return blocks.sum(dim=other) if other else blocks
 
 
+def add_weight_scores(scores: UnitScores, weight_scores: torch.Tensor, entries) -> None:
+    """Add one parameter's per-weight scores into the unit scores it feeds (`entries` from `_slices_by_param`)."""
+    for kind, layer, n, s in entries:
+        scores.of(kind)[layer][slice(*s.span(n))] += blocked_sum(weight_scores, s, n).double().cpu()
+
+
+def gradient_saliency(p: torch.Tensor) -> torch.Tensor:
+    """|∂f/∂W ⊙ W| per weight, from the gradient autograd left in `p.grad` (fp32 whatever the model dtype)."""
+    return (p.grad.float() * p.detach().float()).abs()
+
+
 def sum_blocks(vector: torch.Tensor, n_units: int, block: int) -> torch.Tensor:
     """[n_units·block] per-channel values → [n_units] sums of each unit's contiguous block."""
     return vector.reshape(n_units, block).sum(dim=1)
@@ -110,8 +121,7 @@ class MagnitudeScorer(Scorer):
     def score(self, adapter, input_ids=None):
         scores = _zero_scores(adapter)
         for p, entries in _slices_by_param(adapter, self.include_bias).values():
-            for kind, layer, n, s in entries:
-                scores.of(kind)[layer][slice(*s.span(n))] += blocked_sum(p.detach().float().abs(), s, n).double().cpu()
+            add_weight_scores(scores, p.detach().float().abs(), entries)
         return scores
 
 
@@ -163,9 +173,7 @@ class GradientSaliencyScorer(Scorer):
         slices = self._row_slices(input_ids)
 
         def reduce_and_free(p: torch.Tensor) -> None:
-            w_scores = (p.grad.float() * p.detach().float()).abs()
-            for kind, layer, n, s in owners[id(p)][1]:
-                scores.of(kind)[layer][slice(*s.span(n))] += blocked_sum(w_scores, s, n).double().cpu()
+            add_weight_scores(scores, gradient_saliency(p), owners[id(p)][1])
             p.grad = None
 
         # Only scored weights need gradients: embeddings, norms and the LM head are never pruned.
@@ -178,17 +186,18 @@ class GradientSaliencyScorer(Scorer):
             for p in model.parameters():
                 p.requires_grad_(id(p) in prunable)
                 p.grad = None
-            if len(slices) == 1:  # one pass: each gradient is final when it arrives → reduce and free it
+            single_pass = len(slices) == 1
+            if single_pass:  # each gradient is final when it arrives → reduce and free it
                 hooks = [p.register_post_accumulate_grad_hook(reduce_and_free) for p in prunable.values()]
             with torch.enable_grad(), checkpointing:
                 batch = input_ids.shape[0]
                 for rows in slices:
                     part = input_ids[rows]
                     f = self.target(adapter, part)
-                    if len(slices) > 1:
+                    if not single_pass:
                         f = f * (part.shape[0] / batch)  # f = Σ (m_i / B) f_i for a mean over rows
                     f.backward()
-            if len(slices) > 1:  # gradients summed over the slices: score them once, now
+            if not single_pass:  # gradients summed over the slices: score them once, now
                 for p in prunable.values():
                     if p.grad is not None:
                         reduce_and_free(p)

@@ -12,7 +12,14 @@ from __future__ import annotations
 import torch
 
 from ..adapters import ModelAdapter
-from ..scoring import UnitScores, _slices_by_param, _zero_scores, blocked_sum, output_max_target
+from ..scoring import (
+    UnitScores,
+    _slices_by_param,
+    _zero_scores,
+    add_weight_scores,
+    gradient_saliency,
+    output_max_target,
+)
 
 
 def full_gradient_scores(adapter: ModelAdapter, input_ids: torch.Tensor) -> UnitScores:
@@ -28,9 +35,7 @@ def full_gradient_scores(adapter: ModelAdapter, input_ids: torch.Tensor) -> Unit
             output_max_target(adapter.logits(input_ids)).backward()
         scores = _zero_scores(adapter)
         for p, entries in _slices_by_param(adapter, include_bias=False).values():
-            w_scores = (p.grad.float() * p.detach().float()).abs()
-            for kind, layer, n, s in entries:
-                scores.of(kind)[layer][slice(*s.span(n))] += blocked_sum(w_scores, s, n).double().cpu()
+            add_weight_scores(scores, gradient_saliency(p), entries)
         return scores
     finally:
         for name, p in model.named_parameters():
