@@ -10,15 +10,11 @@ SUMMARY.md is rebuilt from every JSON present. See nirvana/bench/ for what each 
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -26,9 +22,8 @@ from nirvana import paths
 from nirvana.atomic import write_json
 from nirvana.bench.models import check_model_spec
 from nirvana.bench.scoring import check_variants
-from nirvana.bench.summary import write_summary
+from nirvana.bench.summary import provenance, utc_now, write_summary
 from nirvana.evaluation.zeroshot import check_tasks
-from nirvana.results import git_hash, versions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_SECTIONS = ("scoring", "speed", "zeroshot", "demo")
@@ -57,14 +52,6 @@ def validate(cfg: DictConfig) -> None:
         check_tasks(list(z.tasks), "local")
         if int(z.limit) < 1 or int(z.repeats) < 1:
             raise ValueError(f"zeroshot.limit and zeroshot.repeats must be ≥ 1, got {z.limit}, {z.repeats}")
-
-
-def provenance(command: str, started: str) -> dict:
-    return {"git": git_hash(), "versions": versions(), "started": started,
-            "finished": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.get_num_threads()} threads"
-                       + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
-            "command": command}
 
 
 def _bar(progress: bool, desc: str):
@@ -119,7 +106,7 @@ def run_bench(cfg: DictConfig) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     command = "python -m experiments.bench " + " ".join(sys.argv[1:])
     for name in cfg.sections:
-        started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        started = utc_now()
         config, result = run_section(name, cfg)
         doc = {"section": name, "config": config, "result": result, "provenance": provenance(command, started)}
         if name == "scoring":

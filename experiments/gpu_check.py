@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import gc
 import sys
 import time
@@ -30,14 +29,14 @@ import torch
 from nirvana.adapters import get_adapter
 from nirvana.allocation import budget_for, closed_form_budget
 from nirvana.atomic import write_json
-from nirvana.bench.memory import GIB, PeakMemory
+from nirvana.bench.memory import GIB, measure, set_memory_cap
 from nirvana.bench.models import SHAPES, random_ids, random_llama
 from nirvana.bench.naive import full_gradient_scores
 from nirvana.bench.scoring import plan_digest
+from nirvana.bench.summary import provenance
 from nirvana.evaluation.speed import compare_speed
 from nirvana.models import resolve_dtype
 from nirvana.pruning import plan_from_scores
-from nirvana.results import git_hash, versions
 from nirvana.scoring import NirvanaScorer
 from nirvana.surgery import apply_plan, count_parameters
 
@@ -71,12 +70,6 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def _set_cap(device: str, cap_gib: float | None) -> None:
-    if device.startswith("cuda"):
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(1.0 if cap_gib is None else min(cap_gib * GIB / total, 1.0), device)
-
-
 def shape_budget(shape: str, sparsity: float, gamma: float) -> dict:
     """The closed-form budget straight from the config numbers (no model): REFERENCE.md §2's c_a and c_m."""
     c = SHAPES[shape]
@@ -89,22 +82,14 @@ def shape_budget(shape: str, sparsity: float, gamma: float) -> dict:
 
 def timed_scoring(name: str, fn, device: str, cap_gib: float | None) -> tuple[dict, object]:
     _free(device)
-    _set_cap(device, cap_gib)
-    record = {"variant": name, "cap_gib": cap_gib if device.startswith("cuda") else None}
+    set_memory_cap(device, cap_gib)
     try:
-        with PeakMemory(device) as mem:
-            t0 = time.perf_counter()
-            scores = fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - t0
-        record |= {"oom": False, "seconds": round(seconds, 3), "peak_gib": mem.peak_bytes / GIB,
-                   "memory_measure": mem.how}
-    except torch.OutOfMemoryError as e:
-        scores = None
-        record |= {"oom": True, "error": str(e).splitlines()[0][:200]}
+        measured, scores = measure(fn, device)
     finally:
-        _set_cap(device, None)
+        set_memory_cap(device, None)
+    record = {"variant": name, "cap_gib": cap_gib if device.startswith("cuda") else None, **measured}
+    if not record["oom"]:
+        record |= {"seconds": round(record["seconds"], 3), "peak_gib": record["peak_bytes"] / GIB}
     print(f"[gpu_check] scoring {name}: {record}", flush=True)
     return record, scores
 
@@ -142,8 +127,9 @@ def run_check(args) -> dict:
     if ours is None:
         raise RuntimeError(f"our scorer did not fit in {args.cap_gib} GiB: {scoring}")
     plan = plan_from_scores(model, ours, args.sparsity, args.gamma, model_name=args.shape)
-    digest = plan_digest(model, ours)[0]
-    naive_digest = plan_digest(model, scores["naive"])[0] if "naive" in scores else None
+    digest = plan_digest(plan)
+    naive_digest = (plan_digest(plan_from_scores(model, scores["naive"], args.sparsity, args.gamma))
+                    if "naive" in scores else None)
     del scores
     _free(args.device)
 
@@ -195,10 +181,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     result = run_check(args)
     doc = {"section": "gpu_check", "config": vars(args), "result": result,
-           "provenance": {"git": git_hash(), "versions": versions(),
-                          "finished": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                          "machine": result["device_name"],
-                          "command": "python -m experiments.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv)}}
+           "provenance": provenance("python -m experiments.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv))}
     write_json(Path(args.out), doc)
     print(f"[gpu_check] {result['checks']} → {args.out} ({result['seconds']} s)")
     failed = [k for k, v in result["checks"].items() if v is False]

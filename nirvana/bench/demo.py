@@ -3,12 +3,11 @@ as `make demo` runs them but into a scratch folder, with a cold score cache, so 
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from .isolate import run_timed
 
 
 def run_demo_bench(repo_root: str, extra_args: list[str] | None = None) -> dict:
@@ -19,15 +18,8 @@ def run_demo_bench(repo_root: str, extra_args: list[str] | None = None) -> dict:
                  f"hydra.sweep.dir={out / 'outputs'}", *(extra_args or [])]
         report = [sys.executable, "-m", "experiments.report", "--rows", str(out / "rows.jsonl"),
                   "--out", str(out / "report")]
-        stages = {}
-        for name, cmd in (("sweep", sweep), ("report", report)):
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-            stages[name] = time.perf_counter() - t0
-            if proc.returncode != 0:
-                tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
-                raise RuntimeError(f"demo benchmark: {name} failed (exit {proc.returncode}):\n{tail}")
+        stages = {name: run_timed(cmd, f"demo benchmark: {name}", cwd=repo_root)[0]
+                  for name, cmd in (("sweep", sweep), ("report", report))}
         n_rows = sum(1 for line in (out / "rows.jsonl").read_text().splitlines() if line.strip())
     return {"seconds": sum(stages.values()), "stages": stages, "rows": n_rows, "args": extra_args or [],
             "command": "python -m experiments.run -m experiment=demo (+ experiments.report), cold score cache"}

@@ -13,23 +13,33 @@ import json
 import os
 import subprocess
 import sys
+import time
 
-CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "TOKENIZERS_PARALLELISM": "false"}
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 WORKERS = {
     "scoring": "nirvana.bench.scoring:measure_scoring",
 }
+
+
+def run_timed(cmd: list[str], what: str, cwd: str | None = None, extra_env: dict | None = None,
+              timeout: float | None = None) -> tuple[float, str]:
+    """Run `cmd` to completion → (wall seconds, its stdout); a failure raises with the end of its output."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})})
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+    return seconds, proc.stdout
 
 
 def run_isolated(worker: str, timeout: float | None = None, **kwargs) -> dict:
     if worker not in WORKERS:
         raise ValueError(f"unknown worker {worker!r}; choose one of {sorted(WORKERS)}")
     cmd = [sys.executable, "-m", "nirvana.bench.isolate", worker, json.dumps(kwargs)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **CHILD_ENV})
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"benchmark worker {worker} {kwargs} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    _, stdout = run_timed(cmd, f"benchmark worker {worker} {kwargs}", extra_env=CHILD_ENV, timeout=timeout)
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def _main(argv: list[str]) -> None:

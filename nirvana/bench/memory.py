@@ -10,6 +10,7 @@ variant in a fresh process (nirvana.bench.isolate).
 from __future__ import annotations
 
 import resource
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,3 +88,28 @@ class PeakMemory:
 
 
 GIB = 2**30
+
+
+def set_memory_cap(device: str | torch.device, cap_gib: float | None) -> None:
+    """Cap what torch may allocate on a CUDA `device` at `cap_gib` (None: lift the cap); a no-op on CPU."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        total = torch.cuda.get_device_properties(dev).total_memory
+        torch.cuda.set_per_process_memory_fraction(1.0 if cap_gib is None else min(cap_gib * GIB / total, 1.0), dev)
+
+
+def measure(fn, device: str | torch.device = "cpu"):
+    """Run `fn()` once → (record, its value). Record: seconds (CUDA work included), peak/base/extra bytes and
+    how they were measured; or {"oom": True, "error": …} with value None when the device ran out of memory."""
+    dev = torch.device(device)
+    try:
+        with PeakMemory(dev) as mem:
+            t0 = time.perf_counter()
+            value = fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            seconds = time.perf_counter() - t0
+    except torch.OutOfMemoryError as e:
+        return {"oom": True, "error": str(e).splitlines()[0][:300]}, None
+    return {"oom": False, "seconds": seconds, "peak_bytes": mem.peak_bytes, "base_bytes": mem.base_bytes,
+            "extra_bytes": mem.extra_bytes, "memory_measure": mem.how}, value

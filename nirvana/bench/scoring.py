@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from .memory import GIB, PeakMemory
+from .memory import GIB, measure, set_memory_cap
 from .models import load_bench_model, random_ids
 
 VARIANTS = {
@@ -49,13 +49,10 @@ def make_variant_scorer(variant: str, batch: int):
     return NirvanaScorer(**options)
 
 
-def plan_digest(model, scores) -> tuple[str, int, int]:
-    """Hash of the kept units of the s=0.5, γ=3.36 plan, and its pruned group / neuron counts."""
-    from ..pruning import plan_from_scores
-
-    plan = plan_from_scores(model, scores, PLAN_SPARSITY, PLAN_GAMMA)
+def plan_digest(plan) -> str:
+    """Hash of a plan's kept units: equal digests, identical plans."""
     kept = [[layer.kept_groups, layer.kept_neurons] for layer in plan.layers]
-    return hashlib.sha256(json.dumps(kept).encode()).hexdigest()[:16], plan.pruned_groups, plan.pruned_neurons
+    return hashlib.sha256(json.dumps(kept).encode()).hexdigest()[:16]
 
 
 def measure_scoring(model: str, variant: str, batch: int, seq_len: int, device: str = "cpu",
@@ -64,6 +61,7 @@ def measure_scoring(model: str, variant: str, batch: int, seq_len: int, device: 
     """One scoring pass of `variant` on a freshly loaded `model`; meant for a fresh process (isolate)."""
     from ..adapters import get_adapter
     from ..models import resolve_dtype
+    from ..pruning import plan_from_scores
     from .naive import full_gradient_scores
 
     check_variants([variant])
@@ -72,32 +70,24 @@ def measure_scoring(model: str, variant: str, batch: int, seq_len: int, device: 
     load_s = time.perf_counter() - t0
     adapter = get_adapter(net)
     ids = random_ids(adapter.vocab_size(), batch, seq_len, seed, device)
-    if memory_cap_gib is not None and device.startswith("cuda"):
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(memory_cap_gib * GIB / total, 1.0), device)
+    set_memory_cap(device, memory_cap_gib)
     result = {"model": model, "variant": variant, "batch": batch, "seq_len": seq_len, "device": device,
               "dtype": dtype, "threads": torch.get_num_threads(), "load_s": round(load_s, 3),
               "memory_cap_gib": memory_cap_gib, "params": sum(p.numel() for p in net.parameters())}
-    try:
-        with PeakMemory(device) as mem:
-            t1 = time.perf_counter()
-            if variant == REFERENCE:
-                scores = full_gradient_scores(adapter, ids)
-            else:
-                scores = make_variant_scorer(variant, batch).score(adapter, ids)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - t1
-    except torch.OutOfMemoryError as e:
-        return {**result, "oom": True, "error": str(e).splitlines()[0][:300]}
-    digest, groups, neurons = plan_digest(net, scores)
+    if variant == REFERENCE:
+        record, scores = measure(lambda: full_gradient_scores(adapter, ids), device)
+    else:
+        scorer = make_variant_scorer(variant, batch)
+        record, scores = measure(lambda: scorer.score(adapter, ids), device)
+    if scores is None:  # out of memory
+        return {**result, **record}
+    plan = plan_from_scores(net, scores, PLAN_SPARSITY, PLAN_GAMMA)
     if scores_out:
         from ..score_cache import save_scores
 
         save_scores(scores_out, f"{model}-{variant}", scores)
-    return {**result, "oom": False, "seconds": seconds, "peak_bytes": mem.peak_bytes, "base_bytes": mem.base_bytes,
-            "extra_bytes": mem.extra_bytes, "memory_measure": mem.how, "plan_digest": digest,
-            "pruned_groups": groups, "pruned_neurons": neurons}
+    return {**result, **record, "plan_digest": plan_digest(plan), "pruned_groups": plan.pruned_groups,
+            "pruned_neurons": plan.pruned_neurons}
 
 
 def max_relative_difference(a, b) -> float:

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 from pathlib import Path
 
 SECTIONS = ("scoring", "speed", "zeroshot", "demo", "gpu_check")
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def provenance(command: str, started: str | None = None) -> dict:
+    """What every benchmark JSON records about where and how it was measured (rendered by `_provenance`)."""
+    import platform
+
+    import torch
+
+    from ..results import git_hash, versions
+
+    return {"git": git_hash(), "versions": versions(), "started": started, "finished": utc_now(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.get_num_threads()} threads"
+                       + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+            "command": command}
 
 
 def load_sections(out_dir: Path) -> dict[str, dict]:

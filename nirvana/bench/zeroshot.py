@@ -9,25 +9,20 @@ two must also agree on every task's metric: the benchmark records whether they d
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from .. import paths
-from ..evaluation.zeroshot import TASK_METRICS, check_tasks, lm_eval_task_name
+from ..evaluation.zeroshot import TASK_METRICS, check_tasks, lm_eval_task_name, task_manager
+from .isolate import run_timed
 
 
 def count_requests(tasks: list[str], limit: int | None) -> int:
     """Loglikelihood requests lm-eval builds for `tasks` (local suite) at `limit`."""
-    from lm_eval.tasks import TaskManager
-
-    manager = TaskManager(include_path=str(paths.tasks_dir()), include_defaults=False)
     total = 0
-    for task in manager.load([lm_eval_task_name(t, "local") for t in tasks])["tasks"].values():
+    for task in task_manager("local").load([lm_eval_task_name(t, "local") for t in tasks])["tasks"].values():
         task.build_all_requests(limit=limit, rank=0, world_size=1)
         total += len(task.instances)
     return total
@@ -59,17 +54,6 @@ def _our_scores(out: Path, tasks) -> dict[str, float]:
     return {r["task"]: r["value"] for r in rows if r["task"] in tasks}
 
 
-def _timed(cmd: list[str], cwd: str) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
-        raise RuntimeError(f"{' '.join(cmd[:4])} … failed (exit {proc.returncode}):\n{tail}")
-    return seconds
-
-
 def run_zeroshot_bench(model_config: str, model_dir: str, tasks, limit: int, batch_size: int, max_length: int,
                        repeats: int, repo_root: str, progress=None) -> dict:
     tasks = check_tasks(list(tasks), "local")
@@ -84,11 +68,12 @@ def run_zeroshot_bench(model_config: str, model_dir: str, tasks, limit: int, bat
             out = Path(tmp)
             if who == "ours":
                 cmd = _ours_command(model_config, model_dir, tasks, limit, batch_size, max_length, out)
-                runs[who].append(_timed(cmd, repo_root))
+                runs[who].append(run_timed(cmd, "our zero-shot evaluation", cwd=repo_root)[0])
                 scores.setdefault(who, _our_scores(out, tasks))
             else:
                 # the stock CLI runs from a scratch directory: nothing of ours on its path but the task YAMLs
-                runs[who].append(_timed(_stock_command(model_dir, tasks, limit, batch_size, max_length, out), tmp))
+                cmd = _stock_command(model_dir, tasks, limit, batch_size, max_length, out)
+                runs[who].append(run_timed(cmd, "the stock lm_eval CLI", cwd=tmp)[0])
                 scores.setdefault(who, _stock_scores(out, tasks))
     med = {who: statistics.median(s) for who, s in runs.items()}
     return {

@@ -167,6 +167,17 @@ def _number(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None  # lm-eval writes "N/A"
 
 
+def task_manager(suite: str = "local", include_path: str | None = None):
+    """lm-eval's TaskManager for `suite`: our local task folder (or `include_path`), or lm-eval's own tasks."""
+    from lm_eval.tasks import TaskManager
+
+    if suite != "local":
+        return TaskManager()
+    # Our local tasks are self-contained (data loader and helpers beside them): indexing lm-eval's own ~14k task
+    # YAMLs as well would cost ~6 s per call (measured) for nothing. A user's include_path may build on them.
+    return TaskManager(include_path=str(include_path or paths.tasks_dir()), include_defaults=include_path is not None)
+
+
 def evaluate_zeroshot(model, tokenizer, tasks=TASKS, suite: str = "local", limit: int | float | None = None,
                       batch_size: int = 8, max_length: int | None = None, bootstrap_iters: int = 100000,
                       include_path: str | None = None) -> ZeroShotResult:
@@ -178,16 +189,12 @@ def evaluate_zeroshot(model, tokenizer, tasks=TASKS, suite: str = "local", limit
     analytic), so a smaller number saves time without touching reported numbers; 0 drops every stderr.
     """
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     tasks = check_tasks(tasks, suite)
     if limit is not None and not limit > 0:
         raise ValueError(f"limit must be > 0 or null, got {limit}")
     names = {t: lm_eval_task_name(t, suite) for t in tasks}
-    # Our local tasks are self-contained (data loader and helpers beside them): indexing lm-eval's own ~14k task
-    # YAMLs as well would cost ~6 s per call (measured) for nothing. A user's include_path may build on them.
-    manager = (TaskManager(include_path=str(include_path or paths.tasks_dir()), include_defaults=include_path is not None)
-               if suite == "local" else TaskManager())
+    manager = task_manager(suite, include_path)
     lm, guard = wrap_model(model, tokenizer, batch_size, max_length)
     out = lm_eval.simple_evaluate(model=lm, tasks=list(names.values()), task_manager=manager, limit=limit,
                                   log_samples=False, bootstrap_iters=bootstrap_iters)
