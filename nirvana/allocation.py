@@ -1,4 +1,4 @@
-"""Allocation: how many units of each kind to remove, and where (REFERENCE.md §2).
+"""Allocation: how many units of each kind to remove, and where (docs/method.md §2).
 
 `global` (NIRVANA): the budget is split between attention and MLP so that the MLP's pruned fraction is γ
 times attention's; then ONE threshold per module type across all layers decides which units go, so layers
@@ -23,7 +23,7 @@ from fractions import Fraction
 import torch
 
 from .adapters import LayerUnits
-from .scoring import UnitScores
+from .units import UnitScores
 
 SPARE_HIGHEST_INDEX = "highest_index"  # the official code: drops the last of the ascending pruned indices
 SPARE_BEST_SCORE = "best_score"
@@ -150,17 +150,17 @@ def _pruned_by_global_threshold(scores: list[torch.Tensor], k: int) -> list[torc
 
 
 def _per_part(layers: list[LayerUnits], kind: str, scores: list[torch.Tensor], fractions: list[float]) -> list[torch.Tensor]:
-    """`_pruned_by_layer_fraction` applied to each part of each layer's group (one part but for T5 decoders)."""
+    """`pruned_below_layer_fraction` applied to each part of each layer's group (one part but for T5 decoders)."""
     masks = []
     for layer, s, f in zip(layers, scores, fractions):
         m = torch.zeros_like(s, dtype=torch.bool)
         for a, b in layer.group(kind).parts():
-            m[a:b] = _pruned_by_layer_fraction([s[a:b]], [f])[0]
+            m[a:b] = pruned_below_layer_fraction([s[a:b]], [f])[0]
         masks.append(m)
     return masks
 
 
-def _pruned_by_layer_fraction(scores: list[torch.Tensor], fractions: list[float]) -> list[torch.Tensor]:
+def pruned_below_layer_fraction(scores: list[torch.Tensor], fractions: list[float]) -> list[torch.Tensor]:
     """Per layer, prune units scoring below the score at index int(f·n) of the ascending sort.
 
     FLAP's and Wanda-sp's rule: units tying with the cut are kept, and int() truncates, so a layer of 3

@@ -15,7 +15,6 @@ import torch
 
 from .adapters import MODULE_KINDS, UnitGroup, get_adapter
 from .plan import PruningPlan
-from .surgery import kept_element_index
 
 
 class UnitMask:
@@ -32,7 +31,7 @@ class UnitMask:
                 local = s.local(pruned, group.n_units)
                 if not local:
                     continue
-                index = kept_element_index(local, s.block, p.device)
+                index = s.element_index(local, p.device)
                 self.saved.append((p, s.dim, index, p.index_select(s.dim, index).clone()))
                 p.index_fill_(s.dim, index, 0.0)
 

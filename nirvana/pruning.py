@@ -18,8 +18,9 @@ from torch import nn
 from .adapters import LayerUnits, ModelAdapter, get_adapter
 from .allocation import ARITHMETIC_OFFICIAL, SPARE_HIGHEST_INDEX, allocate, validate_hyperparameters
 from .plan import LayerPlan, PruningPlan
-from .scoring import SCORERS, Scorer, UnitScores, make_scorer
+from .scoring import SCORERS, Scorer, make_scorer
 from .surgery import apply_plan, count_parameters
+from .units import UnitScores
 
 PRUNERS = (*SCORERS, "wanda_sp", "flap")
 CALIBRATION_FREE = ("magnitude", "random")

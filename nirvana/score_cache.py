@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .scoring import UnitScores
+from .units import UnitScores
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

@@ -3,7 +3,7 @@
 Every scorer returns `UnitScores`: one float64 vector per layer and module kind, indexed like the adapter's
 units. Scorers are interchangeable objects; allocation only ever sees these vectors.
 
-The NIRVANA scorer (REFERENCE.md §1) is first order on the model *output*, not the loss: under Adam the
+The NIRVANA scorer (docs/method.md §1) is first order on the model *output*, not the loss: under Adam the
 training dynamics follow sign-gradient descent, and removing weight W moves the output by about -(df/dW)·W,
 so a weight's saliency is |df/dW ⊙ W| and a unit's is the L1 sum over the weights it owns.
 
@@ -33,35 +33,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 
-from .adapters import ATTENTION, MODULE_KINDS, ModelAdapter, ParamSlice
-
-
-@dataclass
-class UnitScores:
-    attention: list[torch.Tensor]
-    mlp: list[torch.Tensor]
-
-    def of(self, kind: str) -> list[torch.Tensor]:
-        return self.attention if kind == ATTENTION else self.mlp
-
-
-def blocked_sum(weight_scores: torch.Tensor, s: ParamSlice, n_units: int) -> torch.Tensor:
-    """Sum a per-weight score tensor over each unit's block along `s.dim` → one value per unit the slice
-    covers (all `n_units` unless it covers a sub-range: add it into `scores[slice(*s.span(n_units))]`)."""
-    start, stop = s.span(n_units)
-    blocks = weight_scores.unflatten(s.dim, (stop - start, s.block))
-    other = [d for d in range(blocks.ndim) if d != s.dim]
-    return blocks.sum(dim=other) if other else blocks
-
-
-def add_weight_scores(scores: UnitScores, weight_scores: torch.Tensor, entries) -> None:
-    """Add one parameter's per-weight scores into the unit scores it feeds (`entries` from `_slices_by_param`)."""
-    for kind, layer, n, s in entries:
-        scores.of(kind)[layer][slice(*s.span(n))] += blocked_sum(weight_scores, s, n).double().cpu()
+from .adapters import MODULE_KINDS, ModelAdapter, ParamSlice
+from .targets import chunked_output_max_target, output_max_target
+from .units import UnitScores, add_weight_scores
 
 
 def gradient_saliency(p: torch.Tensor) -> torch.Tensor:
@@ -69,20 +46,7 @@ def gradient_saliency(p: torch.Tensor) -> torch.Tensor:
     return (p.grad.float() * p.detach().float()).abs()
 
 
-def sum_blocks(vector: torch.Tensor, n_units: int, block: int) -> torch.Tensor:
-    """[n_units·block] per-channel values → [n_units] sums of each unit's contiguous block."""
-    return vector.reshape(n_units, block).sum(dim=1)
-
-
-def _zero_scores(adapter: ModelAdapter) -> UnitScores:
-    layers = adapter.layers()
-    return UnitScores(
-        attention=[torch.zeros(layer.attention.n_units, dtype=torch.float64) for layer in layers],
-        mlp=[torch.zeros(layer.mlp.n_units, dtype=torch.float64) for layer in layers],
-    )
-
-
-def _slices_by_param(adapter: ModelAdapter, include_bias: bool):
+def scored_parameters(adapter: ModelAdapter, include_bias: bool):
     """id(param) → (param, [(kind, layer, n_units, slice)]): which unit scores each parameter feeds.
 
     Biases (Qwen2's q/k/v) are removed with their unit but, as in the official code, not scored unless
@@ -119,32 +83,10 @@ class MagnitudeScorer(Scorer):
     needs_calibration = False
 
     def score(self, adapter, input_ids=None):
-        scores = _zero_scores(adapter)
-        for p, entries in _slices_by_param(adapter, self.include_bias).values():
+        scores = UnitScores.zeros(adapter)
+        for p, entries in scored_parameters(adapter, self.include_bias).values():
             add_weight_scores(scores, p.detach().float().abs(), entries)
         return scores
-
-
-def output_max_target(logits: torch.Tensor) -> torch.Tensor:
-    """The official NIRVANA scalar: max over sequence positions, then mean over batch and vocabulary."""
-    return logits.float().max(dim=1).values.mean()
-
-
-def chunked_output_max_target(hidden: torch.Tensor, head: torch.nn.Linear, vocab_chunk: int) -> torch.Tensor:
-    """`output_max_target(head(hidden))` without materialising the [B, T, V] logits (module docstring).
-
-    Each chunk's logits are freed as soon as their max over T is taken (max keeps only the argmax for
-    backward); in backward, one chunk's logit gradient exists at a time."""
-    if vocab_chunk < 1:
-        raise ValueError(f"vocab_chunk must be >= 1, got {vocab_chunk}")
-    weight, bias = head.weight, head.bias
-    vocab = weight.shape[0]
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, vocab, vocab_chunk):
-        stop = min(start + vocab_chunk, vocab)
-        logits = torch.nn.functional.linear(hidden, weight[start:stop], None if bias is None else bias[start:stop])
-        total = total + logits.float().max(dim=1).values.sum()
-    return total / (hidden.shape[0] * vocab)
 
 
 class GradientSaliencyScorer(Scorer):
@@ -167,8 +109,8 @@ class GradientSaliencyScorer(Scorer):
 
     def score(self, adapter, input_ids):
         model = adapter.model
-        scores = _zero_scores(adapter)
-        owners = _slices_by_param(adapter, self.include_bias)
+        scores = UnitScores.zeros(adapter)
+        owners = scored_parameters(adapter, self.include_bias)
         prunable = {pid: p for pid, (p, _) in owners.items()}
         slices = self._row_slices(input_ids)
 
@@ -217,7 +159,7 @@ class GradientSaliencyScorer(Scorer):
 
 
 class NirvanaScorer(GradientSaliencyScorer):
-    """The paper's criterion with the official code's target f (REFERENCE.md §1).
+    """The paper's criterion with the official code's target f (docs/method.md §1).
 
     `vocab_chunk`: LM-head rows per chunk of the memory-frugal target (None = the plain [B, T, V] logits)."""
 
@@ -236,13 +178,6 @@ class NirvanaScorer(GradientSaliencyScorer):
             if split is not None:  # None: the adapter's logits are not a plain head(hidden) (e.g. T5)
                 return chunked_output_max_target(*split, self.vocab_chunk)
         return output_max_target(adapter.logits(input_ids))
-
-
-def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy, mean over predicted tokens (what `model(ids, labels=ids).loss` computes)."""
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="mean"
-    )
 
 
 class TaylorScorer(GradientSaliencyScorer):
@@ -293,6 +228,6 @@ def make_scorer(name: str, **kwargs) -> Scorer:
 
 
 __all__ = [
-    "UnitScores", "Scorer", "MagnitudeScorer", "NirvanaScorer", "TaylorScorer", "RandomScorer", "make_scorer",
+    "Scorer", "MagnitudeScorer", "NirvanaScorer", "TaylorScorer", "RandomScorer", "make_scorer",
     "SCORERS",
 ]

@@ -1,11 +1,17 @@
-"""Streaming activation statistics of the units' output channels (inputs of o_proj / down_proj).
+"""Activation statistics of the units' output channels (inputs of o_proj / down_proj), in one layer-wise pass.
 
-Wanda-sp and FLAP judge a unit by what flows through its output projection's input channels. Forward hooks
-fold each calibration sample into running per-channel statistics as it passes, so no activation tensor
-of the calibration set is ever kept.
+Wanda-sp and FLAP judge a unit by what flows through its output projection's input channels. The calibration
+batch is embedded once and then carried through the decoder one block at a time (as the FLAP and Wanda
+repositories do): block i runs on the stored outputs of block i-1, forward hooks fold its output projections'
+inputs into running per-channel statistics, and its outputs become block i+1's inputs. A sequential method
+may change block i after its statistics are in (Wanda-sp masks the units it drops); the block is then run
+again to produce the inputs the next block sees. Cost: one forward of the model (two for a sequential
+method), instead of a truncated forward per layer — quadratic in depth — or one per sample.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -48,50 +54,45 @@ class ChannelStats:
         return self.square_sum / self.tokens
 
 
-class _StopForward(Exception):
-    pass
+LayerStats = dict[str, ChannelStats]  # module kind → statistics of its output projection's inputs
 
 
 @torch.no_grad()
-def collect_channel_stats(
+def layerwise_channel_stats(
     adapter: ModelAdapter,
     input_ids: torch.Tensor,
-    layer_indices: list[int] | None = None,
     batch_size: int = 8,
-    stop_after_last: bool = True,
+    after_layer: Callable[[int, LayerStats], bool] | None = None,
     progress: bool = False,
+    desc: str = "activation statistics",
 ) -> dict[tuple[int, str], ChannelStats]:
-    """Run the calibration ids through the model and collect ChannelStats at the output projections of
-    `layer_indices` (default: all). With `stop_after_last`, each forward stops once the last requested
-    layer's MLP has been seen: sequential per-layer methods then pay only for the layers they need."""
-    layers = adapter.layers()
-    wanted = list(range(len(layers))) if layer_indices is None else list(layer_indices)
-    stats: dict[tuple[int, str], ChannelStats] = {}
-    handles = []
-    last = max(wanted)
-    for i in wanted:
-        for kind in MODULE_KINDS:
-            s = stats[(i, kind)] = ChannelStats()
-            module = layers[i].group(kind).output_projection().module
-            stop = stop_after_last and i == last and kind == MODULE_KINDS[-1]  # attention runs first
+    """ChannelStats at the output projections of every layer, from one layer-wise pass (module docstring).
 
-            def hook(_module, args, _s=s, _stop=stop):
-                _s.update(args[0])
-                if _stop:
-                    raise _StopForward
-
-            handles.append(module.register_forward_pre_hook(hook))
+    `after_layer(i, stats_of_layer_i)` runs once block i's statistics are complete; if it returns True (it
+    changed the block), the block is run again to produce the next block's inputs."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    layers, blocks = adapter.layers(), adapter.blocks()
     was_training = adapter.model.training
     adapter.model.eval()
+    stats: dict[tuple[int, str], ChannelStats] = {}
     try:
-        batches = range(0, input_ids.shape[0], batch_size)
-        for start in tqdm(batches, desc="activation statistics", disable=not progress, leave=False):
+        # Calibration samples stay in their order across batches, so statistics fold them in batch order.
+        carried = [adapter.block_inputs(input_ids[s : s + batch_size]) for s in range(0, input_ids.shape[0], batch_size)]
+        for layer, block in tqdm(list(zip(layers, blocks)), desc=desc, disable=not progress, leave=False):
+            handles = []
+            for kind in MODULE_KINDS:
+                s = stats[(layer.index, kind)] = ChannelStats()
+                module = layer.group(kind).output_projection().module
+                handles.append(module.register_forward_pre_hook(lambda _m, args, _s=s: _s.update(args[0])))
             try:
-                adapter.logits(input_ids[start : start + batch_size])
-            except _StopForward:
-                pass
+                outputs = [adapter.run_block(block, hidden, kwargs) for hidden, kwargs in carried]
+            finally:
+                for h in handles:
+                    h.remove()
+            if after_layer is not None and after_layer(layer.index, {k: stats[(layer.index, k)] for k in MODULE_KINDS}):
+                outputs = [adapter.run_block(block, hidden, kwargs) for hidden, kwargs in carried]
+            carried = [(out, kwargs) for out, (_, kwargs) in zip(outputs, carried)]
     finally:
-        for h in handles:
-            h.remove()
         adapter.model.train(was_training)
     return stats

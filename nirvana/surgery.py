@@ -29,11 +29,6 @@ logging.getLogger("transformers.integrations.heterogeneity.configuration_utils")
 )
 
 
-def kept_element_index(kept_units: list[int], block: int, device) -> torch.Tensor:
-    units = torch.as_tensor(kept_units, dtype=torch.long, device=device)
-    return (units[:, None] * block + torch.arange(block, device=device)[None, :]).flatten()
-
-
 def _sync_module_shape(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
@@ -78,14 +73,14 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
             adapter.before_cut(group, kept)
             for s in group.slices:
                 old = s.param
-                index = kept_element_index(s.local(kept, group.n_units), s.block, old.device)
+                index = s.element_index(s.local(kept, group.n_units), old.device)
                 new = nn.Parameter(old.index_select(s.dim, index).contiguous(), requires_grad=old.requires_grad)
                 setattr(s.module, s.param_name, new)
                 _sync_module_shape(s.module)
         adapter.after_surgery(layer)
     if plan.output_bias:
         add_output_biases(adapter, plan.output_bias)
-    record_layer_widths(adapter)
+    adapter.record_layer_widths()
     return model
 
 
@@ -103,12 +98,6 @@ def add_output_biases(adapter: ModelAdapter, biases: dict[int, dict[str, torch.T
                 new += b.to(new)
             linear.bias = nn.Parameter(new, requires_grad=linear.weight.requires_grad)
     adapter.config.nirvana_output_bias = True
-
-
-def record_layer_widths(adapter: ModelAdapter) -> None:
-    """Write the current per-layer widths into the config: transformers' own `per_layer_config` field for
-    decoder-only models, the adapter's own field where that cannot describe the model (T5's two stacks)."""
-    adapter.record_layer_widths()
 
 
 def count_parameters(model: nn.Module) -> int:

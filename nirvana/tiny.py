@@ -120,8 +120,9 @@ def tiny_t5_model(variant: str = "t5", seed: int = 0, **overrides):
     model = AutoModelForSeq2SeqLM.from_config(tiny_t5_config(variant, **overrides), dtype=torch.float32)
     # Scale the blocks' matrices (and the relative-bias tables) up so units differ clearly; the shared
     # embedding and head already have T5's unit-variance init.
+    embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 2 and not name.startswith(("shared", "lm_head")):
+        for p in model.parameters():
+            if p.ndim == 2 and id(p) not in embeddings:
                 p.mul_(3.0)
     return model.eval()

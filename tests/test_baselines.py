@@ -10,7 +10,7 @@ from nirvana.masking import masked
 from nirvana.plan import LayerPlan, PruningPlan
 from nirvana.pruning import compute_plan, prune, score_units
 from nirvana.scoring import TaylorScorer
-from nirvana.statistics import ChannelStats, collect_channel_stats
+from nirvana.statistics import ChannelStats, layerwise_channel_stats
 from nirvana.surgery import apply_plan, count_parameters
 from nirvana.tiny import tiny_model
 
@@ -108,9 +108,9 @@ def test_wanda_sp_is_sequential(calib_ids):
         for i in range(len(layers))
     ])
     with masked(model, only_first):
-        stats = collect_channel_stats(adapter, calib_ids, [1])
+        stats = layerwise_channel_stats(adapter, calib_ids)
     torch.testing.assert_close(scores.mlp[1], wanda_unit_scores(layers[1].mlp, stats[(1, MLP)].mean_square))
-    fresh = collect_channel_stats(get_adapter(big_tiny()), calib_ids, [1])
+    fresh = layerwise_channel_stats(get_adapter(big_tiny()), calib_ids)
     assert not torch.allclose(scores.mlp[1], wanda_unit_scores(layers[1].mlp, fresh[(1, MLP)].mean_square))
 
 
@@ -123,7 +123,7 @@ def test_wanda_sp_keeps_all_three_groups_at_0_2(calib_ids):
 def test_flap_bias_compensation_is_exact_on_the_mean_input(calib_ids):
     model = big_tiny()
     adapter = get_adapter(model)
-    stats = collect_channel_stats(adapter, calib_ids, stop_after_last=False)
+    stats = layerwise_channel_stats(adapter, calib_ids)
     kept, _, biases = flap_plan(adapter, calib_ids, sparsity=0.4)
     plan = compute_plan(big_tiny(), calib_ids, "flap", sparsity=0.4)
     assert [(lp.kept_groups, lp.kept_neurons) for lp in plan.layers] == kept

@@ -6,16 +6,10 @@ import torch
 from nirvana.adapters import get_adapter
 from nirvana.bench.naive import full_gradient_scores
 from nirvana.pruning import compute_plan, plan_from_scores
-from nirvana.scoring import (
-    NirvanaScorer,
-    TaylorScorer,
-    _slices_by_param,
-    _zero_scores,
-    blocked_sum,
-    chunked_output_max_target,
-    output_max_target,
-)
+from nirvana.scoring import NirvanaScorer, TaylorScorer, scored_parameters
+from nirvana.targets import chunked_output_max_target, output_max_target
 from nirvana.tiny import tiny_model, tiny_t5_model
+from nirvana.units import UnitScores, blocked_sum
 
 OPTIONS = [
     {"vocab_chunk": None},
@@ -90,7 +84,7 @@ def test_adding_per_slice_scores_is_a_different_criterion(calib_ids):
     model = tiny_model("llama")
     adapter = get_adapter(model)
     exact = NirvanaScorer(micro_batch_size=2).score(adapter, calib_ids)
-    summed = _zero_scores(adapter)
+    summed = UnitScores.zeros(adapter)
     for part in calib_ids.split(2):
         s = full_gradient_scores(adapter, part)  # each slice's own |g_i ⊙ W|, weighted as in the mean
         for kind in ("attention", "mlp"):
@@ -139,7 +133,7 @@ def test_reduction_helpers_agree_with_the_naive_loop(calib_ids):
     """The naive scorer reduces with the same slices: a sanity check that it scores every prunable weight."""
     model = tiny_model("llama")
     adapter = get_adapter(model)
-    owners = _slices_by_param(adapter, include_bias=False)
+    owners = scored_parameters(adapter, include_bias=False)
     assert {id(p) for p in adapter.prunable_parameters()} >= set(owners)
     w = next(iter(owners.values()))
     p, entries = w

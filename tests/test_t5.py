@@ -323,7 +323,7 @@ def test_cli_prunes_saves_and_the_checkpoint_loads_fresh(tmp_path, ids):
         capture_output=True, text=True, cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "[prune] nirvana s=0.3" in out.stdout
+    assert "nirvana s=0.3" in out.stdout
     torch.save(ids, tmp_path / "ids.pt")
     subprocess.run([sys.executable, "-c", FRESH_LOAD, str(tmp_path / "ck"), str(tmp_path / "ids.pt"),
                     str(tmp_path / "out.pt")], check=True, cwd=tmp_path)
@@ -339,7 +339,7 @@ def test_speed_and_flops_of_an_encoder_decoder(ids):
     dense = tiny_t5_model("flan_t5")
     attn, ff, head = 4 * 64 * 64, 3 * 64 * 128, 512 * 64
     enc, dec, cross_kv = LAYERS * (attn + ff), LAYERS * (2 * attn + ff), LAYERS * 2 * 64 * 64
-    prefill, decode = S.seq2seq_flops_per_token(dense, prompt_len=16, new_tokens=4)
+    prefill, decode = S.flops_per_token(dense, prompt_len=16, new_tokens=4)
     assert prefill == 2 * (enc + cross_kv) + 4 * LAYERS * 64 * 16
     assert decode == 2 * (dec - cross_kv + head) + 4 * LAYERS * 64 * 4 / 2 + 4 * LAYERS * 64 * 16
     assert S.dense_twin(dense) is None
@@ -347,7 +347,7 @@ def test_speed_and_flops_of_an_encoder_decoder(ids):
     model = tiny_t5_model("flan_t5")
     prune(model, ids, sparsity=0.5, gamma=1.0)
     twin = S.dense_twin(model)
-    assert S.seq2seq_flops_per_token(twin, 16, 4) == (prefill, decode)
+    assert S.flops_per_token(twin, 16, 4) == (prefill, decode)
     out = S.compare_speed(model, twin, batch_size=1, prompt_len=16, new_tokens=4, repeats=1)
     assert 0 < out["prefill_flop_ratio"] < 1 and 0 < out["decode_flop_ratio"] < 1
     assert out["decode_tok_s"] > 0 and out["prefill_tok_s"] > 0

@@ -23,9 +23,15 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
+from ..targets import lm_loss
+
 ATTENTION = "attention"
 MLP = "mlp"
 MODULE_KINDS = (ATTENTION, MLP)
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once what it needs has been seen."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,11 @@ class ParamSlice:
         """Group unit indices → this slice's block indices (units outside its span are dropped)."""
         start, stop = self.span(n_units)
         return [u - start for u in units if start <= u < stop]
+
+    def element_index(self, local_units: list[int], device=None) -> torch.Tensor:
+        """Indices along `dim` of the elements the given (slice-local) units own: each unit's whole block."""
+        units = torch.as_tensor(local_units, dtype=torch.long, device=device)
+        return (units[:, None] * self.block + torch.arange(self.block, device=device)[None, :]).flatten()
 
 
 @dataclass
@@ -124,6 +135,8 @@ class ModelAdapter:
     auto_model_class: str = "AutoModelForCausalLM"
     # Pruners whose method does not apply to this architecture: compute_plan refuses them with a clear error.
     unsupported_pruners: tuple[str, ...] = ()
+    # peft's task type for LoRA recovery (nirvana.recovery)
+    lora_task_type: str = "CAUSAL_LM"
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -198,11 +211,84 @@ class ModelAdapter:
                 else:
                     block.forward = forward
 
+    # --- layer-wise execution (activation statistics: nirvana.statistics) ---------------------------
+    def block_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """(hidden states, keyword arguments) with which the model calls its first block on `input_ids`:
+        everything the blocks share (position embeddings, attention mask) is computed once, by the model
+        itself, and the forward stops there."""
+        captured: dict = {}
+
+        def capture(_module, args, kwargs):
+            kwargs = dict(kwargs)
+            captured["hidden"] = args[0] if args else kwargs.pop("hidden_states")
+            captured["kwargs"] = kwargs
+            raise _StopForward
+
+        handle = self.blocks()[0].register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            self.logits(input_ids)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if "hidden" not in captured:
+            raise RuntimeError(f"{type(self).__name__}: the forward pass never reached the first block")
+        return captured["hidden"], captured["kwargs"]
+
+    @staticmethod
+    def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """One block on stored inputs (from `block_inputs`, or the previous block's output)."""
+        out = block(hidden, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
     def lm_loss(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The LM cross-entropy of a calibration batch (Taylor's target). Default: next-token prediction."""
-        from ..scoring import lm_loss
-
         return lm_loss(self.logits(input_ids), input_ids)
+
+    # --- protocol views: what evaluation asks of a model (nirvana.evaluation) -------------------------------
+    def window_logits(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, T', V], targets [B, T']) of perplexity windows [B, T]: every token a window predicts.
+        Decoder-only: positions 1..T−1 from the tokens before them."""
+        logits = self.model(input_ids=windows, use_cache=False).logits
+        return logits[:, :-1], windows[:, 1:]
+
+    def window_prefix(self, seq_len: int) -> int | None:
+        """Tokens of a window that are context only (seq2seq: the encoder's prefix); None: a causal window."""
+        return None
+
+    def flops_per_token(self, prompt_len: int, new_tokens: int) -> tuple[float, float]:
+        """(prefill, decode) forward FLOPs per token (multiply-add = 2), as nirvana.evaluation.speed documents:
+        F(ctx) = 2 · P_linear + 4 · W_query · ctx, ctx = (prompt_len + 1) / 2 for prefill (causal attention)
+        and prompt_len + new_tokens / 2 for decode."""
+        linear = sum(m.weight.numel() for m in self.model.modules() if isinstance(m, nn.Linear))
+        width = self.query_width()
+        return (2.0 * linear + 4.0 * width * (prompt_len + 1) / 2,
+                2.0 * linear + 4.0 * width * (prompt_len + new_tokens / 2))
+
+    def query_width(self) -> int:
+        """Σ over layers of n_query_heads × head_dim (what the attention term of the FLOPs scales with)."""
+        raise NotImplementedError
+
+    # Config fields a pruned checkpoint adds on top of its dense architecture (surgery and save_pruned write them).
+    pruned_config_fields: tuple[str, ...] = ("per_layer_config", "is_heterogeneous", "auto_map",
+                                             "allow_global_per_layer_attribute_access", "nirvana_output_bias")
+
+    def is_pruned(self) -> bool:
+        """Whether the config describes per-layer widths (a pruned model) rather than one dense architecture."""
+        return bool(getattr(self.config, "is_heterogeneous", False))
+
+    def dense_config(self):
+        """The config of the dense architecture the model was pruned from (its widths before pruning)."""
+        from transformers import AutoConfig
+
+        d = self.config.to_dict()
+        for k in self.pruned_config_fields:
+            d.pop(k, None)
+        return AutoConfig.for_model(d.pop("model_type"), **d)
+
+    def lora_targets(self) -> list[str]:
+        """Names (last component) of the Linear modules LoRA recovery wraps: every attention and MLP projection."""
+        raise NotImplementedError
 
     def max_context(self) -> int | None:
         return getattr(self.config, "max_position_embeddings", None)

@@ -100,3 +100,9 @@ class LlamaFamilyAdapter(ModelAdapter):
 
     def blocks(self):
         return list(self._decoder_layers())
+
+    def query_width(self) -> int:
+        return sum(block.self_attn.q_proj.out_features for block in self._decoder_layers())
+
+    def lora_targets(self) -> list[str]:
+        return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

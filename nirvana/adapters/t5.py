@@ -60,13 +60,20 @@ def prefix_length(seq_len: int, prefix_fraction: float = PREFIX_FRACTION) -> int
     return min(seq_len - 1, max(1, int(seq_len * prefix_fraction)))
 
 
-def seq2seq_logits(model, ids: torch.Tensor, prefix_fraction: float = PREFIX_FRACTION,
+def configured_prefix_fraction(config) -> float:
+    """The model's protocol setting (conf/model/*t5*.yaml `prefix_fraction`, kept in its config), else the default."""
+    return float(getattr(config, "nirvana_prefix_fraction", PREFIX_FRACTION))
+
+
+def seq2seq_logits(model, ids: torch.Tensor, prefix_fraction: float | None = None,
                    append_eos: bool = APPEND_EOS) -> tuple[torch.Tensor, torch.Tensor]:
     """(decoder logits [B, T−P, V], labels [B, T−P]) of an encoder–decoder on windows split as above.
 
     Generic over HF seq2seq LMs: the decoder inputs come from the model's own
     `prepare_decoder_input_ids_from_labels` (T5: shift right behind `decoder_start_token_id`)."""
     config = model.config
+    if prefix_fraction is None:
+        prefix_fraction = configured_prefix_fraction(config)
     eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
     encoder_ids, labels = split_windows(ids, eos, prefix_fraction, append_eos)
     decoder_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
@@ -84,6 +91,7 @@ def _rows(linear, block: int, units: tuple[int, int]) -> list[ParamSlice]:
 class T5Adapter(ModelAdapter):
     model_types = ("t5",)
     auto_model_class = "AutoModelForSeq2SeqLM"
+    lora_task_type = "SEQ_2_SEQ_LM"
     # Wanda-sp and FLAP are activation-statistics methods written for decoder-only blocks (one attention,
     # one MLP, inputs replayed layer by layer); they have no encoder–decoder formulation here.
     unsupported_pruners = ("wanda_sp", "flap")
@@ -174,6 +182,10 @@ class T5Adapter(ModelAdapter):
     def checkpoint_class_name(self) -> str:
         return "NirvanaT5ForConditionalGeneration"
 
+    def lora_targets(self) -> list[str]:
+        ff = self._blocks()[0][4]
+        return ["q", "k", "v", "o", *(n for n in ("wi", "wi_0", "wi_1") if hasattr(ff, n)), "wo"]
+
     # --- calibration forward ---------------------------------------------------------------------
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         return seq2seq_logits(self.model, input_ids)[0]
@@ -181,6 +193,45 @@ class T5Adapter(ModelAdapter):
     def lm_loss(self, input_ids: torch.Tensor) -> torch.Tensor:
         logits, labels = seq2seq_logits(self.model, input_ids)
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="mean")
+
+    # --- protocol views ------------------------------------------------------------------------------
+    pruned_config_fields = (*ModelAdapter.pruned_config_fields, "nirvana_t5_layers")
+
+    def is_pruned(self) -> bool:
+        from ..checkpoint_code.modeling_nirvana import T5_LAYERS_FIELD
+
+        return bool(getattr(self.config, T5_LAYERS_FIELD, None))
+
+    def window_logits(self, windows: torch.Tensor):
+        return seq2seq_logits(self.model, windows)  # prefix → encoder, continuation → decoder targets
+
+    def window_prefix(self, seq_len: int) -> int | None:
+        return prefix_length(seq_len, configured_prefix_fraction(self.config))
+
+    def flops_per_token(self, prompt_len: int, new_tokens: int) -> tuple[float, float]:
+        """The prompt goes to the encoder, the decoder generates (nirvana.evaluation.speed documents it):
+        prefill F = 2·(P_encoder + P_cross_kv) + 4·W_encoder·prompt_len                     (bidirectional)
+        decode  F = 2·(P_decoder − P_cross_kv + P_head) + 4·W_self·new_tokens/2 + 4·W_cross·prompt_len."""
+        model = self.model
+        enc, dec = model.get_encoder(), model.get_decoder()
+
+        def linears(module, suffixes=("",)) -> int:
+            return sum(m.weight.numel() for n, m in module.named_modules()
+                       if isinstance(m, torch.nn.Linear) and n.endswith(suffixes))
+
+        def widths(module, attention: str) -> int:
+            return sum(m.out_features for n, m in module.named_modules() if n.endswith(f"{attention}.q"))
+
+        cross_kv = linears(dec, ("EncDecAttention.k", "EncDecAttention.v"))
+        head = model.get_output_embeddings().weight.numel()
+        prefill = 2.0 * (linears(enc) + cross_kv) + 4.0 * widths(enc, "SelfAttention") * prompt_len
+        decode = (2.0 * (linears(dec) - cross_kv + head) + 4.0 * widths(dec, "SelfAttention") * new_tokens / 2
+                  + 4.0 * widths(dec, "EncDecAttention") * prompt_len)
+        return prefill, decode
+
+    def block_inputs(self, input_ids: torch.Tensor):
+        raise NotImplementedError("layer-wise activation statistics are defined for decoder-only models "
+                                  f"(the pruners that need them, {', '.join(self.unsupported_pruners)}, do not apply to T5)")
 
     def max_context(self) -> int | None:
         return None  # relative positions: no trained length limit to check calibration against

@@ -23,8 +23,8 @@ import torch
 
 from ..adapters import ATTENTION, MLP, MODULE_KINDS, ModelAdapter
 from ..allocation import apply_guards
-from ..scoring import UnitScores, sum_blocks
-from ..statistics import collect_channel_stats
+from ..statistics import layerwise_channel_stats
+from ..units import UnitScores, sum_blocks
 
 
 def wifv_channel_metric(stats, weight: torch.Tensor, square: bool) -> torch.Tensor:
@@ -48,7 +48,7 @@ def flap_plan(
     batch_size: int = 8,
 ) -> tuple[list[tuple[list[int], list[int]]], UnitScores, dict[int, dict[str, torch.Tensor]] | None]:
     layers = adapter.layers()
-    stats = collect_channel_stats(adapter, input_ids, batch_size=batch_size, stop_after_last=False, progress=True)
+    stats = layerwise_channel_stats(adapter, input_ids, batch_size=batch_size, progress=True)
     scores = UnitScores(attention=[], mlp=[])
     for layer in layers:
         for kind in MODULE_KINDS:

@@ -1,8 +1,8 @@
 """Wanda-sp: structured Wanda as in the FLAP repository (`prune_wanda_sp`), in our adapters and plans.
 
-Per layer, in order: collect the mean of x² per input channel of o_proj and down_proj over the calibration
-tokens — with the layers before it already pruned —, score each channel |W|·√(mean x²) averaged over the
-output rows, sum the channels of each unit, and keep the units scoring ≥ the score at index int(ratio·n)
+Per layer, in order (one layer-wise pass, nirvana.statistics): collect the mean of x² per input channel of
+o_proj and down_proj over the calibration tokens — with the layers before it already pruned —, score each
+channel |W|·√(mean x²) averaged over the output rows, sum the channels of each unit, and keep the units scoring ≥ the score at index int(ratio·n)
 of the ascending sort (ratio = sparsity; units, not parameters, as in the original). The layer is then
 pruned (here: masked in place, restored at the end) before the next layer's statistics are taken.
 With GQA the units are whole groups: SmolLM2 has 3 per layer, so int(0.2·3) = 0 → no attention is pruned
@@ -12,13 +12,12 @@ at 0.2 (the GQA fork's behaviour).
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from ..adapters import ATTENTION, MLP, ModelAdapter
-from ..allocation import _pruned_by_layer_fraction, apply_guards, layer_range_mask, uniform_fractions
+from ..allocation import apply_guards, layer_range_mask, pruned_below_layer_fraction, uniform_fractions
 from ..masking import UnitMask
-from ..scoring import UnitScores, sum_blocks
-from ..statistics import collect_channel_stats
+from ..statistics import layerwise_channel_stats
+from ..units import UnitScores, sum_blocks
 
 
 def wanda_unit_scores(group, mean_square: torch.Tensor) -> torch.Tensor:
@@ -46,20 +45,25 @@ def wanda_sp_plan(
     scores = UnitScores(attention=[], mlp=[])
     kept: list[tuple[list[int], list[int]]] = []
     masks: list[UnitMask] = []
+
+    def prune_layer(index: int, stats) -> bool:
+        """Score layer `index` on its (already pruned-upstream) inputs and mask what it drops, so the next
+        layer's statistics see this layer pruned — the original's sequential order."""
+        layer, inside = layers[index], in_range[index]
+        a = wanda_unit_scores(layer.attention, stats[ATTENTION].mean_square)
+        m = wanda_unit_scores(layer.mlp, stats[MLP].mean_square)
+        scores.attention.append(a)
+        scores.mlp.append(m)
+        pa = pruned_below_layer_fraction([a], [f_a if inside else 0.0])
+        pm = pruned_below_layer_fraction([m], [f_m if inside else 0.0])
+        layer_kept = apply_guards(UnitScores([a], [m]), pa, pm, round_to, spare_rule)[0]
+        kept.append(layer_kept)
+        masks.extend((UnitMask(layer.attention, layer_kept[0]), UnitMask(layer.mlp, layer_kept[1])))
+        return True
+
     try:
-        for layer, inside in tqdm(list(zip(layers, in_range)), desc="wanda-sp layers", leave=False):
-            stats = collect_channel_stats(adapter, input_ids, [layer.index], batch_size=batch_size)
-            a = wanda_unit_scores(layer.attention, stats[(layer.index, ATTENTION)].mean_square)
-            m = wanda_unit_scores(layer.mlp, stats[(layer.index, MLP)].mean_square)
-            scores.attention.append(a)
-            scores.mlp.append(m)
-            pa = _pruned_by_layer_fraction([a], [f_a if inside else 0.0])
-            pm = _pruned_by_layer_fraction([m], [f_m if inside else 0.0])
-            layer_kept = apply_guards(UnitScores([a], [m]), pa, pm, round_to, spare_rule)[0]
-            kept.append(layer_kept)
-            # prune this layer before measuring the next one (sequential, as the original)
-            masks.append(UnitMask(layer.attention, layer_kept[0]))
-            masks.append(UnitMask(layer.mlp, layer_kept[1]))
+        layerwise_channel_stats(adapter, input_ids, batch_size, after_layer=prune_layer, progress=True,
+                                desc="wanda-sp layers")
     finally:
         for mask in reversed(masks):
             mask.restore()

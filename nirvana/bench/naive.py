@@ -1,6 +1,6 @@
 """The naive full-gradient NIRVANA scorer: the benchmark's reference point, not something to use.
 
-It does what the official code does (REFERENCE.md §1): every parameter requires grad (embeddings and LM head
+It does what the official code does (docs/method.md §1): every parameter requires grad (embeddings and LM head
 included, as after `from_pretrained`), one forward over the whole batch building the full [B, T, V] logits,
 one backward, all gradients held at once, then |g ⊙ W| reduced per unit. Same target and reduction as
 `nirvana.scoring.NirvanaScorer`, so the scores agree to float rounding — the benchmark checks the plans are
@@ -12,14 +12,9 @@ from __future__ import annotations
 import torch
 
 from ..adapters import ModelAdapter
-from ..scoring import (
-    UnitScores,
-    _slices_by_param,
-    _zero_scores,
-    add_weight_scores,
-    gradient_saliency,
-    output_max_target,
-)
+from ..scoring import gradient_saliency, scored_parameters
+from ..targets import output_max_target
+from ..units import UnitScores, add_weight_scores
 
 
 def full_gradient_scores(adapter: ModelAdapter, input_ids: torch.Tensor) -> UnitScores:
@@ -33,8 +28,8 @@ def full_gradient_scores(adapter: ModelAdapter, input_ids: torch.Tensor) -> Unit
             p.grad = None
         with torch.enable_grad():
             output_max_target(adapter.logits(input_ids)).backward()
-        scores = _zero_scores(adapter)
-        for p, entries in _slices_by_param(adapter, include_bias=False).values():
+        scores = UnitScores.zeros(adapter)
+        for p, entries in scored_parameters(adapter, include_bias=False).values():
             add_weight_scores(scores, gradient_saliency(p), entries)
         return scores
     finally:

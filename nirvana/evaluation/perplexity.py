@@ -1,4 +1,4 @@
-"""Perplexity with the official protocol (REFERENCE.md §4).
+"""Perplexity with the official protocol (docs/protocol.md).
 
 Join the split's texts with "\\n\\n", tokenize the whole string once, cut it into non-overlapping windows of
 `seq_len` tokens (the remainder is dropped), run each window on its own, and report
@@ -15,7 +15,8 @@ metric name says so: `ppl/wiki_passages@64+64` (prefix + continuation), never co
 
 Datasets: `wikitext2` (wikitext-103-v1 test — the same text as WikiText-2 test), `ptb` (ptb_text_only
 validation), `lambada` (EleutherAI/lambada_openai test) from the hub; offline `wiki_passages` and
-`lambada_head` (built by `make assets`); or a path to any .jsonl (field "text") / plain-text file.
+`lambada_head` (built by `make assets`); or a path to any .jsonl (field "text") / plain-text file (read as its
+blank-line-separated paragraphs, which the protocol joins with "\n\n" again).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import paths
+from ..adapters import get_adapter
+from ..texts import read_texts
 
 # name → (hub dataset, config, split, text field), as the official code loads them
 HUB_DATASETS = {
@@ -37,7 +39,7 @@ HUB_DATASETS = {
     "ptb": ("ptb_text_only", "penn_treebank", "validation", "sentence"),
     "lambada": ("EleutherAI/lambada_openai", "default", "test", "text"),
 }
-OFFLINE_DATASETS = {"wiki_passages": "wiki_passages.jsonl", "lambada_head": "lambada_head.jsonl"}
+OFFLINE_DATASETS = ("wiki_passages", "lambada_head")  # registered in nirvana.texts
 
 
 def dataset_label(name: str) -> str:
@@ -58,16 +60,6 @@ def check_dataset_name(name: str) -> None:
         )
 
 
-def _read_file(path: Path, field: str) -> list[str]:
-    import json
-
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line)[field] for line in f if line.strip()]
-    # A plain text file is one text: joining its paragraphs with "\n\n" again would change nothing.
-    return [path.read_text(encoding="utf-8")]
-
-
 def _load_hub(name: str) -> list[str]:
     import datasets
 
@@ -86,15 +78,7 @@ def _load_hub(name: str) -> list[str]:
 def load_texts(name: str, max_texts: int | None = None, field: str = "text") -> list[str]:
     """The texts of a perplexity dataset (first `max_texts` of them when given)."""
     check_dataset_name(name)
-    if name in HUB_DATASETS:
-        texts = _load_hub(name)
-    elif name in OFFLINE_DATASETS:
-        path = paths.text_dir() / OFFLINE_DATASETS[name]
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: build the offline text sets with `make assets`")
-        texts = _read_file(path, field)
-    else:
-        texts = _read_file(Path(name), field)
+    texts = _load_hub(name) if name in HUB_DATASETS else read_texts(name, field)
     if max_texts is not None:
         if max_texts < 1:
             raise ValueError(f"max_texts must be ≥ 1 or null, got {max_texts}")
@@ -153,29 +137,20 @@ class PerplexityResult:
 @torch.no_grad()
 def window_nll(model, windows: torch.Tensor, batch_size: int = 4, progress: bool = True,
                desc: str = "perplexity") -> tuple[float, int]:
-    """(summed NLL in nats, predicted tokens) of `windows` [n, seq_len], run in batches on the model's device."""
+    """(summed NLL in nats, predicted tokens) of `windows` [n, seq_len], run in batches on the model's device;
+    the model's adapter says which tokens a window predicts (module docstring)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    adapter = get_adapter(model)
     device = next(model.parameters()).device
-    seq2seq = is_seq2seq(model)
     total, count = 0.0, 0
     for start in tqdm(range(0, windows.shape[0], batch_size), desc=desc, disable=not progress):
-        batch = windows[start : start + batch_size].to(device)
-        if seq2seq:  # prefix → encoder, continuation → decoder targets (module docstring)
-            from ..adapters.t5 import seq2seq_logits
-
-            logits, targets = seq2seq_logits(model, batch)
-        else:
-            logits, targets = model(input_ids=batch, use_cache=False).logits[:, :-1], batch[:, 1:]
+        logits, targets = adapter.window_logits(windows[start : start + batch_size].to(device))
         # fp32 log-softmax whatever the model dtype: bf16 NLL sums drift visibly over many tokens.
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
         total += float(loss)
         count += targets.numel()
     return total, count
-
-
-def is_seq2seq(model) -> bool:
-    return bool(getattr(model.config, "is_encoder_decoder", False))
 
 
 def _limit_label(max_texts, max_windows, max_tokens) -> str | None:
@@ -197,10 +172,5 @@ def evaluate_perplexity(model, tokenizer, dataset: str, seq_len: int = 512, batc
     label = dataset_label(dataset)
     total, count = window_nll(model, windows, batch_size, progress, desc=f"ppl {label}@{seq_len}")
     nll = total / count
-    prefix = None
-    if is_seq2seq(model):
-        from ..adapters.t5 import prefix_length
-
-        prefix = prefix_length(seq_len)
     return PerplexityResult(label, seq_len, math.exp(nll), nll, windows.shape[0], count,
-                            _limit_label(max_texts, max_windows, max_tokens), prefix)
+                            _limit_label(max_texts, max_windows, max_tokens), get_adapter(model).window_prefix(seq_len))

@@ -7,7 +7,8 @@ closed by `torch.cuda.synchronize()` so that queued kernels are counted.
   - decode tokens/s  = batch × new_tokens / time of `new_tokens` single-token steps reading that cache
     (greedy next token; no early stop, every step counts).
 
-FLOPs per token (forward, multiply-add = 2 FLOPs), documented so that results can be checked by hand:
+FLOPs per token (forward, multiply-add = 2 FLOPs; each model's adapter counts them), documented so that results
+can be checked by hand:
     F(ctx) = 2 · P_linear + 4 · Σ_layers (n_query_heads · head_dim) · ctx
   - P_linear: weights of every nn.Linear, LM head included (never pruned, and a large share of the work in
     small models with big vocabularies: 21 % of SmolLM2's weights); embeddings are lookups, norms and
@@ -38,53 +39,19 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..adapters import get_adapter
+
 
 # --- FLOPs -------------------------------------------------------------------------------------------------
-def linear_params(model: nn.Module) -> int:
-    """Weights of all nn.Linear modules (a tied LM head counts: it is still a matmul per token)."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+def flops_per_token(model: nn.Module, prompt_len: int, new_tokens: int) -> tuple[float, float]:
+    """(prefill, decode) FLOPs per token; the model's adapter counts them (module docstring)."""
+    return get_adapter(model).flops_per_token(prompt_len, new_tokens)
 
 
-def query_width(model: nn.Module) -> int:
-    """Σ over layers of n_query_heads × head_dim = Σ of q_proj output widths (Llama-family names)."""
-    total = 0
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and name.endswith("q_proj"):
-            total += m.out_features
-    return total
-
-
-def is_seq2seq(model: nn.Module) -> bool:
-    return bool(getattr(model.config, "is_encoder_decoder", False))
-
-
-def _linears(module: nn.Module, suffixes: tuple[str, ...] = ("",)) -> int:
-    return sum(m.weight.numel() for n, m in module.named_modules() if isinstance(m, nn.Linear) and n.endswith(suffixes))
-
-
-def _t5_widths(module: nn.Module, attention: str) -> int:
-    return sum(m.out_features for n, m in module.named_modules() if n.endswith(f"{attention}.q"))
-
-
-def seq2seq_flops_per_token(model: nn.Module, prompt_len: int, new_tokens: int) -> tuple[float, float]:
-    """(prefill, decode) FLOPs per token of a T5-style encoder–decoder (module docstring)."""
-    enc, dec = model.get_encoder(), model.get_decoder()
-    cross_kv = _linears(dec, ("EncDecAttention.k", "EncDecAttention.v"))
-    head = model.get_output_embeddings().weight.numel()
-    prefill = 2.0 * (_linears(enc) + cross_kv) + 4.0 * _t5_widths(enc, "SelfAttention") * prompt_len
-    decode = (2.0 * (_linears(dec) - cross_kv + head) + 4.0 * _t5_widths(dec, "SelfAttention") * new_tokens / 2
-              + 4.0 * _t5_widths(dec, "EncDecAttention") * prompt_len)
-    return prefill, decode
-
-
-def flops_per_token(model: nn.Module, context: float) -> float:
-    """F(ctx) = 2 · P_linear + 4 · Σ(n_q · head_dim) · ctx (see the module docstring)."""
-    return 2.0 * linear_params(model) + 4.0 * query_width(model) * context
-
-
-def flop_ratio(pruned: nn.Module, dense: nn.Module, context: float = 0.0) -> float:
-    """F_pruned / F_dense at the same context."""
-    return flops_per_token(pruned, context) / flops_per_token(dense, context)
+def flop_ratios(pruned: nn.Module, dense: nn.Module, prompt_len: int, new_tokens: int) -> tuple[float, float]:
+    """(prefill, decode) F_pruned / F_dense for the same work."""
+    (p_pre, p_dec), (d_pre, d_dec) = (flops_per_token(m, prompt_len, new_tokens) for m in (pruned, dense))
+    return p_pre / d_pre, p_dec / d_dec
 
 
 def speedup_efficiency(measured_speedup: float, ratio: float) -> float:
@@ -93,23 +60,16 @@ def speedup_efficiency(measured_speedup: float, ratio: float) -> float:
 
 
 def dense_twin(model: nn.Module) -> nn.Module | None:
-    """A randomly initialised dense model with the pruned model's original architecture (its config without
-    `per_layer_config`), same dtype and device: timing does not depend on weight values, so this is the speed
-    reference when the dense weights are not at hand. None when `model` is already homogeneous."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    """A randomly initialised dense model with the pruned model's original architecture (the adapter's dense view
+    of its config), same dtype and device: timing does not depend on weight values, so this is the speed
+    reference when the dense weights are not at hand. None when `model` is not pruned."""
+    import transformers
 
-    config = model.config
-    # transformers 5.x: is_heterogeneous is True once per_layer_config is set; T5 records its own field
-    if not (getattr(config, "is_heterogeneous", False) or getattr(config, "nirvana_t5_layers", None)):
+    adapter = get_adapter(model)
+    if not adapter.is_pruned():
         return None
-    d = config.to_dict()
-    for k in ("per_layer_config", "is_heterogeneous", "auto_map", "allow_global_per_layer_attribute_access",
-              "nirvana_output_bias", "nirvana_t5_layers"):
-        d.pop(k, None)
-    dense_config = AutoConfig.for_model(d.pop("model_type"), **d)
     p = next(model.parameters())
-    auto = AutoModelForSeq2SeqLM if is_seq2seq(model) else AutoModelForCausalLM
-    twin = auto.from_config(dense_config, dtype=p.dtype)
+    twin = getattr(transformers, adapter.auto_model_class).from_config(adapter.dense_config(), dtype=p.dtype)
     return twin.to(p.device).eval()
 
 
@@ -127,10 +87,6 @@ class SpeedResult:
     device: str
     dtype: str
 
-    @property
-    def tag(self) -> str:
-        return f"bs{self.batch_size},p{self.prompt_len}"
-
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -143,7 +99,7 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def _one_pass(model, ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     device = ids.device
-    if is_seq2seq(model):
+    if getattr(model.config, "is_encoder_decoder", False):
         return _one_seq2seq_pass(model, ids, new_tokens)
     _sync(device)
     t0 = time.perf_counter()
@@ -220,13 +176,7 @@ def compare_speed(pruned, dense, repeats: int = 5, warmup: int = 1, **kwargs) ->
     med = {name: {k: statistics.median(getattr(r, k) for r in rs) for k in ("prefill_tok_s", "decode_tok_s")}
            for name, rs in runs.items()}
     first = runs["pruned"][0]
-    if is_seq2seq(pruned):
-        (p_pre, p_dec), (d_pre, d_dec) = (seq2seq_flops_per_token(m, first.prompt_len, first.new_tokens)
-                                          for m in (pruned, dense))
-        prefill_ratio, decode_ratio = p_pre / d_pre, p_dec / d_dec
-    else:
-        prefill_ratio = flop_ratio(pruned, dense, (first.prompt_len + 1) / 2)
-        decode_ratio = flop_ratio(pruned, dense, first.prompt_len + first.new_tokens / 2)
+    prefill_ratio, decode_ratio = flop_ratios(pruned, dense, first.prompt_len, first.new_tokens)
     prefill_speedup = med["pruned"]["prefill_tok_s"] / med["dense"]["prefill_tok_s"]
     decode_speedup = med["pruned"]["decode_tok_s"] / med["dense"]["decode_tok_s"]
     return {
