@@ -59,7 +59,7 @@ report-demo: $(SETUP_STAMP) ## rebuild results/demo tables and figures from its 
 		--plans $$(ls -t outputs/demo/*/*/pruning_plan.json 2>/dev/null | grep -v /dense | head -20)
 
 reproduce-table2: $(SETUP_STAMP) ## Table 2 sweep (GPU + hub); MODEL=smollm2_135m runs it offline; LAUNCHER=joblib|submitit_slurm
-	$(PY) -m experiments.run experiment=$(TABLE2_EXPERIMENT) model=$(MODEL) preflight=true $(ARGS)
+	$(PY) -m experiments.run experiment=$(TABLE2_EXPERIMENT) model=$(MODEL) job.preflight=true $(ARGS)
 	$(if $(filter table2_offline,$(TABLE2_EXPERIMENT)),$(MAKE) --no-print-directory assets)
 	$(PY) -m experiments.run -m experiment=$(TABLE2_EXPERIMENT) model=$(MODEL) hydra/launcher=$(LAUNCHER) $(ARGS)
 	$(PY) -m experiments.report --rows results/rows/table2_$(MODEL).jsonl --out results/tables/$(MODEL) \

@@ -80,6 +80,17 @@ def load_model(
     return model.eval(), tokenizer
 
 
+def load_from_config(m: dict) -> tuple:
+    """(model, tokenizer) from a model config (conf/model/*.yaml as a dict): `path` (a checkpoint folder) wins
+    over `name_or_path`; protocol settings the model carries (a seq2seq model's `prefix_fraction`) are set on
+    its config, where its adapter reads them and its saved checkpoint records them."""
+    model, tokenizer = load_model(m.get("path") or m["name_or_path"], m.get("dtype", "auto"), m.get("device", "auto"),
+                                  m.get("device_map"))
+    if m.get("prefix_fraction") is not None:
+        model.config.nirvana_prefix_fraction = float(m["prefix_fraction"])
+    return model, tokenizer
+
+
 def auto_model_class(path: str, trust_remote_code: bool = True):
     """AutoModelForSeq2SeqLM for encoder–decoder configs (T5), else AutoModelForCausalLM."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM

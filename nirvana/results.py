@@ -39,12 +39,11 @@ import json
 import math
 import os
 import subprocess
-import tempfile
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_file, iter_jsonl, stale_tmp
 from .paths import REPO_ROOT
 
 ROW_FIELDS = (
@@ -122,20 +121,14 @@ def make_row(run: Mapping[str, Any], task: str, metric: str, value: float, stder
 
 
 # --- writing ----------------------------------------------------------------------------------------------
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> int:
     """Append rows as JSON lines, all or nothing; returns the number written.
 
-    The new content (old lines + the batch) goes to a temp file in the same folder that then replaces the file
-    with an atomic rename, so a reader sees the file before or after the batch, never a part of it, even if
-    the writer is killed. Writers serialise on an exclusive lock of the folder (parallel sweep workers may
-    share a file); a temp file left by a killed writer is removed by the next one. Rewriting costs O(file
-    size) per batch: a few MB for thousands of runs, negligible next to any evaluation."""
+    The new content (old lines + the batch) is written through `nirvana.atomic.atomic_file` (temp file, then one
+    rename), so a reader sees the file before or after the batch, never a part of it, even if the writer is
+    killed. Writers serialise on an exclusive lock of the folder (parallel sweep workers may share a file); a
+    temp file left by a killed writer is removed by the next one. Rewriting costs O(file size) per batch: a few
+    MB for thousands of runs, negligible next to any evaluation."""
     lines = [json.dumps(dict(r), ensure_ascii=False, default=str) for r in rows]
     if not lines:
         return 0
@@ -147,19 +140,12 @@ def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> i
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         fcntl.flock(dir_fd, fcntl.LOCK_EX)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        for stale in stale_tmp(path.parent, path.name):  # safe under the lock: only a killed writer leaves these
             stale.unlink(missing_ok=True)
         old = path.read_bytes() if path.exists() else b""
         old = old[: old.rfind(b"\n") + 1]  # drop an unterminated tail (a torn write by some other tool)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            _write_all(fd, old + ("\n".join(lines) + "\n").encode())
-            os.fsync(fd)
-            os.fchmod(fd, 0o644)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        os.fsync(dir_fd)  # make the rename itself durable
+        with atomic_file(path, "wb") as fh:
+            fh.write(old + ("\n".join(lines) + "\n").encode())
     finally:
         os.close(dir_fd)  # also releases the lock
     return len(lines)
@@ -167,20 +153,9 @@ def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> i
 
 # --- reading ----------------------------------------------------------------------------------------------
 def iter_rows(path: str | os.PathLike) -> Iterable[dict[str, Any]]:
-    """Rows of one file; an unterminated last line is a crashed write and is skipped silently, a corrupt
-    complete line is skipped with a warning (it would have been written by something else)."""
-    path = Path(path)
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    for i, line in enumerate(lines[:-1], start=1):  # lines[-1] is b"" or the unterminated tail
-        if not line.strip():
-            continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            warnings.warn(f"{path}:{i}: skipping a line that is not JSON", stacklevel=2)
+    """Rows of one file (none if it does not exist); torn and corrupt lines are skipped (nirvana.atomic.iter_jsonl)."""
+    if Path(path).exists():
+        yield from iter_jsonl(path, strict=False)
 
 
 def read_rows(paths: str | os.PathLike | Iterable[str | os.PathLike]):
@@ -204,6 +179,11 @@ def record_run(rows: list[Mapping[str, Any]], run_dir: str | os.PathLike, result
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     append_rows(Path(run_dir) / "rows.jsonl", rows)
     append_rows(results_file, rows)
+
+
+def recorded(run_id: str, results_file: str | os.PathLike) -> bool:
+    """Whether `run_id` has rows in `results_file`, i.e. finished (rows are written in one batch at the end)."""
+    return run_id in completed_run_ids(results_file)
 
 
 def completed_run_ids(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> set[str]:

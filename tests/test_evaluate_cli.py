@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import experiments.evaluate as ev
 from nirvana import paths
 from nirvana.checkpoint import save_pruned
+from nirvana.evaluation.protocol import run_identity
 from nirvana.pruning import prune
 from nirvana.results import ROW_FIELDS, read_rows
 from nirvana.tiny import pydoc_text, tiny_model
@@ -29,7 +31,7 @@ def text_file(tmp_path_factory):
 def cfg(tmp_path, *overrides):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose(config_name="evaluate", overrides=[
-            "model=tiny_llama", f"results_file={tmp_path / 'rows.jsonl'}", "progress=false", *overrides])
+            "model=tiny_llama", f"job.results_file={tmp_path / 'rows.jsonl'}", "job.progress=false", *overrides])
 
 
 def ppl_overrides(text_file):
@@ -38,7 +40,7 @@ def ppl_overrides(text_file):
 
 
 def no_model_load(monkeypatch):
-    monkeypatch.setattr(ev, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
+    monkeypatch.setattr(ev, "load_from_config", lambda *a, **k: pytest.fail("model loaded before validation"))
 
 
 @pytest.mark.parametrize("overrides,error", [
@@ -54,7 +56,7 @@ def test_bad_input_fails_before_loading_the_model(tmp_path, monkeypatch, overrid
         ev.run_evaluate(cfg(tmp_path, *overrides), tmp_path / "run")
 
 
-def test_perplexity_rows_and_skip_completed(tmp_path, monkeypatch, text_file):
+def test_perplexity_rows_and_a_rerun_skips_the_complete_run(tmp_path, monkeypatch, text_file):
     c = cfg(tmp_path, *ppl_overrides(text_file))
     rows = ev.run_evaluate(c, tmp_path / "run")
     assert [r["metric"] for r in rows] == ["ppl/pydoc@32", "ppl/pydoc@64"]
@@ -66,9 +68,9 @@ def test_perplexity_rows_and_skip_completed(tmp_path, monkeypatch, text_file):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["run_id"] == rows[0]["run_id"]
 
     no_model_load(monkeypatch)  # same config → same run id → skipped without loading anything
-    c2 = cfg(tmp_path, *ppl_overrides(text_file), "skip_completed=true")
+    c2 = cfg(tmp_path, *ppl_overrides(text_file), "job.progress=true")
     assert ev.run_evaluate(c2, tmp_path / "run2") == []
-    assert ev.run_identity(c2)[0] == rows[0]["run_id"]  # bookkeeping keys do not change the id
+    assert run_identity(OmegaConf.to_container(c2, resolve=True))[0] == rows[0]["run_id"]  # bookkeeping: same id
 
 
 def test_pruned_checkpoint_provenance_and_speedup(tmp_path, calib_ids, tokenizer, text_file):
@@ -88,8 +90,8 @@ def test_pruned_checkpoint_provenance_and_speedup(tmp_path, calib_ids, tokenizer
 def test_cli_zeroshot_rows_and_summary_line(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "experiments.evaluate", "model=tiny_llama", "eval=zeroshot", "eval.limit=4",
-         "eval.zeroshot.tasks=[piqa,winogrande]", f"results_file={tmp_path / 'rows.jsonl'}",
-         f"hydra.run.dir={tmp_path / 'run'}", "progress=false"],
+         "eval.zeroshot.tasks=[piqa,winogrande]", f"job.results_file={tmp_path / 'rows.jsonl'}",
+         f"hydra.run.dir={tmp_path / 'run'}", "job.progress=false"],
         capture_output=True, text=True, cwd=Path(CONF).parent,
     )
     assert out.returncode == 0, out.stderr[-3000:]

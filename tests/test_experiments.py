@@ -8,9 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from experiments.report import build_report
-from experiments.run import run_experiment, run_identity
+from experiments.run import run_experiment
+from nirvana.evaluation.protocol import run_identity
 from nirvana.reporting import tables
 from nirvana.results import append_rows, make_row, read_rows
 
@@ -21,7 +23,7 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml
 TINY = [
     "model=tiny_llama", "calibration=pydoc", "calibration.n_samples=4", "calibration.seq_len=32",
     "calibration.candidates=2", "calibration.probe.n_samples=4", "calibration.probe.seq_len=16",
-    "score_cache=null", "progress=false",
+    "job.score_cache=null", "job.progress=false",
 ]
 SHRINK = [*TINY, "eval=quick", "eval.limit=2", "eval.zeroshot.tasks=[arc_easy]", "eval.perplexity.max_windows=4",
           "eval.speed=null"]
@@ -39,14 +41,14 @@ def test_every_experiment_composes_and_runs_shrunk(name, tmp_path):
     full = cfg(f"experiment={name}")
     assert full.hydra if "hydra" in full else True
     # perplexity only: the zero-shot path has its own tests (test_zeroshot, test_evaluate_cli, the test below)
-    c = cfg(f"experiment={name}", *PPL_ONLY, f"results_file={tmp_path / 'rows.jsonl'}", "requires.gpu=false",
-            "requires.hub=false")
+    c = cfg(f"experiment={name}", *PPL_ONLY, f"job.results_file={tmp_path / 'rows.jsonl'}", "job.requires.gpu=false",
+            "job.requires.hub=false")
     rows = run_experiment(c, tmp_path / "run")
     assert rows and all(r["model"] == "tiny_llama" for r in rows)
 
 
 def test_a_run_with_every_stage(tmp_path):
-    c = cfg(*SHRINK, "pruner=flap", f"results_file={tmp_path / 'rows.jsonl'}")
+    c = cfg(*SHRINK, "pruner=flap", f"job.results_file={tmp_path / 'rows.jsonl'}")
     rows = run_experiment(c, tmp_path / "run")
     assert {"pruning", "calibration", "wiki_passages", "arc_easy", "average"} <= {r["task"] for r in rows}
 
@@ -60,17 +62,21 @@ def test_experiment_sweeps_live_in_the_files():
 
 
 def test_dense_runs_share_one_id_whatever_the_sweep_says():
-    a, _ = run_identity(cfg("pruner=dense", "sparsity=0.2"))
-    b, _ = run_identity(cfg("pruner=dense", "sparsity=0.4", "calibration=pydoc"))
-    c, _ = run_identity(cfg("pruner=nirvana", "sparsity=0.2"))
-    d, _ = run_identity(cfg("pruner=nirvana", "sparsity=0.2", "results_file=elsewhere.jsonl", "force=true"))
+    def rid(*overrides):
+        return run_identity(OmegaConf.to_container(cfg(*overrides), resolve=True))[0]
+
+    a, b = rid("pruner=dense", "sparsity=0.2"), rid("pruner=dense", "sparsity=0.4", "calibration=pydoc", "gamma=1")
+    c = rid("pruner=nirvana", "sparsity=0.2")
+    d = rid("pruner=nirvana", "sparsity=0.2", "job.results_file=elsewhere.jsonl", "job.force=true")
     assert a == b and a != c and c == d
+    assert rid("pruner=nirvana", "gamma=1") != c  # γ counts where the pruner reads it …
+    assert rid("pruner=flap", "gamma=1") == rid("pruner=flap")  # … and not where it does not
 
 
 def test_multirun_with_joblib_resumes_and_recomputes_only_what_is_missing(tmp_path):
     rows_file = tmp_path / "rows.jsonl"
     cmd = [sys.executable, "-m", "experiments.run", "-m", *PPL_ONLY, "pruner=nirvana,magnitude", "sparsity=0.3",
-           f"results_file={rows_file}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+           f"job.results_file={rows_file}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -87,13 +93,13 @@ def test_multirun_with_joblib_resumes_and_recomputes_only_what_is_missing(tmp_pa
 
 
 def test_a_crash_mid_run_leaves_no_rows(tmp_path, monkeypatch):
-    import experiments.evaluate as eval_mod
+    from nirvana.evaluation import protocol
 
     def boom(*a, **k):
         raise RuntimeError("killed during evaluation")
 
-    monkeypatch.setattr(eval_mod, "perplexity_rows", boom)
-    c = cfg(*PPL_ONLY, f"results_file={tmp_path / 'rows.jsonl'}")
+    monkeypatch.setattr(protocol, "perplexity_rows", boom)
+    c = cfg(*PPL_ONLY, f"job.results_file={tmp_path / 'rows.jsonl'}")
     with pytest.raises(RuntimeError):
         run_experiment(c, tmp_path / "run")
     assert not (tmp_path / "rows.jsonl").exists() or read_rows(tmp_path / "rows.jsonl").empty
@@ -102,10 +108,10 @@ def test_a_crash_mid_run_leaves_no_rows(tmp_path, monkeypatch):
 def test_preflight_stops_before_loading_when_gpu_or_hub_is_missing(tmp_path, monkeypatch):
     import experiments.run as run_mod
 
-    monkeypatch.setattr(run_mod, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(run_mod, "load_from_config", lambda *a, **k: pytest.fail("model loaded"))
     monkeypatch.setattr("nirvana.requirements.hub_reachable", lambda timeout=5.0: False)
     with pytest.raises(SystemExit, match="needs a CUDA GPU|needs the Hugging Face hub"):
-        run_experiment(cfg("experiment=table2", "preflight=true"), tmp_path)
+        run_experiment(cfg("experiment=table2", "job.preflight=true"), tmp_path)
 
 
 def fixture_rows():

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import notebooks as nbs
 from nirvana.plan import LayerPlan, PruningPlan
+from nirvana.reporting import notebooks as nbs
 from nirvana.results import append_rows, make_row
 
 NAMES = ["allocation", "calibration_ablation", "gamma_ablation", "method_comparison", "recovery"]

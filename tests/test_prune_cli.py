@@ -45,7 +45,7 @@ def test_magnitude_needs_no_calibration(tmp_path):
 def test_bad_sparsity_fails_before_loading_the_model(tmp_path, monkeypatch):
     import experiments.prune as mod
 
-    monkeypatch.setattr(mod, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
+    monkeypatch.setattr(mod, "load_from_config", lambda *a, **k: pytest.fail("model loaded before validation"))
     with pytest.raises(ValueError, match="sparsity must be in"):
         run_prune(cfg(*TINY, "sparsity=1.2"), tmp_path)
 
@@ -57,7 +57,7 @@ def test_cli_saves_a_loadable_checkpoint(tmp_path):
         capture_output=True, text=True, cwd=Path(CONF).parent,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "[prune] nirvana s=0.5" in out.stdout
+    assert "nirvana s=0.5" in out.stdout
     assert (tmp_path / "ck" / "pruning_plan.json").exists()
     assert (tmp_path / "ck" / "modeling_nirvana.py").exists()
     assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()

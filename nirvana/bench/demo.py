@@ -14,7 +14,7 @@ def run_demo_bench(repo_root: str, extra_args: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="nirvana-demo-bench-") as tmp:
         out = Path(tmp)
         sweep = [sys.executable, "-m", "experiments.run", "-m", "experiment=demo",
-                 f"results_file={out / 'rows.jsonl'}", f"score_cache={out / 'scores'}",
+                 f"job.results_file={out / 'rows.jsonl'}", f"job.score_cache={out / 'scores'}",
                  f"hydra.sweep.dir={out / 'outputs'}", *(extra_args or [])]
         report = [sys.executable, "-m", "experiments.report", "--rows", str(out / "rows.jsonl"),
                   "--out", str(out / "report")]

@@ -41,7 +41,7 @@ def _ours_command(model_config: str, model_dir: str, tasks, limit, batch_size, m
     return [sys.executable, "-m", "experiments.evaluate", f"model={model_config}", f"model.path={model_dir}",
             "eval=zeroshot", f"eval.limit={limit}", f"eval.zeroshot.tasks=[{','.join(tasks)}]",
             f"eval.zeroshot.batch_size={batch_size}", f"eval.zeroshot.max_length={max_length}",
-            f"results_file={out / 'rows.jsonl'}", f"hydra.run.dir={out / 'run'}", "progress=false"]
+            f"job.results_file={out / 'rows.jsonl'}", f"hydra.run.dir={out / 'run'}", "job.progress=false"]
 
 
 def _stock_scores(out: Path, tasks) -> dict[str, float]:

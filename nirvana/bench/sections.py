@@ -1,0 +1,89 @@
+"""The sections of `make bench` (conf/bench.yaml): checked before anything runs, each run to a JSON document.
+
+Each section measures a figure side by side with its reference in the same run (medians of interleaved
+repeats, ratios); the modules next to this one say what each measures and how.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+from tqdm import tqdm
+
+from .. import paths
+from ..evaluation.zeroshot import check_tasks
+from .models import check_model_spec
+from .scoring import check_variants
+
+BENCH_SECTIONS = ("scoring", "speed", "zeroshot", "demo")
+# The issue's targets, recorded with the results so the summary can say which variant meets them.
+SCORING_GOAL = {"peak_ratio": 0.6, "time_ratio": 1.0}
+
+
+def validate(cfg: dict) -> None:
+    """Everything checkable before a model is loaded (`cfg`: conf/bench.yaml as a dict)."""
+    unknown = [s for s in cfg["sections"] if s not in BENCH_SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown bench section(s) {unknown}; choose from {list(BENCH_SECTIONS)}")
+    if "scoring" in cfg["sections"]:
+        s = cfg["scoring"]
+        check_variants(s["variants"])
+        for m in s["models"]:
+            check_model_spec(m["name"])
+            if int(m["batch"]) < 1 or int(m["seq_len"]) < 2:
+                raise ValueError(f"scoring.models: batch must be ≥ 1 and seq_len ≥ 2, got {dict(m)}")
+        if int(s["repeats"]) < 1:
+            raise ValueError(f"scoring.repeats must be ≥ 1, got {s['repeats']}")
+    if "speed" in cfg["sections"] and int(cfg["speed"]["repeats"]) < 1:
+        raise ValueError(f"speed.repeats must be ≥ 1, got {cfg['speed']['repeats']}")
+    if "zeroshot" in cfg["sections"]:
+        z = cfg["zeroshot"]
+        check_tasks(list(z["tasks"]), "local")
+        if int(z["limit"]) < 1 or int(z["repeats"]) < 1:
+            raise ValueError(f"zeroshot.limit and zeroshot.repeats must be ≥ 1, got {z['limit']}, {z['repeats']}")
+
+
+def _bar(progress: bool, desc: str):
+    return (lambda jobs: tqdm(jobs, desc=desc)) if progress else None
+
+
+def run_section(name: str, cfg: dict) -> tuple[dict, dict]:
+    """(the section's config as run, its result)."""
+    c = cfg[name]
+    bar = _bar(cfg["progress"], name)
+    if name == "scoring":
+        from .scoring import run_scoring_bench
+
+        models = {m["name"]: {"batch": m["batch"], "seq_len": m["seq_len"]} for m in c["models"]}
+        with tempfile.TemporaryDirectory(prefix="nirvana-bench-scores-") as scores_dir:  # for score differences
+            result = run_scoring_bench(models, c["variants"], c["repeats"], c["device"], c["dtype"],
+                                       scores_dir=scores_dir, progress=bar)
+        return c, result
+    if name == "speed":
+        from .speed import run_speed_bench
+
+        return c, run_speed_bench(c["model"], c["sparsities"], c["gamma"], c["shapes"], c["repeats"],
+                                  c["calibration"], c.get("score_cache"), progress=bar)
+    if name == "zeroshot":
+        from .zeroshot import run_zeroshot_bench
+
+        model_dir = c["model_dir"] or str(paths.smollm2_dir())
+        return c, run_zeroshot_bench(c["model"], model_dir, c["tasks"], c["limit"], c["batch_size"],
+                                     c["max_length"], c["repeats"], str(paths.REPO_ROOT), progress=bar)
+    if name == "demo":
+        from .demo import run_demo_bench
+
+        return c, run_demo_bench(str(paths.REPO_ROOT), c["args"])
+    raise AssertionError(name)
+
+
+def scoring_goal(result: dict) -> dict:
+    met = {}
+    for row in result["summary"]:
+        if row["variant"] == "naive" or "peak_ratio" not in row:
+            met.setdefault(row["model"], [])
+            continue
+        ok = (row["peak_ratio"] <= SCORING_GOAL["peak_ratio"] and row["time_ratio"] <= SCORING_GOAL["time_ratio"]
+              and row.get("plan_identical", False))
+        met.setdefault(row["model"], []).extend([row["variant"]] if ok else [])
+    return {**SCORING_GOAL, "met_by": met}

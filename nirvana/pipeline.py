@@ -1,0 +1,122 @@
+"""The one pruning path every entry point uses: calibrate → score → allocate → (KL probe) → cut.
+
+    recipe = PruneRecipe("nirvana", sparsity=0.2, options={"gamma": 3.36}, calibration={"source": "lambada_tail"})
+    check_recipe(recipe)                        # cheap: bad names and values fail before any model is loaded
+    outcome = prune(model, tokenizer, recipe)   # the model is cut in place; outcome.plan says how
+
+Everything here is plain Python values (no Hydra): `experiments/*` turn their configs into a `PruneRecipe`,
+notebooks build one by hand. The outcome carries what result rows and plans record: the calibration actually
+used and how it was chosen (with each KL candidate), the KL of the plan to the dense model on the probe set,
+and the wall time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .allocation import validate_hyperparameters
+from .calibration import SELECTIONS, SOURCES, choose_calibration, kl_to_dense
+from .plan import PruningPlan
+from .pruning import CALIBRATION_FREE, PRUNERS, compute_plan
+from .surgery import apply_plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneRecipe:
+    """What to prune and how; `options` are the pruner's own (conf/pruner/<name>.yaml), γ among them."""
+
+    pruner: str
+    sparsity: float
+    options: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)  # nirvana.calibration.choose_calibration kwargs
+    measure_kl: bool = False  # KL(dense ‖ pruned) of the final plan on the probe set
+    score_cache: str | None = None  # folder of cached unit scores (nirvana.score_cache); None: off
+    model_name: str | None = None  # recorded in the plan
+
+    @property
+    def gamma(self) -> float | None:
+        return self.options.get("gamma")
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> PruneRecipe:
+        """From a resolved run/prune config (conf/run.yaml, conf/prune.yaml) as a plain dict."""
+        pruner = dict(config["pruner"])
+        return cls(pruner=pruner.pop("name"), sparsity=config["sparsity"], options=pruner,
+                   calibration=dict(config["calibration"]), measure_kl=bool(config.get("measure_kl", False)),
+                   score_cache=(config.get("job") or {}).get("score_cache"), model_name=config["model"]["name"])
+
+    def row_columns(self, outcome: PruneOutcome) -> dict[str, Any]:
+        """The result rows' pruning columns (nirvana.results.RUN_FIELDS) for this recipe's outcome."""
+        calibrated = outcome.calibration_ids is not None
+        record = outcome.calibration
+        return {"pruner": self.pruner, "sparsity": self.sparsity, "gamma": self.gamma,
+                "calibration_source": record.get("source") if calibrated else None,
+                "calibration_seed": record.get("seed") if calibrated else None,
+                "calibration_selection": record.get("selection") if calibrated else None}
+
+
+@dataclass
+class PruneOutcome:
+    plan: PruningPlan
+    calibration_ids: torch.Tensor | None  # the exact batch the plan was computed from (replayable)
+    calibration: dict[str, Any]  # how it was chosen: selection, source, seed, candidates with their KLs
+    kl_probe: float | None  # the final plan's KL to the dense model on the probe set
+    probe: dict[str, Any] | None  # the probe set's description
+    seconds: float
+
+
+def check_recipe(recipe: PruneRecipe) -> None:
+    """Every check that needs no model, naming the bad value and what is accepted."""
+    if recipe.pruner not in PRUNERS:
+        raise ValueError(f"unknown pruner {recipe.pruner!r}; choose one of {sorted(PRUNERS)}")
+    validate_hyperparameters(recipe.sparsity, recipe.gamma if recipe.gamma is not None else 1.0,
+                             recipe.options.get("round_to", 8))
+    c = recipe.calibration
+    if recipe.pruner not in CALIBRATION_FREE or recipe.measure_kl:
+        if c.get("source") not in SOURCES:
+            raise ValueError(f"unknown calibration source {c.get('source')!r}; choose one of {sorted(SOURCES)}")
+        if c.get("selection", "none") not in SELECTIONS:
+            raise ValueError(f"unknown calibration selection {c.get('selection')!r}; choose one of {SELECTIONS}")
+
+
+def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = True) -> PruneOutcome:
+    """Choose the calibration (KL selection if asked), plan, measure the plan's KL, and cut the model in
+    place (`apply=False` leaves it dense). The plan records the recipe's calibration and how it was chosen."""
+    check_recipe(recipe)
+    t0 = time.perf_counter()
+    options = {k: v for k, v in recipe.options.items() if k != "gamma"}
+    gamma = recipe.gamma if recipe.gamma is not None else 1.0
+
+    def plan_for(ids, extra=None) -> PruningPlan:
+        return compute_plan(model, ids, recipe.pruner, sparsity=recipe.sparsity, gamma=gamma,
+                            model_name=recipe.model_name, extra=extra, score_cache=recipe.score_cache, **options)
+
+    c = dict(recipe.calibration)
+    ids, record, probe_ids = None, {"selection": "none", "source": None, "seed": None}, None
+    if recipe.pruner not in CALIBRATION_FREE:
+        choice = choose_calibration(model, tokenizer, plan_for, want_probe=recipe.measure_kl, **c)
+        ids, record, probe_ids = choice.ids, choice.record, choice.probe_ids
+    elif recipe.measure_kl and c.get("source") != "tensor":  # no calibration to stay disjoint from
+        probe_ids = choose_calibration(model, tokenizer, None, want_probe=True, **c).probe_ids
+    plan = plan_for(ids, {"calibration": c, "calibration_choice": record,
+                          "calibration_shape": list(ids.shape) if ids is not None else None})
+    for cand in record.get("candidates") or []:
+        if record["selection"] == "kl":
+            mark = " ← chosen" if cand["label"] == record["chosen"] else ""
+            log.info("calibration candidate %s: KL %.5f%s", cand["label"], cand["kl"], mark)
+    kl, probe = None, None
+    if probe_ids is not None:
+        probe = {"batch_size": 16, **(c.get("probe") or {})}
+        kl = kl_to_dense(model, plan, probe_ids, probe["batch_size"])
+    if apply:
+        apply_plan(model, plan)
+    seconds = time.perf_counter() - t0
+    log.info("%s (%.0f s)", plan.summary(), seconds)
+    return PruneOutcome(plan, ids, record, kl, probe, seconds)
