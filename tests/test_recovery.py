@@ -22,7 +22,7 @@ from nirvana.tiny import pydoc_text, tiny_model
 ROOT = Path(__file__).resolve().parents[1]
 CUTOFF = 192  # the tiny byte-level tokenizer spends ~70 tokens on the Alpaca template alone
 FAST = dict(lr=1e-2, micro_batch_size=4, grad_accum=1, cutoff=CUTOFF, warmup_steps=0, eval_every=None,
-            save_every=100, val_set_size=4)
+            val_set_size=4)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,6 +49,19 @@ def examples(passages_file):
     return rec.local_examples([str(passages_file)])
 
 
+def mean_token_loss(model, tokenized) -> float:
+    """Mean next-token NLL over the labelled tokens of tokenized examples, one at a time (no padding)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ex in tokenized:
+            ids, labels = torch.tensor([ex["input_ids"]]), torch.tensor([ex["labels"]])
+            logits = model(input_ids=ids).logits[:, :-1]
+            total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(),
+                                                             ignore_index=rec.IGNORE, reduction="sum"))
+            count += int((labels[:, 1:] != rec.IGNORE).sum())
+    return total / count
+
+
 def pruned_tiny(calib_ids, family="llama"):
     model = tiny_model(family)
     _, plan = prune(model, calib_ids, sparsity=0.5, gamma=1.0)
@@ -72,9 +85,9 @@ def test_a_few_lora_steps_lower_the_training_loss(calib_ids, tokenizer, examples
     train = examples[:8]
     settings = rec.LoraSettings(**FAST | {"max_steps": 5, "lr": 2e-2, "dropout": 0.0})
     tokenized, _ = rec.tokenize_examples(tokenizer, train, CUTOFF)
-    before = rec.dataset_loss(model, tokenized, pad_id=0)
+    before = mean_token_loss(model, tokenized)
     merged, result, _ = rec.recover(model, tokenizer, train, [], settings, tmp_path, progress=False)
-    after = rec.dataset_loss(merged, tokenized, pad_id=0)
+    after = mean_token_loss(merged, tokenized)
     assert result.steps == 5 and after < before - 0.5, (before, after)
 
 
@@ -120,11 +133,11 @@ class Interrupt(Exception):
 def test_resume_continues_at_the_next_step_and_matches_an_uninterrupted_run(calib_ids, tokenizer, examples,
                                                                              tmp_path):
     # dropout on: resumption must restore the RNG too, or the continued losses would differ
-    settings = rec.LoraSettings(**FAST | {"max_steps": 5, "save_every": 2, "micro_batch_size": 2, "grad_accum": 2,
-                                          "eval_every": 3, "val_set_size": 2, "dropout": 0.05})
+    settings = rec.LoraSettings(**FAST | {"max_steps": 5, "micro_batch_size": 2, "grad_accum": 2,
+                                          "eval_every": 2, "val_set_size": 2, "dropout": 0.05})
     train, val = examples[:12], examples[12:14]
     _, full, _ = rec.recover(pruned_tiny(calib_ids)[0], tokenizer, train, val, settings, tmp_path / "a",
-                             progress=False)
+                             progress=False, save_every=2)
 
     def stop_at_3(step, info):
         if step == 3:
@@ -132,30 +145,21 @@ def test_resume_continues_at_the_next_step_and_matches_an_uninterrupted_run(cali
 
     with pytest.raises(Interrupt):
         rec.recover(pruned_tiny(calib_ids)[0], tokenizer, train, val, settings, tmp_path / "b", progress=False,
-                    callback=stop_at_3)
-    assert [p.name for p in sorted((tmp_path / "b").glob("step-*"))] == ["step-00000002"]
+                    callback=stop_at_3, save_every=2)
+    assert [p.name for p in sorted((tmp_path / "b").glob("checkpoint-*"))] == ["checkpoint-2"]
 
     seen = []
     _, resumed, _ = rec.recover(pruned_tiny(calib_ids)[0], tokenizer, train, val, settings, tmp_path / "b",
-                                progress=False, callback=lambda step, info: seen.append(step))
+                                progress=False, callback=lambda step, info: seen.append(step), save_every=2)
     assert resumed.resumed_from == 2 and seen == [3, 4, 5]  # done steps are skipped, none repeated
     assert [h[0] for h in resumed.history] == [1, 2, 3, 4, 5]
     torch.testing.assert_close(torch.tensor(resumed.history), torch.tensor(full.history), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(torch.tensor(resumed.val_history), torch.tensor(full.val_history))
-    assert not list((tmp_path / "b").glob(".step-*"))  # no temp folder left behind
 
     other = rec.LoraSettings(**settings.to_dict() | {"lr": 5e-3})
     with pytest.raises(ValueError, match="other settings or data"):
-        rec.recover(pruned_tiny(calib_ids)[0], tokenizer, train, val, other, tmp_path / "b", progress=False)
-
-
-def test_schedule_cycles_epochs_and_covers_each_example_once_per_epoch():
-    s = rec.Schedule(n_train=10, micro_batch_size=3, grad_accum=2, epochs=2, seed=0)
-    assert s.micro_per_epoch == 4 and s.total_steps == 4
-    seen = [i for step in range(s.total_steps) for mb in s.micro_batches(step) for i in mb]
-    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
-    assert seen[:10] != seen[10:]  # a new order each epoch
-    assert rec.Schedule(10, 3, 2, 2, 0, max_steps=7).total_steps == 7
+        rec.recover(pruned_tiny(calib_ids)[0], tokenizer, train, val, other, tmp_path / "b", progress=False,
+                    save_every=2)
 
 
 def test_alpaca_data_through_datasets(monkeypatch, tokenizer):
@@ -212,11 +216,11 @@ def test_entry_point_writes_before_after_rows_and_a_rerun_resumes(calib_ids, tok
     rows_file = tmp_path / "rows.jsonl"
     overrides = [
         "model=tiny_llama", f"model.path={ckpt}", "recovery=lora_offline", f"recovery.data.files=[{passages_file}]",
-        "recovery.max_steps=4", "recovery.save_every=2", "recovery.eval_every=2", "recovery.val_set_size=4",
+        "recovery.max_steps=4", "job.save_every=2", "recovery.eval_every=2", "recovery.val_set_size=4",
         f"recovery.cutoff={CUTOFF}", "recovery.lr=1e-2", "recovery.warmup_steps=0", "eval=ppl",
         f"eval.perplexity.datasets=[{passages_file}]", "eval.perplexity.seq_len=[32]",
-        "eval.perplexity.max_windows=4", f"results_file={rows_file}", f"work_dir={tmp_path / 'work'}",
-        "progress=false",
+        "eval.perplexity.max_windows=4", f"job.results_file={rows_file}", f"job.work_dir={tmp_path / 'work'}",
+        "job.progress=false",
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="recover", overrides=overrides)
@@ -233,7 +237,7 @@ def test_entry_point_writes_before_after_rows_and_a_rerun_resumes(calib_ids, tok
 
     assert run_recover(cfg, tmp_path / "run") == []  # complete: skipped
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        again = compose(config_name="recover", overrides=overrides + ["force=true"])
+        again = compose(config_name="recover", overrides=overrides + ["job.force=true"])
     run_recover(again, tmp_path / "run2")  # the training state is complete: nothing is retrained
     summary = json.loads((tmp_path / "work" / "summary.json").read_text())
     assert summary["result"]["resumed_from"] == 4
@@ -251,3 +255,28 @@ def test_lora_on_pruned_smollm2_fits_and_trains(smollm2_tokenizer, tmp_path):
     merged, result, _ = rec.recover(model, smollm2_tokenizer, examples[:4], examples[4:], settings, tmp_path,
                                     progress=False)
     assert result.steps == 2 and all(torch.isfinite(torch.tensor(h[1])) for h in result.history)
+
+
+def test_t5_recovery_trains_the_decoder_on_responses_merges_and_reloads(calib_ids, tokenizer, examples, tmp_path):
+    from nirvana.checkpoint import load_pruned
+    from nirvana.tiny import tiny_t5_model
+
+    model = tiny_t5_model("flan_t5")
+    _, plan = prune(model, calib_ids, sparsity=0.4, gamma=1.0)
+    settings = rec.LoraSettings(**FAST | {"max_steps": 3, "lr": 2e-2})
+    peft_model = rec.apply_lora(model, settings)
+    wrapped = {n.split(".")[-1] for n, m in peft_model.named_modules() if hasattr(m, "lora_A")}
+    assert wrapped == {"q", "k", "v", "o", "wi_0", "wi_1", "wo"}  # every projection of both stacks
+    train, _ = rec.tokenize_examples(tokenizer, examples[:8], CUTOFF, seq2seq=True)
+    assert all(ex["labels"] == tokenizer(e["output"], truncation=True, max_length=CUTOFF)["input_ids"]
+               for ex, e in zip(train, examples[:8]))  # the decoder predicts the response, not the prompt
+    result = rec.train_lora(peft_model, train, [], settings, tmp_path / "work", progress=False)
+    assert result.steps == 3 and result.history[-1][1] < result.history[0][1]
+    merged = rec.merge_lora(peft_model)
+    ckpt = save_pruned(merged, plan, tmp_path / "ckpt", tokenizer)
+    reloaded = load_pruned(ckpt).eval()
+    ids = calib_ids[:2, :16]
+    with torch.no_grad():
+        a = merged(input_ids=ids, decoder_input_ids=ids[:, :8]).logits
+        b = reloaded(input_ids=ids, decoder_input_ids=ids[:, :8]).logits
+    torch.testing.assert_close(a, b)
