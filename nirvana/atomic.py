@@ -1,6 +1,8 @@
-"""Atomic writes: a reader (or a crashed process) never sees a half-written file or folder.
+"""Files: atomic writes — a reader (or a crashed process) never sees a half-written file or folder — and the
+one JSONL reader.
 
-Used by the asset builds, checkpoints and recovery state alike.
+Every file a run writes goes through here: asset builds, checkpoints, plans, score caches, result rows,
+summaries, calibration ids.
 
 Everything is first written into a temporary sibling of its destination -- same parent, hence same
 filesystem, so the final `os.replace` is a single atomic rename -- and removed again if anything fails.
@@ -13,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -30,6 +33,14 @@ def _default_mode(path: Path, is_dir: bool) -> None:
     # mkdtemp/mkstemp create private (0700/0600) entries; give the result the permissions a plain
     # mkdir/open would have, so a cache shared by a lab (NIRVANA_CACHE) stays readable to others.
     os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove(path: Path) -> None:
@@ -82,6 +93,7 @@ def atomic_file(final: Path, mode: str = "w", **open_kwargs) -> Iterator:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+        _fsync_dir(final.parent)  # make the rename itself durable
     except BaseException:
         _remove(tmp)
         raise
@@ -103,11 +115,38 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return n
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+def iter_jsonl(path: str | os.PathLike, strict: bool = True) -> Iterator[dict]:
+    """The JSON objects of a JSONL file, one per non-blank line.
+
+    strict=True (inputs: data, texts): a line that is not a JSON object stops with an error naming the file and
+    line. strict=False (logs other processes append to, e.g. result rows): an unterminated last line is a torn
+    write and is skipped silently; any other bad line — invalid UTF-8, not JSON, not an object — is skipped with
+    a warning naming the file and line."""
+    path = Path(path)
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if not strict:
+        lines = lines[:-1]  # b"" after the final newline, or an unterminated tail
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+            if not isinstance(obj, dict):
+                raise ValueError(f"a JSON {type(obj).__name__}, not an object")
+        except (UnicodeDecodeError, ValueError) as err:
+            if strict:
+                raise ValueError(f"{path}:{number}: not a JSON object ({err})") from None
+            warnings.warn(f"{path}:{number}: skipping a line that is not a JSON object ({err})", stacklevel=2)
+            continue
+        yield obj
 
 
-def stale_tmp(parent: Path) -> list[Path]:
-    """Leftovers of killed builds (a SIGKILL skips the clean-up above); `build` removes them."""
-    return sorted(Path(parent).glob(f"{TMP_PREFIX}*")) if Path(parent).is_dir() else []
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    return list(iter_jsonl(path, strict=True))
+
+
+def stale_tmp(parent: Path, name: str = "") -> list[Path]:
+    """Leftovers of killed writers (a SIGKILL skips the clean-up above) in `parent` — of `name` only, if given;
+    whoever holds the writers' lock may remove them (asset builds, result rows)."""
+    return sorted(Path(parent).glob(f"{TMP_PREFIX}{name}{'-' if name else ''}*")) if Path(parent).is_dir() else []

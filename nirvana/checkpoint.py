@@ -17,7 +17,6 @@ from torch import nn
 from .adapters import get_adapter
 from .atomic import atomic_dir
 from .plan import PLAN_FILENAME, PruningPlan
-from .surgery import record_layer_widths
 
 MODELING_FILE = Path(__file__).resolve().parent / "checkpoint_code" / "modeling_nirvana.py"
 
@@ -27,7 +26,7 @@ def save_pruned(model: nn.Module, plan: PruningPlan | None, save_dir: str | os.P
     save_dir = Path(save_dir)
     adapter = get_adapter(model)
     config = model.config
-    record_layer_widths(adapter)
+    adapter.record_layer_widths()  # per-layer widths in the config, so the folder describes itself
     module = MODELING_FILE.stem
     config.auto_map = {adapter.auto_model_class: f"{module}.{adapter.checkpoint_class_name()}"}
     with atomic_dir(save_dir) as tmp:
@@ -46,7 +45,3 @@ def load_pruned(path: str | os.PathLike, **kwargs) -> nn.Module:
 
     kwargs.setdefault("trust_remote_code", True)
     return auto_model_class(str(path), kwargs["trust_remote_code"]).from_pretrained(str(path), **kwargs)
-
-
-def load_plan(path: str | os.PathLike) -> PruningPlan:
-    return PruningPlan.load(path)

@@ -1,4 +1,4 @@
-"""Experiment loggers with one API (`log_config`, `log_rows`, `log_files`, `finish`), chosen by config.
+"""Experiment loggers with one API (`log_config`, `log_rows`, `finish`), chosen by config.
 
 Result rows stay the source of truth; a logger only mirrors them. `NullLogger` does nothing (nanoGPT's
 trick instead of `if wandb:` branches everywhere). `WandbLogger` runs offline unless told otherwise and
@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 
@@ -19,8 +18,6 @@ class NullLogger:
     def log_config(self, config: dict[str, Any]) -> None: ...
 
     def log_rows(self, rows: Iterable[dict[str, Any]]) -> None: ...
-
-    def log_files(self, paths: Iterable[str | Path]) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -52,20 +49,6 @@ class WandbLogger(NullLogger):
             metrics[key] = r["value"]
         self.run.log(metrics)
         self.run.summary.update(metrics)
-
-    def log_files(self, paths):
-        if self.run is None:
-            return
-        import wandb
-
-        for p in paths:
-            p = Path(p)
-            if p.suffix == ".png":
-                self.run.log({p.stem: wandb.Image(str(p))})
-            elif p.suffix == ".csv":
-                import pandas as pd
-
-                self.run.log({p.stem: wandb.Table(dataframe=pd.read_csv(p))})
 
     def finish(self):
         if self.run is not None:

@@ -1,13 +1,17 @@
 """Result rows: schema, run ids, crash-safe appends, reading back."""
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from collections import Counter
 
 import pytest
 
 from nirvana import results as R
+from nirvana.atomic import stale_tmp
 
 RUN = {"run_id": "abc", "model": "tiny", "pruner": "nirvana", "sparsity": 0.2, "gamma": 3.36,
        "calibration_source": "pydoc", "calibration_seed": 0, "calibration_selection": "none",
@@ -49,34 +53,36 @@ def test_append_and_read_back(tmp_path):
     assert len(empty) == 0 and list(empty.columns) == list(R.ROW_FIELDS)
 
 
-CRASH = textwrap.dedent(
+WRITER = textwrap.dedent(
     """
-    import os, sys
+    import sys
     from nirvana import results
-    rows = [results.make_row({"run_id": "crashed"}, "t", "m", float(i)) for i in range(4)]
-    real_write = os.write
-    def dying_write(fd, data):  # part of the batch reaches the disk, then the process is killed
-        real_write(fd, bytes(data[: len(data) // 2 + 7]))  # +7: not on a line end
-        os._exit(9)
-    os.write = dying_write
-    results.append_rows(sys.argv[1], rows)
+    blob = "x" * 20_000  # large rows: each batch takes a while to write, so a kill lands inside one
+    for i in range(10_000):
+        batch = [results.make_row({"run_id": f"r{i}"}, "t", "m", float(j), extra={"blob": blob}) for j in range(50)]
+        results.append_rows(sys.argv[1], batch)
     """
 )
 
 
-def test_a_crash_mid_write_loses_only_its_own_batch(tmp_path):
+@pytest.mark.parametrize("delay", [0.4, 0.9, 1.7])
+def test_kill_9_mid_write_loses_only_the_batch_being_written(tmp_path, delay):
+    """A real writer process killed with SIGKILL at an arbitrary moment: the file holds whole batches only, and
+    the next writer removes the half-written temp file it left."""
     f = tmp_path / "rows.jsonl"
     R.append_rows(f, rows(2))
-    before = f.read_bytes()
-    proc = subprocess.run([sys.executable, "-c", CRASH, str(f)])
-    assert proc.returncode == 9
-    assert list(tmp_path.glob(".rows.jsonl.*.tmp"))  # the half-written batch exists, beside the file
-    assert f.read_bytes() == before  # ... but the file is untouched: no torn line, no partial batch
-    assert R.completed_run_ids(f) == {"abc"}  # the crashed run does not count as done
-
-    R.append_rows(f, rows(1, RUN | {"run_id": "next"}))  # the next writer removes the leftover
-    assert not list(tmp_path.glob(".rows.jsonl.*.tmp"))
-    assert [json.loads(line)["run_id"] for line in f.read_text().splitlines()] == ["abc", "abc", "next"]
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(f)])
+    deadline = time.monotonic() + 60
+    while (not f.exists() or f.stat().st_size < 2_000_000) and time.monotonic() < deadline:
+        time.sleep(0.05)  # let a few batches land first
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    counts = Counter(json.loads(line)["run_id"] for line in f.read_text().splitlines())  # every line parses
+    assert counts.pop("abc") == 2 and counts and set(counts.values()) == {50}  # whole batches, nothing torn
+    R.append_rows(f, rows(1, RUN | {"run_id": "next"}))
+    assert not stale_tmp(tmp_path, f.name)  # the next writer cleaned up after the killed one
+    assert R.completed_run_ids(f) == {"abc", "next", *counts}
 
 
 def test_a_torn_last_line_from_another_tool_is_ignored_then_dropped(tmp_path):

@@ -1,4 +1,4 @@
-"""Calibration data: sources, the official sampler, and KL-based selection (REFERENCE.md §3)."""
+"""Calibration data: sources, the official sampler, and KL-based selection (docs/method.md §3)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,7 @@ import torch
 
 from .sampler import Windows, draw_windows, sample_windows
 from .selection import SELECTIONS, Candidate, kl_to_dense, per_sample_candidates, select_by_kl
-from .sources import (
-    SOURCES,
-    HubTexts,
-    join_consecutive,
-    load_id_tensor,
-    load_texts,
-    offline_texts,
-    read_texts,
-)
+from .sources import SOURCES, HubTexts, join_consecutive, load_id_tensor, load_texts
 
 
 def build_calibration(
@@ -125,5 +117,5 @@ def choose_calibration(
 __all__ = [
     "SELECTIONS", "Candidate", "CalibrationChoice", "choose_calibration", "kl_to_dense", "per_sample_candidates", "select_by_kl",
     "SOURCES", "HubTexts", "Windows", "build_calibration", "draw_windows", "join_consecutive", "load_id_tensor",
-    "load_texts", "offline_texts", "read_texts", "sample_windows",
+    "load_texts", "sample_windows",
 ]

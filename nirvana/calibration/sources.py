@@ -9,13 +9,12 @@ a saved LongTensor of ids.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from .. import paths
+from ..texts import pydoc_texts, read_texts
 
 
 class HubTexts(Sequence):
@@ -64,18 +63,6 @@ def hub_texts(name: str, hf_name: str | None = None, hf_config: str | None = Non
     return HubTexts(dataset, field)
 
 
-def read_texts(path: str | Path, field: str = "text") -> list[str]:
-    """A .jsonl file (one object per line, `field` holds the text) or a plain text file (one text per
-    blank-line-separated paragraph)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"calibration text file {path} does not exist (offline sets come from `make assets`)")
-    if path.suffix == ".jsonl":
-        with open(path) as f:
-            return [json.loads(line)[field] for line in f if line.strip()]
-    return [p for p in path.read_text().split("\n\n") if p.strip()]
-
-
 def join_consecutive(texts: Sequence[str], group: int) -> list[str]:
     """Join every `group` consecutive passages with a blank line.
 
@@ -88,16 +75,7 @@ def join_consecutive(texts: Sequence[str], group: int) -> list[str]:
     return ["\n\n".join(texts[i : i + group]) for i in range(0, len(texts), group)]
 
 
-OFFLINE_TEXTS = {"lambada_tail": "lambada_tail.jsonl", "wiki_passages": "wiki_passages.jsonl"}
-SOURCES = ("tensor", "text_file", "pydoc", "hf", *OFFLINE_TEXTS, *HUB_SOURCES)
-
-
-def offline_texts(name: str) -> list[str]:
-    if name == "pydoc":  # the standard library's documentation topics: always present (tests, smoke runs)
-        from pydoc_data.topics import topics
-
-        return [topics[k] for k in sorted(topics)]
-    return read_texts(paths.text_dir() / OFFLINE_TEXTS[name])
+SOURCES = ("tensor", "text_file", "pydoc", "hf", "lambada_tail", "wiki_passages", *HUB_SOURCES)
 
 
 def load_texts(source: str, path: str | None = None, field: str = "text", join: int = 1,
@@ -111,8 +89,10 @@ def load_texts(source: str, path: str | None = None, field: str = "text", join: 
         texts: Sequence[str] = read_texts(path, field)
     elif source in HUB_SOURCES or source == "hf":
         texts = hub_texts(source, hf_name, hf_config, split, field)
+    elif source == "pydoc":
+        texts = pydoc_texts()
     else:
-        texts = offline_texts(source)
+        texts = read_texts(source)
     if join > 1:
         texts = join_consecutive(list(texts), join)
     return texts
