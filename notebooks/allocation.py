@@ -18,7 +18,7 @@
 # # NIRVANA's per-layer allocation, from pruning plans
 #
 # NIRVANA ranks attention groups and MLP neurons of **all** layers in one pool per module type, so layers
-# lose different amounts (REFERENCE.md §2). The `uniform` allocator of the ablation removes the same
+# lose different amounts (docs/method.md §2). The `uniform` allocator of the ablation removes the same
 # fractions from every layer. This notebook draws the kept widths per layer straight from the saved plans
 # (`pruning_plan.json`) and puts each plan's perplexity beside it.
 #

@@ -18,7 +18,7 @@
 # # Calibration ablation: source, seed, and KL-based selection
 #
 # NIRVANA's saliency needs a calibration batch; the paper picks calibration data whose pruned model has the
-# lowest KL divergence to the dense model (REFERENCE.md §3). This notebook asks two questions of the rows:
+# lowest KL divergence to the dense model (docs/method.md §3). This notebook asks two questions of the rows:
 #
 # 1. Does KL to the dense model (measured on a held-out probe set) predict perplexity? (scatter + rank correlation)
 # 2. Does selecting calibration by KL beat a random seed? (KL-selected vs the spread over seeds)

@@ -17,7 +17,7 @@
 # %% [markdown]
 # # γ ablation: how NIRVANA splits the pruning budget between attention and MLP
 #
-# γ sets the MLP pruned fraction to γ × the attention pruned fraction (REFERENCE.md §2); the total
+# γ sets the MLP pruned fraction to γ × the attention pruned fraction (docs/method.md §2); the total
 # budget (the sparsity) stays fixed, so γ only moves parameters between the two module types.
 #
 # **Rows** come from the sweep in `conf/experiment/ablation_gamma.yaml`:

@@ -18,7 +18,7 @@
 # # Recovery fine-tuning: before and after LoRA
 #
 # Each recovery run evaluates the pruned checkpoint, fine-tunes LoRA adapters (r=8, α=16 on
-# q/k/v/o/gate/up/down; REFERENCE.md §4), merges them, and evaluates again with the same protocol. Rows carry
+# q/k/v/o/gate/up/down; docs/protocol.md), merges them, and evaluates again with the same protocol. Rows carry
 # `extra.stage` = before / after, plus the training curve (task `recovery`).
 #
 # **Rows** come from `experiments.recover` (one run per pruned checkpoint):

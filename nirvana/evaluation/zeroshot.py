@@ -2,7 +2,7 @@
 
     HFLM(pretrained=<in-memory model>, tokenizer=…) + lm_eval.simple_evaluate(tasks, TaskManager(include_path))
 
-One metric per task, as the official NIRVANA evaluation reports it (REFERENCE.md §4), plus their mean.
+One metric per task, as the official NIRVANA evaluation reports it (docs/protocol.md), plus their mean.
 `suite="local"` (default) runs our offline copies `local_<task>` (nirvana/tasks: lm-eval's prompts on data
 from `make assets`); `suite="hub"` runs lm-eval's own tasks, which download their data.
 
