@@ -31,6 +31,8 @@ def run_evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     c = OmegaConf.to_container(cfg, resolve=True)
     job, m = c["job"], c["model"]
     protocol.validate_eval(c["eval"], m.get("path"))
+    plan = protocol.checkpoint_plan(m.get("path"))
+    data = protocol.check_disjoint(plan.extra.get("calibration") if plan else None, c["eval"], c["allow_overlap"])
     run_id, identity = protocol.run_identity(c)
     if not job["force"] and recorded(run_id, job["results_file"]):
         log.info("run %s already has rows in %s; skipped (job.force=true recomputes)", run_id, job["results_file"])
@@ -38,14 +40,16 @@ def run_evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     texts = protocol.load_eval_texts(c["eval"])  # before the model: a missing dataset must not cost a load
 
     model, tokenizer = load_from_config(m)
-    run = {"run_id": run_id, **protocol.checkpoint_columns(m.get("path"), m["name"], m["name_or_path"]),
+    run = {"run_id": run_id, **protocol.checkpoint_columns(m.get("path"), m["name"], m["name_or_path"], plan),
            **protocol.placement_columns(model)}
-    rows = protocol.evaluation_rows(c["eval"], run, model, tokenizer, texts, job["progress"])
+    rows = protocol.pruning_rows(run, plan)
+    rows += protocol.evaluation_rows(c["eval"], run, model, tokenizer, texts, job["progress"])
+    protocol.mark_overlaps(rows, data)
 
     out_dir = Path(out_dir)
     record_run(rows, out_dir, job["results_file"])
     seconds = time.perf_counter() - t_start
-    write_json(out_dir / "summary.json", {"run_id": run_id, "config": identity, "rows": len(rows),
+    write_json(out_dir / "summary.json", {"run_id": run_id, "config": identity, "rows": len(rows), "data": data,
                                           "seconds": round(seconds, 1),
                                           "results_file": str(Path(job["results_file"]).resolve())})
     log.info(protocol.summary_line(run, rows, seconds, job["results_file"]))

@@ -25,7 +25,6 @@ from nirvana.atomic import write_json
 from nirvana.checkpoint import save_pruned
 from nirvana.evaluation import protocol
 from nirvana.models import load_from_config
-from nirvana.plan import PLAN_FILENAME, PruningPlan
 from nirvana.requirements import check_requirements
 from nirvana.results import append_rows, iter_rows, make_row, record_run, recorded
 
@@ -37,6 +36,7 @@ def run_recover(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     c = OmegaConf.to_container(cfg, resolve=True)
     job, m, data = c["job"], c["model"], c["recovery"]["data"]
     protocol.validate_eval(c["eval"], m.get("path"))  # everything checkable without a model, first
+    protocol.check_disjoint(None, c["eval"], c["allow_overlap"])
     settings = rec.LoraSettings.from_dict(c["recovery"])
     rec.check_source(data)
     if data["source"] == "alpaca":
@@ -52,7 +52,8 @@ def run_recover(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     texts = protocol.load_eval_texts(c["eval"])  # before the model: a missing dataset must not cost a load
 
     model, tokenizer = load_from_config(m)
-    run = {"run_id": run_id, **protocol.checkpoint_columns(m.get("path"), m["name"], m["name_or_path"]),
+    plan = protocol.checkpoint_plan(m.get("path"))
+    run = {"run_id": run_id, **protocol.checkpoint_columns(m.get("path"), m["name"], m["name_or_path"], plan),
            **protocol.placement_columns(model)}
     before_file = work_dir / "rows_before.jsonl"  # a resumed run does not evaluate the input model again
     before = [r for r in iter_rows(before_file) if r.get("run_id") == run_id]
@@ -62,8 +63,6 @@ def run_recover(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     merged, result, info = rec.recover(model, tokenizer, train_ex, val_ex, settings, work_dir, job["progress"],
                                        save_every=job["save_every"], keep_last=job["keep_last"])
 
-    plan_file = Path(m["path"]) / PLAN_FILENAME if m.get("path") else None
-    plan = PruningPlan.load(plan_file) if plan_file is not None and plan_file.is_file() else None
     data_record = {k: v for k, v in data.items() if v is not None}
     record = rec.recovery_record(settings, result, data_record, run["checkpoint"], info)
     if plan is not None:

@@ -31,7 +31,9 @@ from nirvana.results import record_run, recorded
 log = logging.getLogger("experiments.run")
 
 
-def run_experiment(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
+def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = None) -> list[dict]:
+    """One run; `sweep` names the multirun it belongs to, so that job.force recomputes a run once per sweep (a
+    sweep over pruner × sparsity meets the dense run once per sparsity: it is the same run)."""
     t_start, out_dir = time.perf_counter(), Path(out_dir)
     c = OmegaConf.to_container(cfg, resolve=True)
     job, m = c["job"], c["model"]
@@ -43,11 +45,13 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     protocol.validate_eval(c["eval"])
     if recipe is not None:
         check_recipe(recipe)
+    data = protocol.check_disjoint(c["calibration"] if recipe else None, c["eval"], c["allow_overlap"])
     run_id, identity = protocol.run_identity(c)
     if job["preflight"]:
         log.info("preflight ok: %s (%s), run id %s", m["name"], m["name_or_path"], run_id)
         return []
-    if not job["force"] and recorded(run_id, job["results_file"]):
+    done_in = sweep if job["force"] else None  # with force, only what this very sweep finished counts as done
+    if (not job["force"] or sweep) and recorded(run_id, job["results_file"], done_in):
         log.info("%s (%s, %s, s=%s) already complete in %s; skipped (job.force=true recomputes)", run_id,
                  m["name"], c["pruner"]["name"], c["sparsity"], job["results_file"])
         return []
@@ -67,16 +71,21 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
                 torch.save(outcome.calibration_ids, fh)
         outcome.plan.save(out_dir)
         run.update(recipe.row_columns(outcome))
-        rows += protocol.pruning_rows(run, outcome)
+        rows += protocol.pruning_rows(run, outcome.plan, outcome)
         if job["save_checkpoint"]:
             run["checkpoint"] = str(save_pruned(model, outcome.plan, out_dir / "checkpoint", tokenizer).resolve())
+    else:
+        rows += protocol.pruning_rows(run, None)
     rows += protocol.evaluation_rows(c["eval"], run, model, tokenizer, texts, job["progress"])
+    protocol.mark_overlaps(rows, data)
+    for r in rows:
+        r["extra"] = {**r["extra"], "sweep": sweep}
 
     record_run(rows, out_dir, job["results_file"])
     logger.log_rows(rows)
     logger.finish()
     seconds = time.perf_counter() - t_start
-    write_json(out_dir / "summary.json", {"run_id": run_id, "config": identity, "rows": len(rows),
+    write_json(out_dir / "summary.json", {"run_id": run_id, "config": identity, "rows": len(rows), "data": data,
                                           "seconds": round(seconds, 1)})
     log.info(protocol.summary_line(run, rows, seconds, job["results_file"]))
     return rows
@@ -85,8 +94,10 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
 @hydra.main(config_path="../conf", config_name="run", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    run_experiment(cfg, HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    run_experiment(cfg, hc.runtime.output_dir, hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None)
 
 
 if __name__ == "__main__":

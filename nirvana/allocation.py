@@ -149,31 +149,12 @@ def _pruned_by_global_threshold(scores: list[torch.Tensor], k: int) -> list[torc
     return [s <= threshold for s in scores]
 
 
-def _per_part(layers: list[LayerUnits], kind: str, scores: list[torch.Tensor], fractions: list[float]) -> list[torch.Tensor]:
-    """`pruned_below_layer_fraction` applied to each part of each layer's group (one part but for T5 decoders)."""
-    masks = []
-    for layer, s, f in zip(layers, scores, fractions):
-        m = torch.zeros_like(s, dtype=torch.bool)
-        for a, b in layer.group(kind).parts():
-            m[a:b] = pruned_below_layer_fraction([s[a:b]], [f])[0]
-        masks.append(m)
-    return masks
-
-
-def pruned_below_layer_fraction(scores: list[torch.Tensor], fractions: list[float]) -> list[torch.Tensor]:
-    """Per layer, prune units scoring below the score at index int(f·n) of the ascending sort.
-
-    FLAP's and Wanda-sp's rule: units tying with the cut are kept, and int() truncates, so a layer of 3
-    GQA groups at f=0.2 loses none (int(0.6) = 0).
-    """
-    masks = []
-    for s, f in zip(scores, fractions):
-        k = int(f * s.numel())
-        if k <= 0:
-            masks.append(torch.zeros_like(s, dtype=torch.bool))
-        else:  # f < 1 is validated, so k < n
-            masks.append(s < torch.sort(s).values[k])
-    return masks
+def pruned_below_rank(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Prune the units scoring below the score at index k of the ascending sort (FLAP's and Wanda-sp's rule:
+    units tying with the cut are kept, so ties can keep a little more)."""
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    return scores < torch.sort(scores).values[k]  # k < n: a layer never loses every unit
 
 
 def layer_range_mask(n_layers: int, layer_start: int = 0, layer_end: int | None = None) -> list[bool]:
@@ -220,6 +201,32 @@ def uniform_fractions(
             "the layer range; both must stay below 1 (widen the range or lower the sparsity)"
         )
     return f_a, f_m
+
+
+def uniform_counts(layer: LayerUnits, f_a: float, f_m: float, ratio: str) -> tuple[list[int], int]:
+    """Units one layer of the range loses: (attention, per part of its group; MLP neurons).
+
+    Attention counts are floored, int(f·n) per part, as LLM-Pruner and Wanda-sp do: a layer of 3 GQA groups
+    loses none at f = 0.2. `literal` floors the MLP too, so the model keeps more than asked. `matched` gives the
+    MLP what the floor left of the layer's parameter budget, f_a·N_a·c_a + f_m·N_m·c_m, so the parameters
+    removed equal the requested sparsity to within a neuron per layer (methods then compare at equal size)."""
+    a, m = layer.attention, layer.mlp
+    k_parts = [int(f_a * (stop - start)) for start, stop in a.parts()]
+    if ratio == RATIO_LITERAL:
+        return k_parts, int(f_m * m.n_units)
+    budget = f_a * a.n_units * a.unit_cost + f_m * m.n_units * m.unit_cost
+    k_m = round((budget - sum(k_parts) * a.unit_cost) / m.unit_cost)
+    return k_parts, min(max(k_m, 0), m.n_units - 1)
+
+
+def uniform_pruned(layer: LayerUnits, scores_a: torch.Tensor, scores_m: torch.Tensor, f_a: float, f_m: float,
+                   ratio: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pruned masks of one layer under a uniform ratio: the lowest-scoring units of each part (`uniform_counts`)."""
+    k_parts, k_m = uniform_counts(layer, f_a, f_m, ratio)
+    att = torch.zeros_like(scores_a, dtype=torch.bool)
+    for (start, stop), k in zip(layer.attention.parts(), k_parts):
+        att[start:stop] = pruned_below_rank(scores_a[start:stop], k)
+    return att, pruned_below_rank(scores_m, k_m)
 
 
 def keep_one_group(pruned: torch.Tensor, scores: torch.Tensor, rule: str) -> torch.Tensor:
@@ -293,8 +300,11 @@ def allocate(
     elif method == "uniform":
         in_range = layer_range_mask(len(layers), layer_start, layer_end)
         f_a, f_m = uniform_fractions(layers, sparsity, gamma, in_range, ratio)
-        att = _per_part(layers, "attention", scores.attention, [f_a if r else 0.0 for r in in_range])
-        mlp = _per_part(layers, "mlp", scores.mlp, [f_m if r else 0.0 for r in in_range])
+        att, mlp = [], []
+        for layer, a, m, inside in zip(layers, scores.attention, scores.mlp, in_range):
+            pa, pm = uniform_pruned(layer, a, m, f_a * inside, f_m * inside, ratio)  # outside: nothing
+            att.append(pa)
+            mlp.append(pm)
     else:
         raise ValueError(f"unknown allocation method {method!r}; choose one of {ALLOCATORS}")
     return apply_guards(scores, att, mlp, round_to, spare_rule, layers)

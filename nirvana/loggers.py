@@ -56,8 +56,8 @@ class WandbLogger(NullLogger):
 
 
 def make_logger(kind: str = "none", **kwargs) -> NullLogger:
-    if kind in ("none", "jsonl"):  # jsonl: the result rows themselves, which every run writes anyway
+    if kind == "none":  # the result rows are the record; nothing mirrors them
         return NullLogger()
     if kind == "wandb":
         return WandbLogger(**kwargs)
-    raise ValueError(f"unknown logger {kind!r}; choose none, jsonl or wandb")
+    raise ValueError(f"unknown logger {kind!r}; choose none or wandb")

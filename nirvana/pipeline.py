@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .allocation import validate_hyperparameters
-from .calibration import SELECTIONS, SOURCES, choose_calibration, kl_to_dense
+from .calibration import PROBE_KEYS, SELECTIONS, SOURCES, build_probe, choose_calibration, kl_to_dense
 from .plan import PruningPlan
 from .pruning import CALIBRATION_FREE, PRUNERS, compute_plan
 from .surgery import apply_plan
@@ -35,6 +35,7 @@ class PruneRecipe:
     pruner: str
     sparsity: float
     options: dict[str, Any] = field(default_factory=dict)
+    variant: str | None = None  # a named setting of the pruner ("matched"), shown as "<pruner>:<variant>" in rows
     calibration: dict[str, Any] = field(default_factory=dict)  # nirvana.calibration.choose_calibration kwargs
     measure_kl: bool = False  # KL(dense ‖ pruned) of the final plan on the probe set
     score_cache: str | None = None  # folder of cached unit scores (nirvana.score_cache); None: off
@@ -48,7 +49,8 @@ class PruneRecipe:
     def from_config(cls, config: dict[str, Any]) -> PruneRecipe:
         """From a resolved run/prune config (conf/run.yaml, conf/prune.yaml) as a plain dict."""
         pruner = dict(config["pruner"])
-        return cls(pruner=pruner.pop("name"), sparsity=config["sparsity"], options=pruner,
+        return cls(pruner=pruner.pop("name"), variant=pruner.pop("variant", None), sparsity=config["sparsity"],
+                   options=pruner,
                    calibration=dict(config["calibration"]), measure_kl=bool(config.get("measure_kl", False)),
                    score_cache=(config.get("job") or {}).get("score_cache"), model_name=config["model"]["name"])
 
@@ -56,7 +58,7 @@ class PruneRecipe:
         """The result rows' pruning columns (nirvana.results.RUN_FIELDS) for this recipe's outcome."""
         calibrated = outcome.calibration_ids is not None
         record = outcome.calibration
-        return {"pruner": self.pruner, "sparsity": self.sparsity, "gamma": self.gamma,
+        return {"pruner": method_name(self.pruner, self.variant), "sparsity": self.sparsity, "gamma": self.gamma,
                 "calibration_source": record.get("source") if calibrated else None,
                 "calibration_seed": record.get("seed") if calibrated else None,
                 "calibration_selection": record.get("selection") if calibrated else None}
@@ -68,8 +70,13 @@ class PruneOutcome:
     calibration_ids: torch.Tensor | None  # the exact batch the plan was computed from (replayable)
     calibration: dict[str, Any]  # how it was chosen: selection, source, seed, candidates with their KLs
     kl_probe: float | None  # the final plan's KL to the dense model on the probe set
-    probe: dict[str, Any] | None  # the probe set's description
+    probe: dict[str, Any] | None  # the probe's identity (source, span, shape, token hash)
     seconds: float
+
+
+def method_name(pruner: str, variant: str | None) -> str:
+    """What rows call a pruner run: its name, with its variant when it has one (`wanda_sp:matched`)."""
+    return f"{pruner}:{variant}" if variant else pruner
 
 
 def check_recipe(recipe: PruneRecipe) -> None:
@@ -99,24 +106,26 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
                             model_name=recipe.model_name, extra=extra, score_cache=recipe.score_cache, **options)
 
     c = dict(recipe.calibration)
-    ids, record, probe_ids = None, {"selection": "none", "source": None, "seed": None}, None
+    probe_cfg = {k: v for k, v in (c.get("probe") or {}).items() if k in PROBE_KEYS}
+    hub = {k: c[k] for k in ("hf_name", "hf_config", "split") if k in c}
+    ids, record, probe = None, {"selection": "none", "source": None, "seed": None}, None
     if recipe.pruner not in CALIBRATION_FREE:
         choice = choose_calibration(model, tokenizer, plan_for, want_probe=recipe.measure_kl, **c)
-        ids, record, probe_ids = choice.ids, choice.record, choice.probe_ids
-    elif recipe.measure_kl and c.get("source") != "tensor":  # no calibration to stay disjoint from
-        probe_ids = choose_calibration(model, tokenizer, None, want_probe=True, **c).probe_ids
-    plan = plan_for(ids, {"calibration": c, "calibration_choice": record,
+        ids, record, probe = choice.ids, choice.record, choice.probe
+    elif recipe.measure_kl and c.get("source") != "tensor":  # no calibration, but the same probe as every run
+        probe = build_probe(c["source"], tokenizer, path=c.get("path"), field=c.get("field", "text"), **probe_cfg,
+                            **hub)
+    plan = plan_for(ids, {"calibration": c, "calibration_choice": record, "variant": recipe.variant,
                           "calibration_shape": list(ids.shape) if ids is not None else None})
     for cand in record.get("candidates") or []:
         if record["selection"] == "kl":
             mark = " ← chosen" if cand["label"] == record["chosen"] else ""
             log.info("calibration candidate %s: KL %.5f%s", cand["label"], cand["kl"], mark)
-    kl, probe = None, None
-    if probe_ids is not None:
-        probe = {"batch_size": 16, **(c.get("probe") or {})}
-        kl = kl_to_dense(model, plan, probe_ids, probe["batch_size"])
+    kl = None
+    if probe is not None:
+        kl = kl_to_dense(model, plan, probe.ids, (c.get("probe") or {}).get("batch_size", 16))
     if apply:
         apply_plan(model, plan)
     seconds = time.perf_counter() - t0
     log.info("%s (%.0f s)", plan.summary(), seconds)
-    return PruneOutcome(plan, ids, record, kl, probe, seconds)
+    return PruneOutcome(plan, ids, record, kl, probe.record if probe is not None else None, seconds)

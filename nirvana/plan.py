@@ -71,7 +71,19 @@ class PruningPlan:
 
     @property
     def kept_fraction(self) -> float:
+        """Parameters kept, of the whole model (embeddings and head included)."""
         return self.params_after / self.params_before
+
+    @property
+    def prunable_params(self) -> int:
+        """Attention + MLP parameters of the dense model: what `sparsity` is a fraction of."""
+        return sum(lp.n_groups * self.group_cost + lp.n_neurons * self.neuron_cost for lp in self.layers)
+
+    @property
+    def achieved_sparsity(self) -> float:
+        """The fraction of attention + MLP parameters actually removed (rounding, floors and guards make it
+        differ from the requested `sparsity`; FLAP's compensation biases count as added parameters)."""
+        return (self.params_before - self.params_after) / self.prunable_params
 
     def summary(self) -> str:
         return (

@@ -181,9 +181,17 @@ def record_run(rows: list[Mapping[str, Any]], run_dir: str | os.PathLike, result
     append_rows(results_file, rows)
 
 
-def recorded(run_id: str, results_file: str | os.PathLike) -> bool:
-    """Whether `run_id` has rows in `results_file`, i.e. finished (rows are written in one batch at the end)."""
-    return run_id in completed_run_ids(results_file)
+def latest(rows, keys: list[str]):
+    """The newest row (by timestamp) of every group of `keys`: the one "latest row per cell" of tables, figures
+    and notebooks, so a re-measured cell shows its new value everywhere."""
+    return rows.sort_values("timestamp", kind="stable").groupby(keys, as_index=False, dropna=False).last()
+
+
+def recorded(run_id: str, results_file: str | os.PathLike, sweep: str | None = None) -> bool:
+    """Whether `run_id` has rows in `results_file`, i.e. finished (rows are written in one batch at the end) —
+    in the sweep `sweep` (its rows' extra.sweep), when given."""
+    return any(r.get("run_id") == run_id and (sweep is None or (r.get("extra") or {}).get("sweep") == sweep)
+               for r in iter_rows(results_file))
 
 
 def completed_run_ids(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> set[str]:

@@ -23,6 +23,7 @@ from nirvana import atomic as _atomic
 from nirvana.assets import __main__ as cli
 from nirvana.assets import _manifest, benchmarks, smollm2, texts
 from nirvana.assets._errors import AssetError
+from nirvana.texts import OFFLINE_SETS
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -405,21 +406,27 @@ def test_benchmark_jsonl_schema_and_count(built, task):
 
 @pytest.mark.slow
 def test_text_sets(built):
-    wiki = _atomic.read_jsonl(paths.text_dir() / "wiki_passages.jsonl")
-    head = _atomic.read_jsonl(paths.text_dir() / "lambada_head.jsonl")
-    tail = _atomic.read_jsonl(paths.text_dir() / "lambada_tail.jsonl")
-    assert len(wiki) == len({r["text"] for r in wiki}) == texts.N_WIKI == 2938
-    assert (len(head), len(tail)) == (3153, 2000)
-    assert [r["idx"] for r in head] == list(range(3153)) and [r["idx"] for r in tail] == list(
-        range(3153, 5153)
-    )
+    """The six sets partition their sources as the registry (nirvana/texts.py) declares, with no text shared."""
+    sets = {name: _atomic.read_jsonl(paths.text_dir() / s.file) for name, s in OFFLINE_SETS.items()}
     lambada = [r["text"] for r in _atomic.read_jsonl(benchmarks.task_file("lambada_openai"))]
-    assert [r["text"] for r in head + tail] == lambada
-    assert all(r["text"].strip() for r in wiki + head + tail)
+    parts = ["lambada_head", "lambada_probe", "lambada_tail"]
+    assert [r["text"] for p in parts for r in sets[p]] == lambada  # in order, every item exactly once
+    for p in parts:
+        span = OFFLINE_SETS[p].span
+        assert [r["idx"] for r in sets[p]] == list(range(span.start, span.stop))
+    boolq = _atomic.read_jsonl(benchmarks.task_file("boolq"))
+    wiki = ["wiki_passages", "wiki_probe", "wiki_tail"]
+    passages = [r["text"] for p in wiki for r in sets[p]]
+    assert len(passages) == len(set(passages)) == texts.N_WIKI == 2938
+    for p in wiki:  # a passage sits in the set of the BoolQ row that first shows it, so every row of a set's
+        span = OFFLINE_SETS[p].span  # span shows only that set's passages (or earlier sets')
+        assert all(span.start <= r["row"] < span.stop and boolq[r["row"]]["passage"] == r["text"] for r in sets[p])
+    texts_of = {p: {r["text"] for r in sets[p]} for p in wiki}
+    for row_index, row in enumerate(boolq):  # no BoolQ row before a set's span shows one of its passages
+        assert not any(row["passage"] in texts_of[p] for p in wiki if row_index < OFFLINE_SETS[p].span.start)
     m = _manifest.read_manifest(paths.text_dir())
-    assert m["sets"]["lambada_tail.jsonl"]["use"] == "calibration"
-    assert not {r["text"] for r in head} & {r["text"] for r in tail}
-    assert m["disjoint"]["identical_texts_in_head_and_tail"] == 0
+    assert m["sets"]["lambada_tail.jsonl"]["use"] == "calibration" and m["sets"]["wiki_probe.jsonl"]["use"] == "probe"
+    assert set(m["identical_texts_across_sets"].values()) == {0}
 
 
 @pytest.mark.slow

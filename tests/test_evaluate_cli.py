@@ -1,6 +1,7 @@
 """The evaluate entry point on tiny models: composed from the real configs, shrunk."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -59,11 +60,15 @@ def test_bad_input_fails_before_loading_the_model(tmp_path, monkeypatch, overrid
 def test_perplexity_rows_and_a_rerun_skips_the_complete_run(tmp_path, monkeypatch, text_file):
     c = cfg(tmp_path, *ppl_overrides(text_file))
     rows = ev.run_evaluate(c, tmp_path / "run")
-    assert [r["metric"] for r in rows] == ["ppl/pydoc@32", "ppl/pydoc@64"]
+    assert [r["metric"] for r in rows] == ["kept_fraction", "achieved_sparsity", "ppl/pydoc@32", "ppl/pydoc@64"]
     assert all(tuple(r) == ROW_FIELDS for r in rows)
-    assert rows[0]["limit"] == "max_windows=4" and rows[0]["n"] == 4 * 31 and rows[0]["pruner"] == "dense"
+    ppl = rows[2]
+    assert ppl["limit"] == "max_windows=4" and ppl["n"] == 4 * 31 and ppl["pruner"] == "dense"
+    windows = ppl["extra"]["window_nll"]  # per-window NLL sums: bootstrap intervals over windows
+    assert len(windows) == 4 and ppl["extra"]["window_tokens"] == 31
+    assert math.exp(sum(windows) / (4 * 31)) == pytest.approx(ppl["value"])
     df = read_rows(tmp_path / "rows.jsonl")
-    assert len(df) == 2 and df["run_id"].nunique() == 1
+    assert len(df) == 4 and df["run_id"].nunique() == 1
     assert (tmp_path / "run" / "rows.jsonl").is_file()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["run_id"] == rows[0]["run_id"]
 
@@ -95,9 +100,13 @@ def test_cli_zeroshot_rows_and_summary_line(tmp_path):
         capture_output=True, text=True, cwd=Path(CONF).parent,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "zero-shot mean" in out.stdout and "3 rows" in out.stdout
+    assert "zero-shot mean" in out.stdout and "5 rows" in out.stdout
     df = read_rows(tmp_path / "rows.jsonl")
-    assert list(df["task"]) == ["piqa", "winogrande", "average"]
+    assert list(df["task"]) == ["pruning", "pruning", "piqa", "winogrande", "average"]
+    assert list(df[df["task"] == "pruning"]["value"]) == [1.0, 0.0]  # a dense model: all kept, nothing removed
+    items = df[df["task"] == "piqa"]["extra"].iloc[0]["items"]  # per-item results, for paired comparisons
+    assert len(items) == 4 and set(items) <= {0.0, 1.0} and sum(items) / 4 == df[df["task"] == "piqa"]["value"].iloc[0]
+    df = df[df["task"] != "pruning"]
     assert list(df["metric"]) == ["acc", "acc", "mean_task_metric"]
     assert set(df["limit"]) == {4} and set(df["suite"]) == {"local"} and set(df["n"]) == {4, 2}
     assert df["stderr"].notna().all()

@@ -1,20 +1,17 @@
 """Experiment configs, the run entry point, resumable sweeps, and the report — on tiny models."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from rows_fixture import fixture_rows
 
-from experiments.report import build_report
 from experiments.run import run_experiment
 from nirvana.evaluation.protocol import run_identity
-from nirvana.reporting import tables
-from nirvana.results import append_rows, make_row, read_rows
+from nirvana.results import append_rows, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -114,57 +111,6 @@ def test_preflight_stops_before_loading_when_gpu_or_hub_is_missing(tmp_path, mon
         run_experiment(cfg("experiment=table2", "job.preflight=true"), tmp_path)
 
 
-def fixture_rows():
-    run = {"model": "m", "checkpoint": "c", "calibration_source": "x", "calibration_seed": 0,
-           "calibration_selection": "none", "dtype": "float32", "device": "cpu"}
-    rows = []
-    for pruner, s, gamma, base in [("dense", 0.0, None, 0.6), ("nirvana", 0.2, 3.36, 0.55), ("flap", 0.2, 1.0, 0.5),
-                                   ("nirvana", 0.4, 3.36, 0.45), ("flap", 0.4, 1.0, 0.4)]:
-        r = {**run, "run_id": f"{pruner}{s}", "pruner": pruner, "sparsity": s, "gamma": gamma}
-        rows += [make_row(r, "arc_easy", "acc", base), make_row(r, "arc_easy", "acc_norm", 0.0),
-                 make_row(r, "piqa", "acc", base + 0.1), make_row(r, "average", "mean_task_metric", base + 0.05),
-                 make_row(r, "wiki_passages", "ppl/wiki_passages@128", 10 / base, seq_len=128)]
-        if pruner != "dense":
-            rows.append(make_row(r, "calibration", "kl/probe", 1 - base))
-            rows.append(make_row(r, "pruning", "kept_fraction", 1 - s / 1.2))
-    return rows
-
-
-def test_table_builder_on_fixture_rows(tmp_path):
-    append_rows(tmp_path / "rows.jsonl", fixture_rows())
-    wide = tables.table2(read_rows(tmp_path / "rows.jsonl"))
-    assert list(wide.columns) == ["params_kept", "arc_easy", "piqa", "avg", "wiki_passages@128"]
-    assert list(wide.index) == [("dense", 0.0), ("nirvana (γ=3.36)", 0.2), ("flap", 0.2), ("nirvana (γ=3.36)", 0.4),
-                                ("flap", 0.4)]
-    md = tables.to_markdown(wide)
-    assert "| dense | 0 | 1.00 | 0.6000 |" in md
-    assert "| nirvana (γ=3.36) | 0.2 | 0.8333 | 0.5500 | 0.6500 | 0.6000 | 18.18 |" in md
-
-
-def test_report_writes_tables_figures_and_paper_comparison(tmp_path):
-    append_rows(tmp_path / "rows.jsonl", fixture_rows())
-    paper = tmp_path / "paper.csv"
-    pd.DataFrame([{"model": "m", "method": "nirvana (γ=3.36)", "sparsity": 0.2, "column": "arc_easy",
-                   "value": 0.5}]).to_csv(paper, index=False)
-    written = build_report([str(tmp_path / "rows.jsonl")], tmp_path / "out", paper=str(paper))
-    names = {p.name for p in written}
-    assert {"table2.md", "table2.csv", "table2.tex", "table2_vs_paper.md", "metrics_vs_sparsity.png",
-            "kl_vs_perplexity.png"} <= names
-    assert all(p.stat().st_size > 0 for p in written)
-    assert "0.0500" in (tmp_path / "out" / "table2_vs_paper.md").read_text()  # ours 0.55 − paper 0.50
-
-
-def test_empty_paper_file_ships_with_its_header():
-    text = (ROOT / "results" / "paper" / "table2.csv").read_text().strip().splitlines()
-    assert text == ["model,method,sparsity,column,value"]
-
-
-def test_rows_file_json_lines_are_complete(tmp_path):
-    append_rows(tmp_path / "r.jsonl", fixture_rows())
-    for line in (tmp_path / "r.jsonl").read_text().splitlines():
-        json.loads(line)
-
-
 def test_wandb_logger_runs_offline_without_an_account(tmp_path, monkeypatch):
     from nirvana.loggers import NullLogger, WandbLogger, make_logger
 
@@ -175,7 +121,7 @@ def test_wandb_logger_runs_offline_without_an_account(tmp_path, monkeypatch):
     logger.log_config({"a": 1})
     logger.log_rows(fixture_rows()[:5])
     logger.finish()
-    assert isinstance(make_logger("jsonl"), NullLogger)
+    assert isinstance(make_logger("none"), NullLogger)
     with pytest.raises(ValueError, match="unknown logger"):
         make_logger("tensorboard")
 

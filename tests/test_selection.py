@@ -55,28 +55,30 @@ def test_selection_returns_the_argmin(calib_ids):
 
 @pytest.mark.parametrize("selection", ["kl", "kl_per_sample"])
 def test_choose_calibration_records_candidates_and_keeps_probe_disjoint(selection, tokenizer, monkeypatch):
+    """Every candidate is drawn with the source's probe documents excluded, and all share one fixed probe."""
     import nirvana.calibration as cal
 
     model = tiny_model("llama")
-    probes = []
+    draws = []
     real_draw = cal.draw_windows
 
     def spy(texts, tok, n, t, seed, exclude=frozenset()):
         w = real_draw(texts, tok, n, t, seed, exclude)
-        if exclude:
-            probes.append((set(w.texts), set(exclude)))
+        draws.append((set(w.texts), set(exclude)))
         return w
 
     monkeypatch.setattr(cal, "draw_windows", spy)
+    kw = dict(n_samples=3, seq_len=24, seed=5, selection=selection, candidates=3,
+              probe={"n_samples": 6, "seq_len": 16, "documents": 10})
     choice = choose_calibration(
-        model, tokenizer, lambda x: compute_plan(model, x, "nirvana", sparsity=0.4, gamma=1.0), "pydoc",
-        n_samples=3, seq_len=24, seed=5, selection=selection, candidates=3,
-        probe={"n_samples": 6, "seq_len": 16, "seed": 42},
-    )
+        model, tokenizer, lambda x: compute_plan(model, x, "nirvana", sparsity=0.4, gamma=1.0), "pydoc", **kw)
     ids, record = choice.ids, choice.record
-    assert ids.shape == (3, 24) and choice.probe_ids.shape == (6, 16)
-    (probe_texts, candidate_texts), = probes
-    assert probe_texts and not probe_texts & candidate_texts
+    assert ids.shape == (3, 24) and choice.probe.ids.shape == (6, 16)
+    assert len(draws) == 3 and all(excluded == set(choice.probe.texts) for _, excluded in draws)
+    assert all(not drawn & set(choice.probe.texts) for drawn, _ in draws)
+    assert record["probe"] == choice.probe.record and record["probe"]["span"] == "pydoc[-10:]"
+    again = choose_calibration(model, tokenizer, None, "pydoc", **(kw | {"selection": "none"}), want_probe=True)
+    assert torch.equal(again.probe.ids, choice.probe.ids)  # fixed: the same probe whatever the selection
     kls = [c["kl"] for c in record["candidates"]]
     assert all(k is not None and k >= 0 for k in kls)
     if selection == "kl":

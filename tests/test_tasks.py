@@ -28,7 +28,7 @@ TASKS = {
     "local_arc_challenge": ("arc/arc_challenge.yaml", "arc_challenge", "test"),
     "local_boolq": ("super_glue/boolq/default.yaml", "boolq", "validation"),
     "local_hellaswag": ("hellaswag/hellaswag.yaml", "hellaswag", "validation"),
-    "local_lambada_openai": ("lambada/lambada_openai.yaml", "lambada_openai", "test"),
+    "local_lambada_openai_0_2653": ("lambada/lambada_openai.yaml", "lambada_openai", "test"),
     "local_openbookqa": ("openbookqa/openbookqa.yaml", "openbookqa", "test"),
     "local_piqa": ("piqa/piqa.yaml", "piqa", "validation"),
     # lm-eval scores SciQ's test split; the offline source has only validation (documented in the YAML).
@@ -164,7 +164,10 @@ def test_yaml_matches_lm_eval(task):
             assert a.rsplit(".", 1)[1] == b.rsplit(".", 1)[1], key
         else:
             assert a == b, (key, a, b)
-    assert ours["dataset_kwargs"] == {"nirvana_task": stem, "nirvana_split": split}
+    expected = {"nirvana_task": stem, "nirvana_split": split}
+    if stem == "lambada_openai":  # items 0–2652 only: the rest is the offline probe and calibration text
+        expected["nirvana_items"] = 2653
+    assert ours["dataset_kwargs"] == expected
     assert ours["custom_dataset"].endswith("_local_data.load")
     assert (ours.get("test_split") or ours.get("validation_split")) == split
     assert not ours.get("training_split") and not ours.get("fewshot_split")
@@ -287,13 +290,13 @@ def test_tiny_model_end_to_end(synthetic_cache):
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4, max_length=128)
     out = simple_evaluate(
         model=lm,
-        tasks=["local_arc_easy", "local_lambada_openai"],
+        tasks=["local_arc_easy", "local_lambada_openai_0_2653"],
         task_manager=_manager(),
         limit=5,
         bootstrap_iters=0,
     )
     assert 0.0 <= out["results"]["local_arc_easy"]["acc,none"] <= 1.0
-    assert out["results"]["local_lambada_openai"]["perplexity,none"] > 1.0
+    assert out["results"]["local_lambada_openai_0_2653"]["perplexity,none"] > 1.0
     assert len(out["samples"]["local_arc_easy"]) == 5
 
 
@@ -317,7 +320,7 @@ def test_local_tasks_on_built_data(local_tasks):
     for name, task in local_tasks.items():
         stem = TASKS[name][1]
         docs = task.eval_docs
-        assert len(docs) == COUNTS[stem], name
+        assert len(docs) == (2653 if stem == "lambada_openai" else COUNTS[stem]), name  # LAMBADA: items 0–2652
         assert set(SAMPLES[stem][0]) <= set(docs[0]), name
 
 
@@ -335,7 +338,7 @@ def test_same_requests_as_lm_eval_task(local_tasks, name):
         dataset_path=None,
         dataset_name=None,
         custom_dataset=ours.config.custom_dataset,
-        dataset_kwargs={"nirvana_task": stem, "nirvana_split": split},
+        dataset_kwargs=dict(ours.config.dataset_kwargs),
         training_split=None,
         fewshot_split=None,
         validation_split=split if split == "validation" else None,

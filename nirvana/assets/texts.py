@@ -1,10 +1,12 @@
-"""Plain-text sets for calibration and perplexity, cut from the benchmark JSONL files.
+"""Plain-text sets for calibration, KL probing and perplexity, cut from the benchmark JSONL files.
 
-- wiki_passages.jsonl: BoolQ's unique Wikipedia passages in first-seen order -- the offline stand-in for
-  WikiText (perplexity evaluation).
-- lambada_head.jsonl / lambada_tail.jsonl: LAMBADA test passages [0:3153] and [3153:5153] (novels, like
-  BookCorpus). Calibration uses the tail and evaluation the head, so calibration never sees evaluated text:
-  the split is by index, disjoint by construction, and the manifest records it.
+Which items go where is declared in nirvana/texts.py (the registry every run checks disjointness against); this
+module only cuts the files accordingly:
+- wiki_passages / wiki_probe / wiki_tail: BoolQ's unique Wikipedia passages, each placed by the validation row
+  that first shows it ([0, 2270) / [2270, 2570) / [2570, 3270)) — the offline stand-in for WikiText;
+- lambada_head / lambada_probe / lambada_tail: LAMBADA test passages [0, 2653) / [2653, 3153) / [3153, 5153)
+  (novels, like BookCorpus).
+Each line keeps the item index it came from (`row` or `idx`), so disjointness can be re-checked downstream.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ from pathlib import Path
 
 from .. import paths
 from ..atomic import atomic_dir, read_jsonl, write_jsonl
+from ..texts import LAMBADA_END, LAMBADA_PROBE, LAMBADA_TAIL, OFFLINE_SETS, WIKI_END, WIKI_PROBE, WIKI_TAIL
 from . import benchmarks
 from ._errors import AssetError
 from ._manifest import problem, read_manifest, write_manifest
 
 NAME = "texts"
-RECIPE = 1
+RECIPE = 2  # 2: probe sets and the BoolQ-row split (docs/protocol.md, "Disjoint data")
 STAGES = 4
-HEAD_END, TAIL_END = 3153, 5153
-N_WIKI = 2938
+N_WIKI = 2938  # unique passages in BoolQ validation
 INPUTS = ("boolq.jsonl", "lambada_openai.jsonl")
 
 
@@ -42,6 +44,24 @@ def check(deep: bool = False) -> str | None:
     return why
 
 
+def _wiki_sets(boolq_rows: list[dict]) -> dict[str, list[dict]]:
+    first_row: dict[str, int] = {}  # dicts keep insertion order: first-seen order for free
+    for row_index, row in enumerate(boolq_rows):
+        first_row.setdefault(row["passage"], row_index)
+    if len(first_row) != N_WIKI:
+        raise AssetError(f"BoolQ has {len(first_row)} unique passages, expected {N_WIKI}")
+    cuts = {"wiki_passages": (0, WIKI_PROBE), "wiki_probe": (WIKI_PROBE, WIKI_TAIL), "wiki_tail": (WIKI_TAIL, WIKI_END)}
+    return {name: [{"text": t, "row": r} for t, r in first_row.items() if a <= r < b] for name, (a, b) in cuts.items()}
+
+
+def _lambada_sets(lambada: list[str]) -> dict[str, list[dict]]:
+    if len(lambada) != LAMBADA_END:
+        raise AssetError(f"lambada_openai.jsonl has {len(lambada)} items, expected {LAMBADA_END}")
+    cuts = {"lambada_head": (0, LAMBADA_PROBE), "lambada_probe": (LAMBADA_PROBE, LAMBADA_TAIL),
+            "lambada_tail": (LAMBADA_TAIL, LAMBADA_END)}
+    return {name: [{"text": lambada[i], "idx": i} for i in range(a, b)] for name, (a, b) in cuts.items()}
+
+
 def build(bar) -> None:
     if benchmarks.check() is not None:
         raise AssetError(
@@ -50,58 +70,23 @@ def build(bar) -> None:
         )
     data = benchmarks.output()
     with atomic_dir(output()) as tmp:
-        bar.set_postfix_str("wiki_passages (unique BoolQ passages)")
-        seen: dict[str, None] = {}  # dicts keep insertion order: first-seen order for free
-        for row in read_jsonl(data / "boolq.jsonl"):
-            seen.setdefault(row["passage"], None)
-        if len(seen) != N_WIKI:
-            raise AssetError(f"BoolQ has {len(seen)} unique passages, expected {N_WIKI}")
-        write_jsonl(tmp / "wiki_passages.jsonl", ({"text": p} for p in seen))
+        bar.set_postfix_str("wiki sets (unique BoolQ passages by first row)")
+        sets = _wiki_sets(read_jsonl(data / "boolq.jsonl"))
         bar.update()
-
-        bar.set_postfix_str(f"lambada head [0:{HEAD_END}] / tail [{HEAD_END}:{TAIL_END}]")
+        bar.set_postfix_str("lambada sets")
         lambada = [r["text"] for r in read_jsonl(data / "lambada_openai.jsonl")]
-        if len(lambada) != TAIL_END:
-            raise AssetError(f"lambada_openai.jsonl has {len(lambada)} items, expected {TAIL_END}")
-        # `idx` is the position in LAMBADA's test set, kept so disjointness can be re-checked downstream.
-        write_jsonl(
-            tmp / "lambada_head.jsonl", ({"text": t, "idx": i} for i, t in enumerate(lambada[:HEAD_END]))
-        )
+        sets |= _lambada_sets(lambada)
         bar.update()
-        write_jsonl(
-            tmp / "lambada_tail.jsonl",
-            ({"text": t, "idx": i} for i, t in enumerate(lambada[HEAD_END:], start=HEAD_END)),
-        )
+        for name, rows in sets.items():
+            write_jsonl(tmp / OFFLINE_SETS[name].file, rows)
         bar.update()
+        texts_of = {name: {r["text"] for r in rows} for name, rows in sets.items()}
         write_manifest(
-            tmp,
-            NAME,
-            RECIPE,
-            inputs=_input_hashes(),
-            sets={
-                "wiki_passages.jsonl": {
-                    "source": "boolq.jsonl passages, unique, first-seen order",
-                    "items": len(seen),
-                    "use": "perplexity",
-                },
-                "lambada_head.jsonl": {
-                    "source": "lambada_openai.jsonl",
-                    "items": HEAD_END,
-                    "range": [0, HEAD_END],
-                    "use": "evaluation",
-                },
-                "lambada_tail.jsonl": {
-                    "source": "lambada_openai.jsonl",
-                    "items": TAIL_END - HEAD_END,
-                    "range": [HEAD_END, TAIL_END],
-                    "use": "calibration",
-                },
-            },
-            disjoint={
-                "lambada_head.jsonl/lambada_tail.jsonl": "by construction: index ranges "
-                f"[0, {HEAD_END}) and [{HEAD_END}, {TAIL_END}) of the same list do not overlap",
-                # Index-disjoint could still share a passage verbatim; count that too (it is 0).
-                "identical_texts_in_head_and_tail": len(set(lambada[:HEAD_END]) & set(lambada[HEAD_END:])),
-            },
+            tmp, NAME, RECIPE, inputs=_input_hashes(),
+            sets={s.file: {"span": str(s.span), "items": len(sets[name]), "use": s.role}
+                  for name, s in OFFLINE_SETS.items()},
+            # Index-disjoint sets could still share a passage verbatim; count that too (it is 0).
+            identical_texts_across_sets={f"{a}/{b}": len(texts_of[a] & texts_of[b]) for a in sets for b in sets
+                                         if a < b and OFFLINE_SETS[a].span.source == OFFLINE_SETS[b].span.source},
         )
         bar.update()

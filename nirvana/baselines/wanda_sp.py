@@ -2,11 +2,13 @@
 
 Per layer, in order (one layer-wise pass, nirvana.statistics): collect the mean of x² per input channel of
 o_proj and down_proj over the calibration tokens — with the layers before it already pruned —, score each
-channel |W|·√(mean x²) averaged over the output rows, sum the channels of each unit, and keep the units scoring ≥ the score at index int(ratio·n)
-of the ascending sort (ratio = sparsity; units, not parameters, as in the original). The layer is then
-pruned (here: masked in place, restored at the end) before the next layer's statistics are taken.
-With GQA the units are whole groups: SmolLM2 has 3 per layer, so int(0.2·3) = 0 → no attention is pruned
-at 0.2 (the GQA fork's behaviour).
+channel |W|·√(mean x²) averaged over the output rows, sum the channels of each unit, and keep the units scoring
+≥ the score at index int(ratio·n) of the ascending sort. The layer is then pruned (here: masked in place,
+restored at the end) before the next layer's statistics are taken.
+`ratio="literal"` (default, the original): ratio = sparsity, counted in units per layer. With GQA the units
+are whole groups: SmolLM2 has 3 per layer, so int(0.2·3) = 0 → no attention is pruned at 0.2 and the model
+keeps more parameters than asked. `ratio="matched"`: the MLP takes what the attention floor leaves of each
+layer's parameter budget, so the parameters removed equal the requested sparsity (nirvana.allocation).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..adapters import ATTENTION, MLP, ModelAdapter
-from ..allocation import apply_guards, layer_range_mask, pruned_below_layer_fraction, uniform_fractions
+from ..allocation import apply_guards, layer_range_mask, uniform_fractions, uniform_pruned
 from ..masking import UnitMask
 from ..statistics import layerwise_channel_stats
 from ..units import UnitScores, sum_blocks
@@ -54,9 +56,8 @@ def wanda_sp_plan(
         m = wanda_unit_scores(layer.mlp, stats[MLP].mean_square)
         scores.attention.append(a)
         scores.mlp.append(m)
-        pa = pruned_below_layer_fraction([a], [f_a if inside else 0.0])
-        pm = pruned_below_layer_fraction([m], [f_m if inside else 0.0])
-        layer_kept = apply_guards(UnitScores([a], [m]), pa, pm, round_to, spare_rule)[0]
+        pa, pm = uniform_pruned(layer, a, m, f_a * inside, f_m * inside, ratio)  # outside: nothing
+        layer_kept = apply_guards(UnitScores([a], [m]), [pa], [pm], round_to, spare_rule)[0]
         kept.append(layer_kept)
         masks.extend((UnitMask(layer.attention, layer_kept[0]), UnitMask(layer.mlp, layer_kept[1])))
         return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -9,7 +10,18 @@ import torch
 
 from .sampler import Windows, draw_windows, sample_windows
 from .selection import SELECTIONS, Candidate, kl_to_dense, per_sample_candidates, select_by_kl
-from .sources import SOURCES, HubTexts, join_consecutive, load_id_tensor, load_texts
+from .sources import (
+    SOURCES,
+    HubTexts,
+    calibration_pool,
+    calibration_span,
+    join_consecutive,
+    load_id_tensor,
+    load_texts,
+    probe_span,
+    probe_texts,
+    source_span,
+)
 
 
 def build_calibration(
@@ -37,10 +49,39 @@ def build_calibration(
 
 
 @dataclass
+class Probe:
+    """The fixed KL probe of a text source for one tokenizer: the same windows for every run and candidate."""
+
+    ids: torch.Tensor  # [n_samples, seq_len]
+    texts: list[str]  # the probe's documents (calibration never draws them)
+    record: dict  # identity: source, span, shape and a hash of the token ids (recorded with every KL row)
+
+
+def build_probe(source: str, tokenizer, n_samples: int = 128, seq_len: int = 64, documents: int = 200,
+                path: str | None = None, field: str = "text", **hub) -> Probe:
+    """The probe windows of `source`: its probe documents joined by "\\n\\n", tokenized once, cut into consecutive
+    windows of `seq_len` tokens; the first `n_samples` of them. Deterministic: no seed, nothing drawn."""
+    if n_samples < 1 or seq_len < 2:
+        raise ValueError(f"calibration.probe needs n_samples ≥ 1 and seq_len ≥ 2, got {n_samples} and {seq_len}")
+    texts, span = probe_texts(source, documents, path, field, **hub)
+    stream = tokenizer("\n\n".join(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    if len(stream) < n_samples * seq_len:
+        raise ValueError(f"the probe of {source!r} ({span}) has {len(stream)} tokens, fewer than calibration.probe's "
+                         f"{n_samples} × {seq_len}; ask for fewer windows (or more calibration.probe.documents)")
+    ids = torch.tensor(stream[: n_samples * seq_len], dtype=torch.long).view(n_samples, seq_len)
+    digest = hashlib.sha256(ids.numpy().tobytes()).hexdigest()[:16]
+    return Probe(ids, texts, {"source": source, "span": str(span), "n_samples": n_samples, "seq_len": seq_len,
+                              "sha256": digest})
+
+
+@dataclass
 class CalibrationChoice:
     ids: torch.Tensor  # the calibration batch to prune with
     record: dict  # how it was chosen: selection, source, seed, candidates with their KLs, probe
-    probe_ids: torch.Tensor | None = None  # KL probe windows, from texts no candidate used
+    probe: Probe | None = None  # the fixed KL probe of the source (when a KL is measured)
+
+
+PROBE_KEYS = ("n_samples", "seq_len", "documents")
 
 
 def choose_calibration(
@@ -65,12 +106,13 @@ def choose_calibration(
 
     selection="none": the official sampler on `source` with `seed`. "kl" / "kl_per_sample": see
     nirvana.calibration.selection; candidates are `candidates` consecutive seeds of `source`, or each of
-    `candidate_sources` with `seed`. The probe set (drawn with selection, or with `want_probe`) comes from
-    the first source's texts that no candidate used.
+    `candidate_sources` with `seed`. The probe (built with selection, or with `want_probe`) is the fixed probe of
+    the first source; no candidate ever draws one of its documents.
     """
     if selection not in SELECTIONS:
         raise ValueError(f"unknown calibration selection {selection!r}; choose one of {SELECTIONS}")
-    probe = {"n_samples": 128, "seq_len": 64, "seed": 42, "batch_size": 16, **(probe or {})}
+    probe_cfg = {k: v for k, v in (probe or {}).items() if k in PROBE_KEYS}
+    batch_size = (probe or {}).get("batch_size", 16)
     if source == "tensor":
         if selection != "none":
             raise ValueError("KL selection draws candidates from text; a saved tensor has nothing to choose from")
@@ -86,36 +128,38 @@ def choose_calibration(
         specs = [(s, seed) for s in candidate_sources]
     else:
         specs = [(source, seed + k) for k in range(candidates)]
-    texts_of = {s: load_texts(s, path, field, join, **hub) for s in dict.fromkeys(s for s, _ in specs)}
+    fixed = None
+    if selection != "none" or want_probe:
+        fixed = build_probe(specs[0][0], tokenizer, path=path, field=field, **probe_cfg, **hub)
+    documents = probe_cfg.get("documents", 200)
+    sources = {s: calibration_pool(s, path, field, join, documents, **hub) for s in dict.fromkeys(s for s, _ in specs)}
     pool = []
     for s, k in specs:
-        w = draw_windows(texts_of[s], tokenizer, n_samples, seq_len, k)
+        texts, reserved = sources[s]  # the source's probe documents are never drawn (calibration_pool)
+        w = draw_windows(texts, tokenizer, n_samples, seq_len, k, exclude=reserved)
         pool.append(Candidate(f"{s}/seed={k}", s, k, w.ids, w.texts))
-    probe_ids = None
-    if selection != "none" or want_probe:
-        used = {t for c in pool for t in c.texts}
-        probe_ids = draw_windows(texts_of[specs[0][0]], tokenizer, probe["n_samples"], probe["seq_len"], probe["seed"],
-                                 exclude=used).ids
-    record = {"selection": selection, "probe": {**probe, "source": specs[0][0]}}
+    record = {"selection": selection, "probe": fixed.record if fixed else None}
     if selection == "none":
-        return CalibrationChoice(pool[0].ids, {**record, "source": source, "seed": seed}, probe_ids)
+        return CalibrationChoice(pool[0].ids, {**record, "source": source, "seed": seed}, fixed)
     if selection == "kl":
-        best = select_by_kl(model, pool, probe_ids, plan_for, probe["batch_size"])
+        best = select_by_kl(model, pool, fixed.ids, plan_for, batch_size)
         record.update(candidates=[c.record() for c in pool], chosen=pool[best].label,
                       source=pool[best].source, seed=pool[best].seed)
-        return CalibrationChoice(pool[best].ids, record, probe_ids)
+        return CalibrationChoice(pool[best].ids, record, fixed)
     singles = per_sample_candidates(pool)
     if len(singles) < n_samples:
         raise ValueError(f"kl_per_sample needs ≥ {n_samples} distinct candidate windows, the pool has {len(singles)}")
-    select_by_kl(model, singles, probe_ids, plan_for, probe["batch_size"], desc="KL per sample")
+    select_by_kl(model, singles, fixed.ids, plan_for, batch_size, desc="KL per sample")
     best = sorted(range(len(singles)), key=lambda i: singles[i].kl)[:n_samples]
     record.update(candidates=[c.record() for c in singles], chosen=[singles[i].label for i in best], source=source,
                   seed=seed)
-    return CalibrationChoice(torch.cat([singles[i].ids for i in best]), record, probe_ids)
+    return CalibrationChoice(torch.cat([singles[i].ids for i in best]), record, fixed)
 
 
 __all__ = [
-    "SELECTIONS", "Candidate", "CalibrationChoice", "choose_calibration", "kl_to_dense", "per_sample_candidates", "select_by_kl",
-    "SOURCES", "HubTexts", "Windows", "build_calibration", "draw_windows", "join_consecutive", "load_id_tensor",
-    "load_texts", "sample_windows",
+    "SELECTIONS", "Candidate", "CalibrationChoice", "Probe", "build_probe", "choose_calibration", "kl_to_dense",
+    "per_sample_candidates", "select_by_kl", "SOURCES", "HubTexts", "Windows", "build_calibration", "draw_windows",
+    "join_consecutive", "load_id_tensor", "load_texts", "sample_windows", "calibration_pool", "calibration_span",
+    "probe_span", "probe_texts",
+    "source_span",
 ]

@@ -1,10 +1,14 @@
-"""Where calibration text comes from: hub datasets, the offline sets, local files, saved id tensors.
+"""Where calibration text comes from — hub datasets, the offline sets, local files, saved id tensors — which
+items of its source each draws on, and which texts its KL probe uses.
 
 Hub sources (need network access to the Hugging Face hub): `bookcorpus` (the paper's default), `c4`
 (allenai/c4 en, first shard), `wikitext2` (wikitext-2-raw-v1 train) and a generic `hf` (name, config,
 split, field). They stay memory-mapped `datasets` tables, read one text at a time, so BookCorpus's 74M rows
-never become a Python list. Offline: `lambada_tail`, `wiki_passages`, `pydoc`, `text_file`; and `tensor`,
-a saved LongTensor of ids.
+never become a Python list. Offline: `lambada_tail`, `wiki_tail` (registered in nirvana.texts, each with its
+own probe set), `pydoc`, `text_file`; and `tensor`, a saved LongTensor of ids.
+
+The KL probe of a source (docs/protocol.md): for a registered set, its declared probe set; for any other
+text source, its last `documents` documents, which the calibration sampler then never draws.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..texts import pydoc_texts, read_texts
+from ..texts import OFFLINE_SETS, Span, file_source, pydoc_texts, read_texts, text_file
 
 
 class HubTexts(Sequence):
@@ -58,7 +62,7 @@ def hub_texts(name: str, hf_name: str | None = None, hf_config: str | None = Non
     except Exception as err:  # offline machines end here: say what to use instead
         raise RuntimeError(
             f"could not load calibration source {name!r} from the hub ({type(err).__name__}: {err}); offline, use "
-            "calibration=lambada_tail, wiki_passages, text_file or tensor"
+            "calibration=lambada_tail, wiki_tail, text_file or tensor"
         ) from err
     return HubTexts(dataset, field)
 
@@ -75,7 +79,10 @@ def join_consecutive(texts: Sequence[str], group: int) -> list[str]:
     return ["\n\n".join(texts[i : i + group]) for i in range(0, len(texts), group)]
 
 
-SOURCES = ("tensor", "text_file", "pydoc", "hf", "lambada_tail", "wiki_passages", *HUB_SOURCES)
+OFFLINE_CALIBRATION = tuple(name for name, s in OFFLINE_SETS.items() if s.role == "calibration")
+SOURCES = ("tensor", "text_file", "pydoc", "hf", *OFFLINE_CALIBRATION, *HUB_SOURCES)
+# canonical names of the hub sources' items (nirvana.texts.Span)
+HUB_SPAN_SOURCES = {"bookcorpus": "bookcorpus/train", "c4": "c4/en/train", "wikitext2": "wikitext/train"}
 
 
 def load_texts(source: str, path: str | None = None, field: str = "text", join: int = 1,
@@ -96,6 +103,67 @@ def load_texts(source: str, path: str | None = None, field: str = "text", join: 
     if join > 1:
         texts = join_consecutive(list(texts), join)
     return texts
+
+
+def source_span(source: str, path: str | None = None, hf_name: str | None = None, hf_config: str | None = None,
+                split: str = "train", **_) -> Span | None:
+    """The items a text source is made of (None for a saved id tensor, whose text is unknown)."""
+    if source in OFFLINE_SETS:
+        return OFFLINE_SETS[source].span
+    if source == "tensor":
+        return None
+    if source == "text_file":
+        if path is None:
+            raise ValueError("calibration source 'text_file' needs calibration.path=FILE (.jsonl or .txt)")
+        return Span(file_source(text_file(path)))
+    if source == "hf":
+        return Span(f"hf:{hf_name}/{hf_config}/{split}")
+    return Span(HUB_SPAN_SOURCES.get(source, source))
+
+
+def calibration_span(source: str, documents: int = 200, **kw) -> Span | None:
+    """The items calibration windows can be drawn from: the source minus its probe."""
+    span = source_span(source, **kw)
+    if span is None or source in OFFLINE_SETS:
+        return span
+    return Span(span.source, 0, -documents)
+
+
+def calibration_pool(source: str, path: str | None = None, field: str = "text", join: int = 1, documents: int = 200,
+                     **hub) -> tuple[Sequence[str], frozenset[str]]:
+    """(texts the sampler draws from, texts it must redraw): a registered set is its own pool; any other source
+    keeps its probe documents out — excluded by content where documents are drawn whole (so the official draws
+    are kept wherever they miss the probe), cut off before joining where documents are joined."""
+    if source in OFFLINE_SETS or source == "tensor":
+        return load_texts(source, path, field, join, **hub), frozenset()
+    if join == 1:
+        return load_texts(source, path, field, 1, **hub), frozenset(probe_texts(source, documents, path, field, **hub)[0])
+    texts = load_texts(source, path, field, 1, **hub)
+    return join_consecutive([texts[i] for i in range(len(texts) - documents)], join), frozenset()
+
+
+def probe_span(source: str, documents: int = 200, **kw) -> Span:
+    """The items of `source`'s KL probe (module docstring), without reading them."""
+    if source in OFFLINE_SETS:
+        return OFFLINE_SETS[OFFLINE_SETS[source].probe].span
+    return Span(source_span(source, **kw).source, -documents, None)
+
+
+def probe_texts(source: str, documents: int = 200, path: str | None = None, field: str = "text",
+                **hub) -> tuple[list[str], Span]:
+    """(texts, identity) of the KL probe that belongs to `source` (module docstring)."""
+    if source == "tensor":
+        raise ValueError("a saved calibration tensor has no text to probe on: set calibration.probe.source")
+    if source in OFFLINE_SETS:
+        return read_texts(OFFLINE_SETS[source].probe), probe_span(source)
+    if documents < 1:
+        raise ValueError(f"calibration.probe.documents must be ≥ 1, got {documents}")
+    texts = load_texts(source, path, field, 1, **hub)
+    if len(texts) <= documents:
+        raise ValueError(f"calibration source {source!r} has {len(texts)} documents: none would be left for "
+                         f"calibration after the probe's last {documents} (lower calibration.probe.documents)")
+    return ([texts[i] for i in range(len(texts) - documents, len(texts))],
+            probe_span(source, documents, path=path, **hub))
 
 
 def load_id_tensor(path: str | Path) -> torch.Tensor:

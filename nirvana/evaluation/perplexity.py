@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
-from ..texts import read_texts
+from ..texts import OFFLINE_SETS, Span, file_source, read_texts
 
 # name → (hub dataset, config, split, text field), as the official code loads them
 HUB_DATASETS = {
@@ -40,6 +40,18 @@ HUB_DATASETS = {
     "lambada": ("EleutherAI/lambada_openai", "default", "test", "text"),
 }
 OFFLINE_DATASETS = ("wiki_passages", "lambada_head")  # registered in nirvana.texts
+
+
+HUB_SPANS = {"wikitext2": Span("wikitext/test"), "ptb": Span("ptb/validation"), "lambada": Span("lambada_openai/test")}
+
+
+def dataset_span(name: str) -> Span:
+    """The items a perplexity dataset is made of (for disjointness checks; docs/protocol.md)."""
+    if name in HUB_SPANS:
+        return HUB_SPANS[name]
+    if name in OFFLINE_DATASETS:
+        return OFFLINE_SETS[name].span
+    return Span(file_source(name))
 
 
 def dataset_label(name: str) -> str:
@@ -123,6 +135,7 @@ class PerplexityResult:
     n_tokens: int  # predicted tokens: n_windows × (seq_len − 1); seq2seq: n_windows × (seq_len − prefix_len)
     limit: str | None  # "max_texts=300,max_windows=8" when limited, else None
     prefix_len: int | None = None  # seq2seq: encoder prefix tokens per window (None: causal protocol)
+    window_nll: list[float] | None = None  # summed NLL of each window (bootstrap intervals over windows)
 
     @property
     def metric(self) -> str:
@@ -136,21 +149,21 @@ class PerplexityResult:
 
 @torch.no_grad()
 def window_nll(model, windows: torch.Tensor, batch_size: int = 4, progress: bool = True,
-               desc: str = "perplexity") -> tuple[float, int]:
-    """(summed NLL in nats, predicted tokens) of `windows` [n, seq_len], run in batches on the model's device;
-    the model's adapter says which tokens a window predicts (module docstring)."""
+               desc: str = "perplexity") -> tuple[list[float], int]:
+    """(summed NLL in nats of each window, predicted tokens per window) of `windows` [n, seq_len], run in
+    batches on the model's device; the model's adapter says which tokens a window predicts (module docstring)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     adapter = get_adapter(model)
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    sums, per_window = [], 0
     for start in tqdm(range(0, windows.shape[0], batch_size), desc=desc, disable=not progress):
         logits, targets = adapter.window_logits(windows[start : start + batch_size].to(device))
         # fp32 log-softmax whatever the model dtype: bf16 NLL sums drift visibly over many tokens.
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
-        total += float(loss)
-        count += targets.numel()
-    return total, count
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+        sums += loss.view(targets.shape).double().sum(dim=1).tolist()
+        per_window = targets.shape[1]
+    return sums, per_window
 
 
 def _limit_label(max_texts, max_windows, max_tokens) -> str | None:
@@ -170,7 +183,9 @@ def evaluate_perplexity(model, tokenizer, dataset: str, seq_len: int = 512, batc
         texts = texts[:max_texts]
     windows = cut_windows(encode(texts, tokenizer), seq_len, max_windows, max_tokens)
     label = dataset_label(dataset)
-    total, count = window_nll(model, windows, batch_size, progress, desc=f"ppl {label}@{seq_len}")
-    nll = total / count
+    sums, per_window = window_nll(model, windows, batch_size, progress, desc=f"ppl {label}@{seq_len}")
+    count = per_window * len(sums)
+    nll = math.fsum(sums) / count
     return PerplexityResult(label, seq_len, math.exp(nll), nll, windows.shape[0], count,
-                            _limit_label(max_texts, max_windows, max_tokens), get_adapter(model).window_prefix(seq_len))
+                            _limit_label(max_texts, max_windows, max_tokens), get_adapter(model).window_prefix(seq_len),
+                            sums)

@@ -14,8 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..calibration import calibration_span, probe_span
+from ..pipeline import method_name
 from ..plan import PLAN_FILENAME, PruningPlan
 from ..results import make_row, make_run_id
+from ..texts import Span
 from . import perplexity as ppl_mod
 from . import speed as speed_mod
 from . import zeroshot as zs_mod
@@ -60,6 +63,56 @@ def validate_eval(e: dict[str, Any], model_path: str | None = None) -> None:
                 raise ValueError(f"eval.speed.{k} must be ≥ 1, got {e['speed'][k]}")
 
 
+def eval_spans(e: dict[str, Any]) -> dict[str, Span]:
+    """Every item set the protocol `e` scores, by what names it in the config."""
+    spans = {}
+    if e.get("perplexity"):
+        spans |= {f"eval.perplexity.datasets: {d}": ppl_mod.dataset_span(d) for d in e["perplexity"]["datasets"]}
+    if e.get("zeroshot"):
+        z = e["zeroshot"]
+        spans |= {f"eval.zeroshot.tasks: {t}": zs_mod.task_span(t, z["suite"], e.get("limit")) for t in z["tasks"]}
+    return spans
+
+
+def check_disjoint(calibration: dict[str, Any] | None, e: dict[str, Any], allow_overlap: bool = False) -> dict:
+    """Calibration and KL-probe items never overlap evaluated items, nor each other (docs/protocol.md). Raises
+    before any model is loaded, naming both sets, unless `allow_overlap`; returns the record rows keep."""
+    used: dict[str, Span] = {}
+    if calibration and calibration.get("source") not in (None, "tensor"):
+        c = calibration
+        documents = (c.get("probe") or {}).get("documents", 200)
+        hub = {k: c[k] for k in ("path", "hf_name", "hf_config", "split") if k in c}
+        sources = c.get("candidate_sources") or [c["source"]]
+        for src in sources:
+            used[f"calibration: {src}"] = calibration_span(src, documents, **hub)
+        probe_src = sources[0]
+        used[f"KL probe of {probe_src}"] = probe_span(probe_src, documents, **hub)
+    evaluated = eval_spans(e)
+    overlaps = [(a, used[a], b, span) for a in used for b, span in evaluated.items() if used[a].overlaps(span)]
+    overlaps += [(a, used[a], b, used[b]) for a in used for b in used
+                 if a < b and a.startswith("calibration") != b.startswith("calibration") and used[a].overlaps(used[b])]
+    described = [f"{a} = {sa} overlaps {b} = {sb}" for a, sa, b, sb in overlaps]
+    if described and not allow_overlap:
+        raise ValueError("calibration/probe data overlaps what is evaluated: " + "; ".join(described)
+                         + ". Use disjoint sets (docs/protocol.md), or allow_overlap=true to run anyway (recorded in "
+                         "every row)")
+    record = {"calibration_and_probe": {k: str(v) for k, v in used.items()},
+              "evaluated": {k: str(v) for k, v in evaluated.items()}}
+    if calibration and calibration.get("source") == "tensor":
+        record["unchecked"] = "calibration from a saved tensor: its text is unknown"
+    if described:
+        record["overlaps_allowed"] = described
+    return record
+
+
+def mark_overlaps(rows: list[dict], record: dict) -> list[dict]:
+    """Rows of a run that was allowed to evaluate on calibration or probe items say so, each of them."""
+    if record.get("overlaps_allowed"):
+        for r in rows:
+            r["extra"] = {**r["extra"], "overlaps_allowed": record["overlaps_allowed"]}
+    return rows
+
+
 def load_eval_texts(e: dict[str, Any]) -> dict[str, list[str]]:
     """The perplexity texts of every dataset the protocol names (loaded before the model on purpose)."""
     p = e.get("perplexity")
@@ -67,18 +120,26 @@ def load_eval_texts(e: dict[str, Any]) -> dict[str, list[str]]:
 
 
 # --- who is evaluated --------------------------------------------------------------------------------------
-def checkpoint_columns(path: str | None, model_name: str, name_or_path: str) -> dict[str, Any]:
-    """Model and pruning columns of a checkpoint: from its plan when it has one, else a dense model."""
+def checkpoint_plan(path: str | None) -> PruningPlan | None:
+    """The plan saved in a checkpoint folder (None: a dense model, or no folder)."""
     plan_file = Path(path) / PLAN_FILENAME if path else None
-    if plan_file is not None and plan_file.is_file():
-        plan = PruningPlan.load(plan_file)
-        calib = plan.extra.get("calibration") or {}
-        return {"model": plan.model, "checkpoint": str(Path(path).resolve()), "pruner": plan.pruner,
-                "sparsity": plan.sparsity, "gamma": plan.gamma, "calibration_source": calib.get("source"),
-                "calibration_seed": calib.get("seed"), "calibration_selection": calib.get("selection", "none")}
-    return {"model": Path(path).name if path else model_name,
-            "checkpoint": str(Path(path).resolve()) if path else name_or_path, "pruner": "dense", "sparsity": 0.0,
-            "gamma": None}
+    return PruningPlan.load(plan_file) if plan_file is not None and plan_file.is_file() else None
+
+
+def checkpoint_columns(path: str | None, model_name: str, name_or_path: str,
+                       plan: PruningPlan | None = None) -> dict[str, Any]:
+    """Model and pruning columns of an evaluated model: from its plan when it has one, else a dense model."""
+    checkpoint = str(Path(path).resolve()) if path else name_or_path
+    if plan is None:
+        return {"model": Path(path).name if path else model_name, "checkpoint": checkpoint, "pruner": "dense",
+                "sparsity": 0.0, "gamma": None}
+    calib = plan.extra.get("calibration") or {}
+    choice = plan.extra.get("calibration_choice") or {}
+    return {"model": plan.model, "checkpoint": checkpoint, "pruner": method_name(plan.pruner, plan.extra.get("variant")),
+            "sparsity": plan.sparsity,
+            "gamma": plan.gamma, "calibration_source": choice.get("source", calib.get("source")),
+            "calibration_seed": choice.get("seed", calib.get("seed")),
+            "calibration_selection": choice.get("selection", calib.get("selection", "none"))}
 
 
 def placement_columns(model) -> dict[str, str]:
@@ -87,17 +148,26 @@ def placement_columns(model) -> dict[str, str]:
 
 
 # --- rows --------------------------------------------------------------------------------------------------
-def pruning_rows(run: dict[str, Any], outcome) -> list[dict]:
-    """Rows of a pruning step (a nirvana.pipeline.PruneOutcome): parameters kept, time, calibration KLs."""
-    plan, record = outcome.plan, outcome.calibration
+def pruning_rows(run: dict[str, Any], plan: PruningPlan | None, outcome=None) -> list[dict]:
+    """What was removed, from the plan (a dense model: nothing): parameters kept of the whole model, and the
+    achieved sparsity of attention + MLP next to the requested one (the `sparsity` column). With the pruning
+    step's outcome (a nirvana.pipeline.PruneOutcome) also its time and calibration KLs."""
+    if plan is None:
+        return [make_row(run, "pruning", "kept_fraction", 1.0), make_row(run, "pruning", "achieved_sparsity", 0.0)]
     rows = [make_row(run, "pruning", "params_after", plan.params_after),
             make_row(run, "pruning", "kept_fraction", plan.kept_fraction),
-            make_row(run, "pruning", "prune_seconds", outcome.seconds)]
+            make_row(run, "pruning", "achieved_sparsity", plan.achieved_sparsity,
+                     extra={"requested": plan.sparsity, "prunable_params": plan.prunable_params})]
+    if outcome is None:
+        return rows
+    record = outcome.calibration
+    rows.append(make_row(run, "pruning", "prune_seconds", outcome.seconds))
     chosen = record.get("chosen")
     chosen = chosen if isinstance(chosen, list) else [chosen]
     for cand in record.get("candidates") or []:
         rows.append(make_row(run, "calibration", "kl/candidate", cand["kl"],
-                             extra={"label": cand["label"], "chosen": cand["label"] in chosen}))
+                             extra={"label": cand["label"], "chosen": cand["label"] in chosen,
+                                    "probe": record.get("probe")}))
     if outcome.kl_probe is not None:
         rows.append(make_row(run, "calibration", "kl/probe", outcome.kl_probe, extra={"probe": outcome.probe}))
     return rows
@@ -111,7 +181,8 @@ def perplexity_rows(p: dict[str, Any], run, model, tokenizer, texts, progress: b
             r = ppl_mod.evaluate_perplexity(model, tokenizer, dataset, int(seq_len), p["batch_size"], p["max_texts"],
                                             p["max_windows"], p["max_tokens"], texts=texts[dataset], progress=progress)
             rows.append(make_row(run, r.dataset, r.metric, r.ppl, seq_len=r.seq_len, limit=r.limit, n=r.n_tokens,
-                                 extra={"n_windows": r.n_windows, "nll": r.nll,
+                                 extra={"n_windows": r.n_windows, "nll": r.nll, "window_nll": r.window_nll,
+                                        "window_tokens": r.n_tokens // r.n_windows,
                                         "seconds": round(time.perf_counter() - t0, 2)}))
     return rows
 
@@ -123,7 +194,7 @@ def zeroshot_rows(e: dict[str, Any], run, model, tokenizer) -> list[dict]:
                                    z["max_length"], z["bootstrap_iters"])
     extra = res.extra | {"seconds": round(time.perf_counter() - t0, 2)}
     rows = [make_row(run, s.task, s.metric, s.value, s.stderr, limit=res.limit, n=s.n, suite=res.suite,
-                     extra=extra | {"lm_eval_task": s.lm_eval_task}) for s in res.scores]
+                     extra=extra | {"lm_eval_task": s.lm_eval_task, "items": s.items}) for s in res.scores]
     avg = res.average
     rows.append(make_row(run, avg.task, avg.metric, avg.value, avg.stderr, limit=res.limit, n=len(res.scores),
                          suite=res.suite, extra=extra | {"tasks": [s.task for s in res.scores]}))

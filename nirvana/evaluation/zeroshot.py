@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .. import paths
+from ..texts import LAMBADA_PROBE, Span
 
 # task → the metric the official evaluation reports for it (lm-eval's names)
 TASK_METRICS = {
@@ -38,12 +39,36 @@ TASK_METRICS = {
 TASKS = tuple(TASK_METRICS)
 SUITES = ("local", "hub")
 AVERAGE_TASK = "average"
+# The items each task scores, by suite: (canonical source of the items, how many the task has). The local
+# LAMBADA task scores items 0–2652 only; the rest of LAMBADA's test set is offline probe and calibration text.
+TASK_ITEMS = {
+    "local": {"arc_easy": ("arc_easy/test", 2376), "arc_challenge": ("arc_challenge/test", 1172),
+              "boolq": ("boolq/validation", 3270), "hellaswag": ("hellaswag/validation", 10042),
+              "lambada_openai": ("lambada_openai/test", LAMBADA_PROBE), "openbookqa": ("openbookqa/test", 500),
+              "piqa": ("piqa/validation", 1838), "sciq": ("sciq/validation", 1000),
+              "winogrande": ("winogrande_xl/validation", 1267)},
+    "hub": {"arc_easy": ("arc_easy/test", 2376), "arc_challenge": ("arc_challenge/test", 1172),
+            "boolq": ("boolq/validation", 3270), "hellaswag": ("hellaswag/validation", 10042),
+            "lambada_openai": ("lambada_openai/test", 5153), "openbookqa": ("openbookqa/test", 500),
+            "piqa": ("piqa/validation", 1838), "sciq": ("sciq/test", 1000),
+            "winogrande": ("winogrande_xl/validation", 1267)},
+}
 
 log = logging.getLogger(__name__)
 
 
 def lm_eval_task_name(task: str, suite: str) -> str:
-    return f"local_{task}" if suite == "local" else task
+    if suite != "local":
+        return task
+    return f"local_lambada_openai_0_{LAMBADA_PROBE}" if task == "lambada_openai" else f"local_{task}"
+
+
+def task_span(task: str, suite: str = "local", limit: int | float | None = None) -> Span:
+    """The items `task` scores under lm-eval's `limit` (the first N, or a fraction) — for disjointness checks."""
+    source, n = TASK_ITEMS[suite][task]
+    if limit is not None:
+        n = min(n, math.ceil(n * limit) if limit < 1 else int(limit))
+    return Span(source, 0, n)
 
 
 def check_tasks(tasks, suite: str = "local") -> list[str]:
@@ -74,6 +99,7 @@ class TaskScore:
     value: float
     stderr: float | None
     n: int | None  # items scored
+    items: list[float] | None = None  # the metric of each item, in doc_id order 0..n-1 (paired comparisons)
 
 
 @dataclass
@@ -167,6 +193,15 @@ def _number(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None  # lm-eval writes "N/A"
 
 
+def item_values(samples: list[dict], metric: str, task: str) -> list[float]:
+    """Per-item metric values from lm-eval's logged samples, in doc_id order; the ids must be 0..n-1 (what
+    `limit` selects), so that two models' item lists pair up by position."""
+    by_id = {int(s["doc_id"]): float(s[metric]) for s in samples}
+    if sorted(by_id) != list(range(len(by_id))):
+        raise RuntimeError(f"{task}: lm-eval scored doc ids {sorted(by_id)[:5]}…, not the first {len(by_id)} items")
+    return [by_id[i] for i in range(len(by_id))]
+
+
 def task_manager(suite: str = "local", include_path: str | None = None):
     """lm-eval's TaskManager for `suite`: our local task folder (or `include_path`), or lm-eval's own tasks."""
     from lm_eval.tasks import TaskManager
@@ -197,7 +232,7 @@ def evaluate_zeroshot(model, tokenizer, tasks=TASKS, suite: str = "local", limit
     manager = task_manager(suite, include_path)
     lm, guard = wrap_model(model, tokenizer, batch_size, max_length)
     out = lm_eval.simple_evaluate(model=lm, tasks=list(names.values()), task_manager=manager, limit=limit,
-                                  log_samples=False, bootstrap_iters=bootstrap_iters)
+                                  log_samples=True, bootstrap_iters=bootstrap_iters)
     guard.check("during lm-eval's evaluation")
     scores = []
     for task, name in names.items():
@@ -205,7 +240,8 @@ def evaluate_zeroshot(model, tokenizer, tasks=TASKS, suite: str = "local", limit
         metric = TASK_METRICS[task]
         n = out.get("n-samples", {}).get(name, {}).get("effective")
         scores.append(TaskScore(task, name, metric, float(res[f"{metric},none"]),
-                                _number(res.get(f"{metric}_stderr,none")), n))
+                                _number(res.get(f"{metric}_stderr,none")), n,
+                                item_values(out["samples"][name], metric, name)))
     extra = {"task_versions": {t: out.get("versions", {}).get(n) for t, n in names.items()},
              "batch_size": batch_size, "max_length": max_length, "backend": getattr(lm, "backend", None)}
     return ZeroShotResult(scores, suite, limit, lm_eval.__version__, extra)

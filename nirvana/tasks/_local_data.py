@@ -21,9 +21,9 @@ except ImportError:  # lm-eval loads this file by path; fall back to the checkou
     from nirvana import paths
 
 
-def load(nirvana_task: str, nirvana_split: str, **_metadata) -> datasets.DatasetDict:
-    """DatasetDict {nirvana_split: rows of <data_dir>/<nirvana_task>.jsonl}; other kwargs (lm-eval passes
-    the task's metadata, e.g. its version and any --metadata) are ignored."""
+def load(nirvana_task: str, nirvana_split: str, nirvana_items: int | None = None, **_metadata) -> datasets.DatasetDict:
+    """DatasetDict {nirvana_split: rows of <data_dir>/<nirvana_task>.jsonl (the first `nirvana_items` only, when
+    given)}; other kwargs (lm-eval passes the task's metadata, e.g. its version and any --metadata) are ignored."""
     path = paths.data_dir() / f"{nirvana_task}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(
@@ -32,4 +32,6 @@ def load(nirvana_task: str, nirvana_split: str, **_metadata) -> datasets.Dataset
         )
     with open(path, encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
+    if nirvana_items is not None:
+        rows = rows[: int(nirvana_items)]
     return datasets.DatasetDict({nirvana_split: datasets.Dataset.from_list(rows)})
