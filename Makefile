@@ -62,8 +62,11 @@ reproduce-table2: $(SETUP_STAMP) ## Table 2 sweep (GPU + hub); MODEL=smollm2_135
 	$(PY) -m experiments.run experiment=$(TABLE2_EXPERIMENT) model=$(MODEL) job.preflight=true $(ARGS)
 	$(if $(filter table2_offline,$(TABLE2_EXPERIMENT)),$(MAKE) --no-print-directory assets)
 	$(PY) -m experiments.run -m experiment=$(TABLE2_EXPERIMENT) model=$(MODEL) hydra/launcher=$(LAUNCHER) $(ARGS)
+	$(if $(filter table2_offline,$(TABLE2_EXPERIMENT)),$(PY) -m experiments.run -m experiment=table2_offline_ppl \
+		model=$(MODEL) hydra/launcher=$(LAUNCHER) $(ARGS))
 	$(PY) -m experiments.report --rows results/rows/table2_$(MODEL).jsonl --out results/tables/$(MODEL) \
-		--model $(MODEL) --paper results/paper/table2.csv
+		--model $(MODEL) --paper results/paper/table2.csv --command "make reproduce-table2 MODEL=$(MODEL)" \
+		--plans $$(ls -t outputs/table2/$(MODEL)/*/*/pruning_plan.json 2>/dev/null | head -20)
 
 notebooks: $(SETUP_STAMP) ## execute every analysis notebook headless on result rows (RESULTS=dir PLANS='glob') → outputs/notebooks
 	$(PY) -m experiments.notebooks --results $(RESULTS) $(if $(PLANS),--plans '$(PLANS)') --out outputs/notebooks

@@ -73,8 +73,9 @@ runs[keys[2:] + ["kl/probe"] + ppl_metrics].style.format(
 # %% [markdown]
 # ## Does KL predict perplexity?
 # Spearman rank correlation between KL and perplexity over the runs of each source. Positive means lower KL
-# goes with lower perplexity, which is what KL-based selection relies on. The probe set is drawn from each
-# run's own calibration source, so KL values are comparable within a source, not across sources.
+# goes with lower perplexity, which is what KL-based selection relies on. Each source has one fixed probe (the
+# same windows for every run and candidate of that source, never used for calibration or evaluation), so KL
+# values compare within a source, not across sources.
 
 # %%
 def spearman(a: pd.Series, b: pd.Series) -> float:

@@ -32,18 +32,17 @@
 
 # %% tags=["parameters"]
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import pandas as pd
-from IPython.display import display
+from IPython.display import Image, display
 
 from nirvana.paths import REPO_ROOT
 from nirvana.results import read_rows
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # from tqdm.auto, imported by nirvana.reporting
-from nirvana.reporting import tables  # noqa: E402
+from nirvana.reporting import figures, tables  # noqa: E402
 
 RESULTS = Path(os.environ.get("NIRVANA_RESULTS", REPO_ROOT / "results"))
 ROWS_FILES = [RESULTS / "demo" / "rows.jsonl", *sorted((RESULTS / "rows").glob("table2_*.jsonl"))]
@@ -63,57 +62,47 @@ if len(limits):
     print("limited protocol (do not compare with full-protocol or paper numbers):", list(limits))
 
 # %% [markdown]
-# ## Table 2 layout
+# ## Table 2 layout, with intervals and paired differences
 # Task columns use the metric the official evaluation reports; `avg` is the zero-shot mean; `<set>@<len>`
-# are perplexities (lower is better). The newest row wins when a cell was measured twice.
+# are perplexities (lower is better). Intervals are 95 % seeded bootstraps over items or windows; `Δ` and `÷`
+# compare each method with NIRVANA at the same sparsity on the same items (`*`: the interval excludes no
+# difference; `†`: the two remove different shares of parameters). The newest row wins when a cell was
+# measured twice.
 
 # %%
-wide = tables.table2(rows, MODEL)
-def fmt(x):
-    return "–" if pd.isna(x) else f"{x:.4f}" if abs(x) < 1 else f"{x:.2f}"
+long = tables.long_table(rows, MODEL)
+display(tables.display_table(long))
 
+# %% [markdown]
+# ## Paired differences to NIRVANA, per task
 
-wide.style.format(fmt).format_index("{:g}", level=1)
+# %%
+paired = tables.paired_task_table(long)
+display(paired if not paired.empty else "no NIRVANA rows with per-item results: nothing to pair with")
 
 # %% [markdown]
 # ## Relative to the dense model
 # Zero-shot mean as a fraction of dense, perplexity as a multiple of dense.
 
 # %%
+wide = tables.table2(rows, MODEL)
 dense = wide.xs("dense", level="method") if "dense" in wide.index.get_level_values("method") else None
 if dense is None or dense.empty:
     print("no dense rows: nothing to normalise by")
 else:
-    rel = wide.copy()
+    rel = wide.drop(columns=[c for c in ("achieved_sparsity", "params_kept") if c in wide.columns])
     base = dense.iloc[0]
     for col in rel.columns:
         rel[col] = rel[col] / base[col]
     display(rel.style.format("{:.3f}").format_index("{:g}", level=1))
 
 # %% [markdown]
-# ## Plot: each metric against sparsity, one line per method
+# ## Plots: each metric against sparsity (error bars: 95 % intervals), and the paired differences
 
 # %%
-long = wide.reset_index().melt(id_vars=["method", "sparsity"], var_name="column", value_name="value").dropna()
-panels = [c for c in ("avg",) if c in wide.columns] + [c for c in wide.columns if "@" in c]
-panels = panels or list(wide.columns)[:3]
-fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.5), squeeze=False)
-for ax, col in zip(axes[0], panels):
-    sub = long[long["column"] == col]
-    d = sub[sub["method"] == "dense"]["value"]
-    for method, line in sub[sub["method"] != "dense"].groupby("method", sort=False):
-        line = line.sort_values("sparsity")
-        xs, ys = list(line["sparsity"]), list(line["value"])
-        if not d.empty:
-            xs, ys = [0.0, *xs], [float(d.iloc[0]), *ys]
-        ax.plot(xs, ys, marker="o", lw=2 if method.startswith("nirvana") else 1.2, label=method)
-    if not d.empty:
-        ax.axhline(float(d.iloc[0]), color="grey", ls=":", lw=1)
-    ax.set_title("zero-shot mean" if col == "avg" else col)
-    ax.set_xlabel("sparsity")
-    if "@" in col:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-axes[0][0].legend(fontsize=8)
-plt.tight_layout()
-plt.show()
+out = Path(tempfile.mkdtemp())
+display(Image(str(figures.metrics_vs_sparsity(rows, out / "metrics.png", MODEL))))
+try:
+    display(Image(str(figures.paired_differences(rows, out / "paired.png", MODEL))))
+except figures.NoData as e:
+    print(e)

@@ -55,7 +55,8 @@ def method_rows():
         rows += [make_row(r, "arc_easy", "acc", acc, stderr=0.05, limit=10),
                  make_row(r, "piqa", "acc", acc + 0.1, stderr=0.05, limit=10),
                  make_row(r, "average", "mean_task_metric", acc + 0.05, limit=10),
-                 make_row(r, "wiki_passages", PPL, 12 / acc, seq_len=128)]
+                 make_row(r, "wiki_passages", PPL, 12 / acc, seq_len=128),
+                 make_row(r, "pruning", "kept_fraction", 1 - 0.8 * s), make_row(r, "pruning", "achieved_sparsity", s)]
     return rows
 
 

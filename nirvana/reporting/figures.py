@@ -12,7 +12,13 @@ import pandas as pd  # noqa: E402
 
 from ..evaluation.zeroshot import AVERAGE_TASK  # noqa: E402
 from ..plan import PruningPlan  # noqa: E402
-from .tables import METHOD_ORDER, method_label  # noqa: E402
+from ..results import latest  # noqa: E402
+from . import tables  # noqa: E402
+from .tables import METHOD_ORDER  # noqa: E402
+
+
+class NoData(ValueError):
+    """The rows hold nothing this figure plots (an optional figure is then skipped)."""
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -23,39 +29,61 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def _latest(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    return df.sort_values("timestamp").groupby(keys, as_index=False).last()
-
-
 def metrics_vs_sparsity(rows: pd.DataFrame, path: str | Path, model: str | None = None) -> Path:
-    """Zero-shot mean accuracy and each perplexity against sparsity, one line per method (dense at s=0)."""
-    df = rows if model is None else rows[rows["model"] == model]
-    df = df.assign(method=[method_label(p, g) for p, g in zip(df["pruner"], df["gamma"])])
-    panels = [("zero-shot mean accuracy", df[df["task"] == AVERAGE_TASK], False)]
-    ppl = df[df["metric"].astype(str).str.startswith("ppl/")]
-    panels += [(f"perplexity {m.removeprefix('ppl/')}", ppl[ppl["metric"] == m], True) for m in sorted(ppl["metric"].unique())]
-    panels = [p for p in panels if not p[1].empty]
+    """Zero-shot mean accuracy and each perplexity against sparsity, one line per method (dense at s=0), with
+    95 % bootstrap intervals as error bars (nirvana.reporting.tables.long_table)."""
+    long = tables.long_table(rows, model)
+    panels = [("zero-shot mean accuracy", tables.AVG_COLUMN, False)]
+    panels += [(f"perplexity {c}", c, True) for c in sorted(c for c in long["column"].unique() if "@" in c)]
+    panels = [p for p in panels if (long["column"] == p[1]).any()]
     if not panels:
-        raise ValueError("no zero-shot mean or perplexity rows to plot")
+        raise NoData("no zero-shot mean or perplexity rows to plot")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, (title, sub, log) in zip(axes[0], panels):
-        sub = _latest(sub, ["method", "sparsity"])
-        dense_value = sub[sub["method"] == "dense"]["value"]
-        methods = sorted(set(sub["method"]) - {"dense"}, key=lambda m: (METHOD_ORDER + [m]).index(m.split(" ")[0]))
+    for ax, (title, column, log) in zip(axes[0], panels):
+        sub = long[long["column"] == column]
+        dense = sub[sub["method"] == "dense"]
+        methods = sorted(set(sub["method"]) - {"dense"},
+                         key=lambda m: (METHOD_ORDER + [m]).index(m.split(" ")[0]))
         for m in methods:
-            line = sub[sub["method"] == m].sort_values("sparsity")
-            xs, ys = list(line["sparsity"]), list(line["value"])
-            if not dense_value.empty:
-                xs, ys = [0.0, *xs], [float(dense_value.iloc[0]), *ys]
-            ax.plot(xs, ys, marker="o", lw=1.8 if m.startswith("nirvana") else 1.2, label=m)
-        if not dense_value.empty:
-            ax.axhline(float(dense_value.iloc[0]), color="grey", ls=":", lw=1, label="dense")
+            line = pd.concat([dense, sub[sub["method"] == m].sort_values("sparsity")])
+            err = [(line["value"] - line["lo"]).clip(lower=0).fillna(0), (line["hi"] - line["value"]).clip(lower=0).fillna(0)]
+            ax.errorbar(line["sparsity"], line["value"], yerr=err, marker="o", capsize=2,
+                        lw=1.8 if m.startswith("nirvana") else 1.2, label=m)
+        if not dense.empty:
+            ax.axhline(float(dense["value"].iloc[0]), color="grey", ls=":", lw=1, label="dense")
         ax.set_title(title)
         ax.set_xlabel("sparsity (fraction of attention+MLP parameters)")
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def paired_differences(rows: pd.DataFrame, path: str | Path, model: str | None = None) -> Path:
+    """Each method's paired difference to NIRVANA at the same sparsity (Δ mean accuracy; perplexity ratio), with
+    95 % intervals: the question the table answers, as a forest plot."""
+    long = tables.long_table(rows, model)
+    panels = [(tables.AVG_COLUMN, "Δ zero-shot mean vs NIRVANA", 0.0)]
+    panels += [(c, f"{c}: ppl ÷ NIRVANA's", 1.0) for c in sorted(c for c in long["column"].unique() if "@" in c)]
+    panels = [p for p in panels if long[(long["column"] == p[0])]["delta"].notna().any()]
+    if not panels:
+        raise NoData("no paired differences to plot (no NIRVANA rows, or no per-item results)")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (column, title, null) in zip(axes[0], panels):
+        sub = long[(long["column"] == column) & long["delta"].notna()].sort_values(["sparsity", "method"])
+        labels = [f"{m} @ {s:g}" for m, s in zip(sub["method"], sub["sparsity"])]
+        y = list(range(len(sub)))[::-1]
+        err = [(sub["delta"] - sub["delta_lo"]).clip(lower=0), (sub["delta_hi"] - sub["delta"]).clip(lower=0)]
+        for yi, d, lo, hi, significant in zip(y, sub["delta"], err[0], err[1], sub["significant"]):
+            ax.errorbar([d], [yi], xerr=[[lo], [hi]], fmt="o", ms=4, capsize=2,
+                        color="tab:red" if significant else "tab:grey")
+        ax.axvline(null, color="black", lw=0.8)
+        ax.set_yticks(y, labels, fontsize=7)
+        if null == 1.0:
+            ax.set_xscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)
 
 
@@ -83,8 +111,8 @@ def gamma_ablation(rows: pd.DataFrame, path: str | Path, metric: str | None = No
         metric = "average" if (df["task"] == AVERAGE_TASK).any() else sorted(df["metric"].unique())[0]
     sub = df[df["task"] == AVERAGE_TASK] if metric == "average" else df[df["metric"] == metric]
     if sub["gamma"].nunique() < 2:
-        raise ValueError("γ ablation needs NIRVANA rows at two or more γ values")
-    sub = _latest(sub, ["sparsity", "gamma"])
+        raise NoData("γ ablation needs NIRVANA rows at two or more γ values")
+    sub = latest(sub, ["sparsity", "gamma"])
     fig, ax = plt.subplots(figsize=(4.5, 3.4))
     for s, line in sub.groupby("sparsity"):
         line = line.sort_values("gamma")
@@ -97,15 +125,19 @@ def gamma_ablation(rows: pd.DataFrame, path: str | Path, metric: str | None = No
 
 
 def kl_vs_perplexity(rows: pd.DataFrame, path: str | Path, ppl_metric: str | None = None) -> Path:
-    """Each pruned run's calibration KL (to the dense model, on the probe set) against its perplexity."""
+    """Each pruned run's KL to the dense model against its perplexity, for the runs measured on the most common
+    probe (KLs on different probes do not compare)."""
     kl = rows[rows["metric"] == "kl/probe"]
+    probe = kl["extra"].map(lambda e: (e.get("probe") or {}).get("sha256") if isinstance(e, dict) else None)
+    if probe.notna().any():
+        kl = kl[probe == probe.mode().iloc[0]]
     ppl = rows[rows["metric"].astype(str).str.startswith("ppl/")]
     if ppl_metric is None and not ppl.empty:
         ppl_metric = sorted(ppl["metric"].unique())[0]
     joined = kl[["run_id", "value", "calibration_source", "calibration_seed", "calibration_selection"]].merge(
         ppl[ppl["metric"] == ppl_metric][["run_id", "value"]], on="run_id", suffixes=("_kl", "_ppl"))
     if joined.empty:
-        raise ValueError("no runs with both a kl/probe row and a perplexity row")
+        raise NoData("no runs with both a kl/probe row and a perplexity row")
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     for (source, selection), g in joined.groupby(["calibration_source", "calibration_selection"], dropna=False):
         ax.scatter(g["value_kl"], g["value_ppl"], label=f"{source} ({selection})", s=24)

@@ -1,31 +1,48 @@
-"""The paper's Table 2 layout from tidy rows: one line per (method, sparsity), columns = tasks + mean + ppl.
+"""The paper's Table 2 layout from tidy rows, with intervals and paired differences to NIRVANA.
 
-Each task shows the metric the official evaluation reports (nirvana.evaluation.zeroshot.TASK_METRICS);
-perplexities appear under their protocol names (`wiki_passages@128`). When the same cell was measured
-more than once, the newest row wins. If the user adds the paper's numbers to `results/paper/table2.csv`
-(columns: model, method, sparsity, column, value — see results/paper/README.md), a second table puts them
-side by side with our numbers and the difference.
+One line per (method, sparsity); columns: the achieved sparsity, parameters kept, each task's official metric
+(nirvana.evaluation.zeroshot.TASK_METRICS), their mean, and each perplexity under its protocol name
+(`wiki_passages@128`). Every statistic comes from the per-item results stored in the rows (docs/protocol.md):
+- the mean over tasks and each perplexity with a 95 % bootstrap interval (nirvana.reporting.stats);
+- each method's paired difference to NIRVANA at the same sparsity, on the same items: Δ mean accuracy, and the
+  perplexity ratio, each with its interval; a difference whose interval excludes 0 (ratio: 1) is marked `*`;
+- a † where the two remove different shares of parameters (achieved sparsities more than a point apart): an
+  unequal comparison, whatever its sign.
+When the same cell was measured more than once, the newest row wins (`nirvana.results.latest`). If the user
+adds the paper's numbers to `results/paper/table2.csv` (results/paper/README.md), `with_paper` puts them side by
+side with ours.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
 from ..evaluation.zeroshot import AVERAGE_TASK, TASK_METRICS
+from ..results import latest
+from . import stats
 
-METHOD_ORDER = ["dense", "nirvana", "magnitude", "taylor", "wanda_sp", "flap", "random"]
-AVG_COLUMN = "avg"
-KEPT_COLUMN = "params_kept"  # methods round differently: the sparsity asked for is not always what you get
+METHOD_ORDER = ["dense", "nirvana", "magnitude", "random", "taylor", "wanda_sp", "flap"]
+REFERENCE = "nirvana"  # the method every other one is paired against
+AVG_COLUMN, KEPT_COLUMN, ACHIEVED_COLUMN = "avg", "params_kept", "achieved_sparsity"
+UNEQUAL = 0.01  # achieved sparsities further apart than this make an unequal comparison
+
+
+def method_label(pruner: str, gamma) -> str:
+    """The table's name of a run: its pruner (with variant), NIRVANA's with its γ."""
+    if pruner != "nirvana" or gamma is None or pd.isna(gamma):
+        return pruner
+    return f"nirvana (γ={gamma:g})"
 
 
 def cell_column(row: pd.Series) -> str | None:
     """Which Table-2 column a result row fills (None: not a table cell)."""
     if row["task"] == AVERAGE_TASK:
         return AVG_COLUMN
-    if row["task"] == "pruning" and row["metric"] == "kept_fraction":
-        return KEPT_COLUMN
+    if row["task"] == "pruning" and row["metric"] in ("kept_fraction", ACHIEVED_COLUMN):
+        return KEPT_COLUMN if row["metric"] == "kept_fraction" else ACHIEVED_COLUMN
     if row["task"] in TASK_METRICS and row["metric"] == TASK_METRICS[row["task"]]:
         return row["task"]
     if isinstance(row["metric"], str) and row["metric"].startswith("ppl/"):
@@ -33,63 +50,230 @@ def cell_column(row: pd.Series) -> str | None:
     return None
 
 
-def method_label(pruner: str, gamma) -> str:
-    return pruner if pruner != "nirvana" or gamma is None or pd.isna(gamma) else f"nirvana (γ={gamma:g})"
-
-
-def table2(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
-    """Wide table indexed by (method, sparsity); columns ordered tasks, avg, then perplexities."""
+def cells(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
+    """The newest row of every (method, sparsity, column), with the columns `method` and `column` added."""
     if rows.empty:
         raise ValueError("no result rows to tabulate")
     df = rows if model is None else rows[rows["model"] == model]
     if df.empty:
-        raise ValueError(f"no rows for model {model!r}; models present: {sorted(rows['model'].unique())}")
+        raise ValueError(f"no rows for model {model!r}; models present: {sorted(rows['model'].dropna().unique())}")
     df = df.assign(column=df.apply(cell_column, axis=1)).dropna(subset=["column"])
     df = df.assign(method=[method_label(p, g) for p, g in zip(df["pruner"], df["gamma"])])
-    df = df.sort_values("timestamp").groupby(["method", "sparsity", "column"], as_index=False).last()
+    df = latest(df, ["method", "sparsity", "column"])
+    known = set(zip(df[df["column"] == KEPT_COLUMN]["method"], df[df["column"] == KEPT_COLUMN]["sparsity"]))
+    unknown = sorted({(m, s) for m, s in zip(df["method"], df["sparsity"]) if (m, s) not in known and m != "dense"})
+    if unknown:
+        raise ValueError(f"pruned models without pruning rows (evaluated without their plan?): {unknown}; the "
+                         "parameters kept unknown — evaluate the checkpoint folder that holds its pruning_plan.json")
+    return df
+
+
+def _items(row) -> list[float] | None:
+    extra = row["extra"] if isinstance(row["extra"], dict) else {}
+    return extra.get("items")
+
+
+def _windows(row) -> tuple[list[float] | None, int | None]:
+    extra = row["extra"] if isinstance(row["extra"], dict) else {}
+    return extra.get("window_nll"), extra.get("window_tokens")
+
+
+def _interval(row) -> stats.Interval:
+    """A cell's value with its 95 % interval: bootstrap over its items/windows when the row carries them,
+    else lm-eval's stderr (±1.96 se), else none (lo = hi = nan)."""
+    items = _items(row)
+    if items:
+        return stats.mean_of_tasks({row["task"]: items})
+    nll, tokens = _windows(row)
+    if nll and tokens:
+        return stats.perplexity(nll, tokens)
+    se = row["stderr"]
+    if se is not None and not pd.isna(se):
+        return stats.Interval(row["value"], row["value"] - 1.96 * se, row["value"] + 1.96 * se)
+    return stats.Interval(row["value"], math.nan, math.nan)
+
+
+def long_table(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
+    """One line per (method, sparsity, column): value, interval, and the paired difference to NIRVANA."""
+    df = cells(rows, model)
+    out = []
+    for (method, sparsity), group in df.groupby(["method", "sparsity"], sort=False):
+        by_col = {r["column"]: r for _, r in group.iterrows()}
+        task_items = {c: _items(r) for c, r in by_col.items() if c in TASK_METRICS and _items(r)}
+        for column, r in by_col.items():
+            if column == AVG_COLUMN and task_items and len(task_items) == sum(c in TASK_METRICS for c in by_col):
+                iv = stats.mean_of_tasks(task_items)
+            else:
+                iv = _interval(r)
+            out.append({"method": method, "sparsity": sparsity, "column": column, "value": r["value"], "lo": iv.lo,
+                        "hi": iv.hi, "n": r["n"], "limit": r["limit"], "run_id": r["run_id"],
+                        "git_hash": r["git_hash"]})
+    long = pd.DataFrame(out)
+    return _with_paired(long, df)
+
+
+def _reference(methods) -> str | None:
+    refs = sorted(m for m in methods if m.split(" ")[0] == REFERENCE)
+    return refs[0] if refs else None
+
+
+def _with_paired(long: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    long = long.assign(delta=math.nan, delta_lo=math.nan, delta_hi=math.nan, significant=False, unequal=False)
+    ref = _reference(long["method"].unique())
+    if ref is None:
+        return long
+    rows = {(r["method"], r["sparsity"], r["column"]): r for _, r in df.iterrows()}
+    for i, line in long.iterrows():
+        method, s, column = line["method"], line["sparsity"], line["column"]
+        other = rows.get((ref, s, column))
+        if method == ref or other is None or s == 0:
+            continue
+        iv = _paired(rows, method, ref, s, column)
+        if iv is not None:
+            null = 1.0 if "@" in column else 0.0
+            long.loc[i, ["delta", "delta_lo", "delta_hi"]] = iv.value, iv.lo, iv.hi
+            long.loc[i, "significant"] = iv.lo > null or iv.hi < null
+        mine, theirs = rows.get((method, s, ACHIEVED_COLUMN)), rows.get((ref, s, ACHIEVED_COLUMN))
+        if mine is not None and theirs is not None:
+            long.loc[i, "unequal"] = abs(mine["value"] - theirs["value"]) > UNEQUAL
+    return long
+
+
+def _paired(rows, method, ref, s, column) -> stats.Interval | None:
+    mine, theirs = rows[(method, s, column)], rows[(ref, s, column)]
+    if column in TASK_METRICS:
+        a, b = _items(mine), _items(theirs)
+        return stats.paired_difference({column: a}, {column: b}) if a and b and len(a) == len(b) else None
+    if column == AVG_COLUMN:
+        a = {t: _items(rows[(method, s, t)]) for t in TASK_METRICS if (method, s, t) in rows}
+        b = {t: _items(rows[(ref, s, t)]) for t in TASK_METRICS if (ref, s, t) in rows}
+        ok = a and sorted(a) == sorted(b) and all(a[t] and b[t] and len(a[t]) == len(b[t]) for t in a)
+        return stats.paired_difference(a, b) if ok else None
+    if "@" in column:
+        (x, tx), (y, ty) = _windows(mine), _windows(theirs)
+        return stats.perplexity_ratio(x, y, tx) if x and y and len(x) == len(y) and tx == ty else None
+    return None
+
+
+def _order(keys) -> list:
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return sorted(keys, key=lambda k: (k[1], rank.get(k[0].split(" ")[0].split(":")[0], 99), k[0]))
+
+
+def table2(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
+    """Wide table of values indexed by (method, sparsity): kept, achieved, tasks, avg, then perplexities."""
+    df = cells(rows, model)
     wide = df.pivot(index=["method", "sparsity"], columns="column", values="value")
+    wide.columns.name = None
+    front = [c for c in (ACHIEVED_COLUMN, KEPT_COLUMN) if c in wide.columns]
     tasks = [t for t in TASK_METRICS if t in wide.columns]
     ppl = sorted(c for c in wide.columns if "@" in c)
-    kept = [KEPT_COLUMN] if KEPT_COLUMN in wide.columns else []
-    if kept:
-        wide[KEPT_COLUMN] = wide[KEPT_COLUMN].fillna(1.0)  # the dense model keeps everything
-    wide = wide[kept + tasks + ([AVG_COLUMN] if AVG_COLUMN in wide.columns else []) + ppl]
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    keys = sorted(wide.index, key=lambda k: (k[1], order.get(k[0].split(" ")[0], 99), k[0]))
-    return wide.loc[keys]
+    wide = wide[front + tasks + ([AVG_COLUMN] if AVG_COLUMN in wide.columns else []) + ppl]
+    return wide.loc[_order(wide.index)]
+
+
+def _num(x: float) -> str:
+    if x is None or pd.isna(x):
+        return "–"
+    return f"{x:.4f}" if abs(x) < 1 else f"{x:.2f}"
+
+
+def _with_interval(value, lo, hi) -> str:
+    if pd.isna(lo) or pd.isna(hi):
+        return _num(value)
+    return f"{_num(value)} [{_num(lo)}, {_num(hi)}]"
+
+
+def display_table(long: pd.DataFrame) -> pd.DataFrame:
+    """The table as people read it: intervals on the mean and the perplexities, Δ to NIRVANA, marks."""
+    ref = _reference(long["method"].unique())
+    lines = []
+    for key in _order(long.groupby(["method", "sparsity"]).groups):
+        g = long[(long["method"] == key[0]) & (long["sparsity"] == key[1])].set_index("column")
+        line = {"method": key[0], "sparsity": f"{key[1]:g}"}
+        if ACHIEVED_COLUMN in g.index:
+            line["achieved"] = _num(g.loc[ACHIEVED_COLUMN, "value"])
+        if KEPT_COLUMN in g.index:
+            line[KEPT_COLUMN] = _num(g.loc[KEPT_COLUMN, "value"])
+        for t in TASK_METRICS:
+            if t in g.index:
+                line[t] = _num(g.loc[t, "value"])
+        unequal = bool(g["unequal"].any())
+        for column in [AVG_COLUMN] + sorted(c for c in g.index if "@" in c):
+            if column not in g.index:
+                continue
+            r = g.loc[column]
+            line[f"{column} [95% CI]"] = _with_interval(r["value"], r["lo"], r["hi"])
+            if ref is not None and key[0] != ref and key[1] != 0:
+                label = f"Δ{column} vs {REFERENCE}" if column == AVG_COLUMN else f"{column} ÷ {REFERENCE}"
+                cell = _with_interval(r["delta"], r["delta_lo"], r["delta_hi"])
+                line[label] = cell + (" *" if r["significant"] else "") + (" †" if unequal else "") \
+                    if not pd.isna(r["delta"]) else "–"
+        lines.append(line)
+    columns = list(dict.fromkeys(k for line in sorted(lines, key=len, reverse=True) for k in line))
+    return pd.DataFrame(lines, columns=columns).fillna("")
+
+
+def paired_task_table(long: pd.DataFrame) -> pd.DataFrame:
+    """Δ accuracy to NIRVANA per task (rows: method, sparsity), with intervals and marks."""
+    sub = long[long["column"].isin(list(TASK_METRICS) + [AVG_COLUMN]) & long["delta"].notna()]
+    if sub.empty:
+        return pd.DataFrame()
+    sub = sub.assign(cell=[_with_interval(d, lo, hi) + (" *" if s else "") for d, lo, hi, s in
+                           zip(sub["delta"], sub["delta_lo"], sub["delta_hi"], sub["significant"])])
+    wide = sub.pivot(index=["method", "sparsity"], columns="column", values="cell")
+    wide = wide[[c for c in [*TASK_METRICS, AVG_COLUMN] if c in wide.columns]]
+    return wide.loc[_order(wide.index)].reset_index()
+
+
+def markdown(df: pd.DataFrame, floatfmt: str = "g") -> str:
+    """The one markdown renderer (pandas → tabulate)."""
+    return df.to_markdown(index=False, floatfmt=floatfmt) + "\n"
+
+
+def provenance(rows: pd.DataFrame) -> dict:
+    """What the table's numbers were computed at: commits, versions, item limits; rows from a dirty tree."""
+    hashes = sorted(set(rows["git_hash"].dropna()))
+    return {"commits": hashes, "dirty": [h for h in hashes if h.endswith("-dirty")],
+            "lm_eval": sorted(set(rows["lm_eval_version"].dropna())), "runs": int(rows["run_id"].nunique()),
+            "limits": sorted({str(x) for x in rows["limit"].dropna()})}
+
+
+def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = None, name: str = "table2",
+                command: str | None = None) -> list[Path]:
+    """<name>.md (values, intervals, paired differences, provenance), <name>.csv (long: every interval),
+    <name>.tex (the values), <name>_paired.md (Δ per task)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    long = long_table(rows, model)
+    prov = provenance(rows if model is None else rows[rows["model"] == model])
+    lines = []
+    if prov["dirty"]:
+        lines.append(f"> **Warning**: rows from a dirty work tree ({', '.join(prov['dirty'])}): not a clean result.\n")
+    if command:
+        lines.append(f"Produced by `{command}`.\n")
+    lines.append(markdown(display_table(long)))
+    lines.append(f"Commits: {', '.join(prov['commits'])}; lm-eval {', '.join(prov['lm_eval'])}; {prov['runs']} runs; "
+                 f"limits: {', '.join(prov['limits']) or 'none'}. Intervals: 95 % seeded bootstrap over items "
+                 "(tasks resampled within themselves) or windows; Δ and ÷ are paired with NIRVANA at the same "
+                 "sparsity on the same items; * the interval excludes 0 (for ÷: 1); † the two remove shares of "
+                 f"parameters more than {UNEQUAL:.0%} apart (achieved column).\n")
+    paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.tex", out / f"{name}_paired.md"]
+    paths[0].write_text("\n".join(lines))
+    long.to_csv(paths[1], index=False, float_format="%.6g")
+    paths[2].write_text(table2(rows, model).to_latex(float_format=_num))
+    paired = paired_task_table(long)
+    paths[3].write_text(markdown(paired) if not paired.empty else "no paired differences (no NIRVANA rows)\n")
+    return paths
 
 
 def with_paper(ours: pd.DataFrame, paper: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
     """Ours | paper | Δ for every cell the paper file provides (long format, one line per cell)."""
     p = paper if model is None else paper[paper["model"] == model]
-    long = ours.stack().rename("ours").reset_index().rename(columns={"column": "column"})
+    long = ours.stack().rename("ours").reset_index().rename(columns={"level_2": "column"})
     merged = long.merge(p.rename(columns={"value": "paper"})[["method", "sparsity", "column", "paper"]],
                         on=["method", "sparsity", "column"], how="inner")
     return merged.assign(delta=merged["ours"] - merged["paper"])
-
-
-def _fmt(x) -> str:
-    if pd.isna(x):
-        return "–"
-    return f"{x:.4f}" if abs(x) < 1 else f"{x:.2f}"
-
-
-def to_markdown(wide: pd.DataFrame) -> str:
-    head = ["method", "sparsity", *wide.columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (method, sparsity), values in wide.iterrows():
-        lines.append("| " + " | ".join([method, f"{sparsity:g}", *(_fmt(v) for v in values)]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_table(wide: pd.DataFrame, out_dir: str | Path, name: str = "table2") -> list[Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.tex"]
-    paths[0].write_text(to_markdown(wide))
-    wide.to_csv(paths[1], float_format="%.6g")
-    paths[2].write_text(wide.to_latex(float_format=lambda x: _fmt(x)))
-    return paths
 
 
 def read_paper(path: str | Path) -> pd.DataFrame | None:

@@ -1,0 +1,55 @@
+"""Tables and figures from result rows (never from models) — what `experiments.report` writes.
+
+<out>/table2.{md,csv,tex} and table2_paired.md (nirvana.reporting.tables: values, 95 % intervals, paired
+differences to NIRVANA, provenance), table2_vs_paper.md when paper numbers exist, and figures:
+metrics_vs_sparsity.png (error bars), paired_differences.png, allocation_<pruner>_s<s>.png (from saved plans),
+gamma_ablation.png and kl_vs_perplexity.png when the rows hold such sweeps.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..plan import PruningPlan
+from ..results import read_rows
+from . import figures, tables
+
+log = logging.getLogger(__name__)
+
+
+def build_report(rows_files: list[str], out: str | Path, model: str | None = None, paper: str | None = None,
+                 plans: list[str] | None = None, command: str | None = None) -> list[Path]:
+    out = Path(out)
+    rows = read_rows(rows_files)
+    if rows.empty:
+        raise ValueError(f"no result rows in {rows_files}")
+    models = sorted(rows["model"].dropna().unique())
+    if model is None and len(models) > 1:
+        raise ValueError(f"rows hold several models {models}: pick one with --model")
+    prov = tables.provenance(rows)
+    if prov["dirty"]:
+        log.warning("rows from a dirty work tree (%s): the report marks them; do not commit them as results",
+                    ", ".join(prov["dirty"]))
+    written = tables.write_table(rows, out, model, command=command)
+    paper_rows = tables.read_paper(paper) if paper else None
+    if paper_rows is not None:
+        long = tables.with_paper(tables.table2(rows, model), paper_rows, model)
+        path = out / "table2_vs_paper.md"
+        path.write_text(tables.markdown(long, floatfmt=".4f") if not long.empty else "no overlapping cells\n")
+        written.append(path)
+    written.append(figures.metrics_vs_sparsity(rows, out / "metrics_vs_sparsity.png", model))
+    for optional in (figures.paired_differences, figures.gamma_ablation, figures.kl_vs_perplexity):
+        try:
+            written.append(optional(rows, out / f"{optional.__name__}.png"))
+        except figures.NoData:
+            pass  # the rows hold no such sweep
+    drawn = set()
+    for plan_file in plans or []:  # newest first: one figure per (pruner, sparsity), from its newest plan
+        plan = PruningPlan.load(plan_file)
+        name = f"allocation_{plan.pruner}{'_' + plan.extra['variant'] if plan.extra.get('variant') else ''}" \
+               f"_s{plan.sparsity:g}.png"
+        if name not in drawn:
+            drawn.add(name)
+            written.append(figures.allocation(plan, out / name))
+    return written

@@ -1,0 +1,99 @@
+"""Tables and figures from rows: intervals from per-item results, paired differences to NIRVANA, provenance."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from rows_fixture import RUN, N, fixture_rows, items
+
+from nirvana.reporting import stats, tables
+from nirvana.reporting.report import build_report
+from nirvana.results import append_rows, make_row, read_rows
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def rows(tmp_path):
+    append_rows(tmp_path / "rows.jsonl", fixture_rows())
+    return read_rows(tmp_path / "rows.jsonl")
+
+
+def test_bootstrap_interval_of_a_proportion_matches_the_normal_approximation():
+    x = items(0.5, 0)
+    iv = stats.mean_of_tasks({"t": x}, resamples=4000)
+    half = 1.96 * math.sqrt(0.25 / N)
+    assert iv.value == 0.5 and iv.lo == pytest.approx(0.5 - half, abs=0.01) and iv.hi == pytest.approx(0.5 + half, abs=0.01)
+    assert stats.mean_of_tasks({"t": x}, seed=3) == stats.mean_of_tasks({"t": x}, seed=3)  # seeded
+
+
+def test_paired_difference_is_exact_on_identical_items_and_narrower_than_separate_intervals():
+    a = items(0.6, 1)
+    assert stats.paired_difference({"t": a}, {"t": a}) == stats.Interval(0.0, 0.0, 0.0)
+    b = list(a)
+    for i in [i for i, v in enumerate(a) if v == 1][:10]:  # b gets 10 of a's correct items wrong, nothing else
+        b[i] = 0.0
+    d = stats.paired_difference({"t": a}, {"t": b})
+    assert d.value == pytest.approx(10 / N) and d.excludes_zero
+    separate = stats.mean_of_tasks({"t": a}).hi - stats.mean_of_tasks({"t": a}).lo
+    assert d.hi - d.lo < separate / 2  # pairing removes the items' shared difficulty
+    with pytest.raises(ValueError, match="paired items must be the same"):
+        stats.paired_difference({"t": a}, {"t": a[:-1]})
+
+
+def test_perplexity_interval_over_windows():
+    nll = [31 * 2.0] * 8
+    assert stats.perplexity(nll, 31) == stats.Interval(math.exp(2.0), math.exp(2.0), math.exp(2.0))
+    iv = stats.perplexity(np.linspace(50, 70, 20).tolist(), 31)
+    assert iv.lo < iv.value < iv.hi and iv.value == pytest.approx(math.exp(60 / 31))
+    assert stats.perplexity_ratio(nll, nll, 31).value == 1.0
+
+
+def test_table_values_intervals_and_paired_differences(rows):
+    wide = tables.table2(rows)
+    assert list(wide.columns) == ["achieved_sparsity", "params_kept", "arc_easy", "piqa", "avg", "wiki_passages@128"]
+    assert list(wide.index) == [("dense", 0.0), ("nirvana (γ=3.36)", 0.2), ("flap", 0.2), ("nirvana (γ=3.36)", 0.4),
+                                ("flap", 0.4)]
+    long = tables.long_table(rows).set_index(["method", "sparsity", "column"])
+    avg = long.loc[("flap", 0.2, "avg")]
+    # the mean over tasks is recomputed from the items (0.5 and 0.6 correct) with a bootstrap interval
+    assert avg["value"] == 0.55 - 0.0 and avg["lo"] < 0.55 < avg["hi"]
+    assert avg["value"] == pytest.approx(np.mean([0.5, 0.6]))
+    # flap is 0.05 below nirvana on both tasks, on the same items: the paired interval excludes 0
+    assert avg["delta"] == pytest.approx(-0.05) and avg["delta_hi"] < 0 and avg["significant"]
+    ppl = long.loc[("flap", 0.2, "wiki_passages@128")]
+    assert ppl["delta"] == pytest.approx(0.55 / 0.5)  # ppl ratio flap ÷ nirvana (10/base each)
+    assert not long.loc[("flap", 0.2, "avg"), "unequal"] and long.loc[("flap", 0.4, "avg"), "unequal"]  # 0.35 vs 0.396
+    shown = tables.display_table(tables.long_table(rows))
+    line = shown[(shown["method"] == "flap") & (shown["sparsity"] == "0.4")].iloc[0]
+    assert line["Δavg vs nirvana"].endswith("* †") and line["achieved"] == "0.3500"
+
+
+def test_a_pruned_model_without_its_plan_is_an_error_not_full_size(tmp_path):
+    r = {**RUN, "run_id": "x", "pruner": "flap", "sparsity": 0.2, "gamma": None}
+    append_rows(tmp_path / "r.jsonl", [make_row(r, "piqa", "acc", 0.5)])
+    with pytest.raises(ValueError, match="parameters kept unknown"):
+        tables.table2(read_rows(tmp_path / "r.jsonl"))
+
+
+def test_report_writes_tables_figures_paper_comparison_and_warns_about_dirty_rows(tmp_path, rows, caplog):
+    dirty = [dict(r, git_hash="abc-dirty") for r in fixture_rows()]
+    append_rows(tmp_path / "rows.jsonl", dirty)
+    paper = tmp_path / "paper.csv"
+    pd.DataFrame([{"model": "m", "method": "nirvana (γ=3.36)", "sparsity": 0.2, "column": "arc_easy",
+                   "value": 0.5}]).to_csv(paper, index=False)
+    written = build_report([str(tmp_path / "rows.jsonl")], tmp_path / "out", paper=str(paper), command="make x")
+    names = {p.name for p in written}
+    assert {"table2.md", "table2.csv", "table2.tex", "table2_paired.md", "table2_vs_paper.md",
+            "metrics_vs_sparsity.png", "paired_differences.png", "kl_vs_perplexity.png"} <= names
+    md = (tmp_path / "out" / "table2.md").read_text()
+    assert "dirty work tree" in md and "Produced by `make x`" in md and "abc-dirty" in caplog.text
+    assert "0.0500" in (tmp_path / "out" / "table2_vs_paper.md").read_text()  # ours 0.55 − paper 0.50
+    csv = pd.read_csv(tmp_path / "out" / "table2.csv")
+    assert {"lo", "hi", "delta", "delta_lo", "delta_hi", "significant", "unequal"} <= set(csv.columns)
+
+
+def test_empty_paper_file_ships_with_its_header():
+    text = (ROOT / "results" / "paper" / "table2.csv").read_text().strip().splitlines()
+    assert text == ["model,method,sparsity,column,value"]
