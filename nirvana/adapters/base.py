@@ -137,6 +137,9 @@ class ModelAdapter:
     unsupported_pruners: tuple[str, ...] = ()
     # peft's task type for LoRA recovery (nirvana.recovery)
     lora_task_type: str = "CAUSAL_LM"
+    # Whether the model's logits are exactly its output embedding applied to the final hidden state (no logit
+    # soft-capping or scaling): then the LM head may be applied to chosen positions only (scoring, evaluation).
+    logits_are_head_of_hidden: bool = False
 
     def __init__(self, model: nn.Module):
         self.model = model

@@ -22,6 +22,8 @@ def _row_and_bias_slices(linear, block: int) -> list[ParamSlice]:
 
 class LlamaFamilyAdapter(ModelAdapter):
     model_types = ("llama", "mistral", "qwen2", "qwen3")
+    # *ForCausalLM computes logits = lm_head(last_hidden_state) for these four families
+    logits_are_head_of_hidden = True
     _checkpoint_classes = {
         "llama": "NirvanaLlamaForCausalLM",
         "mistral": "NirvanaMistralForCausalLM",
@@ -93,8 +95,8 @@ class LlamaFamilyAdapter(ModelAdapter):
         return self.model(input_ids=input_ids, use_cache=False).logits
 
     def hidden_and_head(self, input_ids: torch.Tensor):
-        # *ForCausalLM computes logits = lm_head(last_hidden_state) for these four families (no soft-capping
-        # or logit scaling), so the head can be applied chunk by chunk.
+        # logits == lm_head(last_hidden_state) here (logits_are_head_of_hidden), so the head can be applied
+        # chunk by chunk.
         hidden = self.model.model(input_ids=input_ids, use_cache=False).last_hidden_state
         return hidden, self.model.get_output_embeddings()
 

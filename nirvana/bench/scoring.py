@@ -136,7 +136,7 @@ def run_scoring_bench(models: dict[str, dict], variants, repeats: int, device: s
     measurements = []
     for r, model, variant in (progress(jobs) if progress else jobs):
         out = scores_dir if (scores_dir and r == 0) else None
-        res = run_isolated("scoring", model=model, variant=variant, device=device, dtype=dtype,
+        res = run_isolated("scoring", fixed_mmap=True, model=model, variant=variant, device=device, dtype=dtype,
                            memory_cap_gib=memory_cap_gib, scores_out=out, **models[model])
         measurements.append({**res, "repeat": r})
     differences = {}

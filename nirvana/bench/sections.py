@@ -15,7 +15,7 @@ from ..evaluation.zeroshot import check_tasks
 from .models import check_model_spec
 from .scoring import check_variants
 
-BENCH_SECTIONS = ("scoring", "speed", "zeroshot", "demo")
+BENCH_SECTIONS = ("scoring", "statistics", "speed", "zeroshot", "demo")
 # The targets, recorded with the results so the summary can say which variant meets them.
 SCORING_GOAL = {"peak_ratio": 0.6, "time_ratio": 1.0}
 
@@ -34,6 +34,8 @@ def validate(cfg: dict) -> None:
                 raise ValueError(f"scoring.models: batch must be ≥ 1 and seq_len ≥ 2, got {dict(m)}")
         if int(s["repeats"]) < 1:
             raise ValueError(f"scoring.repeats must be ≥ 1, got {s['repeats']}")
+    if "statistics" in cfg["sections"] and int(cfg["statistics"]["repeats"]) < 1:
+        raise ValueError(f"statistics.repeats must be ≥ 1, got {cfg['statistics']['repeats']}")
     if "speed" in cfg["sections"] and int(cfg["speed"]["repeats"]) < 1:
         raise ValueError(f"speed.repeats must be ≥ 1, got {cfg['speed']['repeats']}")
     if "zeroshot" in cfg["sections"]:
@@ -64,12 +66,18 @@ def run_section(name: str, cfg: dict) -> tuple[dict, dict]:
 
         return c, run_speed_bench(c["model"], c["sparsities"], c["gamma"], c["shapes"], c["repeats"],
                                   c["calibration"], c.get("score_cache"), progress=bar)
+    if name == "statistics":
+        from .statistics import run_statistics_bench
+
+        with tempfile.TemporaryDirectory(prefix="nirvana-bench-stats-") as scratch:
+            return c, run_statistics_bench(c["repeats"], scratch, progress=bar)
     if name == "zeroshot":
         from .zeroshot import run_zeroshot_bench
 
         model_dir = c["model_dir"] or str(paths.smollm2_dir())
-        return c, run_zeroshot_bench(c["model"], model_dir, c["tasks"], c["limit"], c["batch_size"],
-                                     c["max_length"], c["repeats"], str(paths.REPO_ROOT), progress=bar)
+        with tempfile.TemporaryDirectory(prefix="nirvana-bench-zs-") as scratch:
+            return c, run_zeroshot_bench(model_dir, c["tasks"], c["limit"], c["batch_size"], c["max_length"],
+                                         c["repeats"], scratch, progress=bar)
     if name == "demo":
         from .demo import run_demo_bench
 

@@ -1,22 +1,66 @@
-"""Zero-shot throughput: our evaluation path (`python -m experiments.evaluate eval=zeroshot`) vs the stock
-`lm_eval --model hf` CLI on the same model, tasks, limit, batch size and context length.
+"""Zero-shot benchmark: our shared-prefix lm-eval model class (`hf-shared-prefix`) vs lm-eval's own `hf`, same
+model, tasks, items, batch size and context length.
 
-Both run end to end as fresh processes (imports, model load, task building, scoring) and are timed
-alternately; requests/s = lm-eval's loglikelihood requests (one per (document, choice)) / wall seconds. The
-two must also agree on every task's metric: the benchmark records whether they do.
+Each measurement is a fresh process that loads the model, wraps it with one class and runs lm-eval's
+`simple_evaluate` on the nine-task mix; it records the wall time of the whole evaluation and the time spent
+inside the model class's `loglikelihood` (the part a backend decides: the rest is lm-eval building tasks and
+aggregating, the same for both). Repeats alternate between the two classes; medians and ratios are reported.
+The two must give the same answers: the benchmark records every task's metric for both and the largest
+difference between their per-item log-likelihoods.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-import sys
-import tempfile
+import time
 from pathlib import Path
 
-from .. import paths
-from ..evaluation.zeroshot import TASK_METRICS, check_tasks, lm_eval_task_name, task_manager
-from .isolate import run_timed
+from ..evaluation.zeroshot import (
+    LMS,
+    TASK_METRICS,
+    check_tasks,
+    lm_eval_task_name,
+    sample_loglikelihoods,
+    task_manager,
+)
+
+
+def _loglikelihoods(samples: list[dict]) -> dict[int, list[float]]:
+    """doc id → the log-likelihood of each of its requests (one per choice), from lm-eval's logged samples."""
+    return {int(s["doc_id"]): sample_loglikelihoods(s) for s in samples}
+
+
+def measure_zeroshot(lm: str, model_dir: str, tasks: list[str], limit: int, batch_size: int, max_length: int,
+                     samples_out: str | None = None) -> dict:
+    """One evaluation with lm-eval model class `lm`; meant for a fresh process (nirvana.bench.isolate)."""
+    import lm_eval
+    import torch
+
+    from ..evaluation.zeroshot import wrap_model
+    from ..models import load_model
+
+    model, tokenizer = load_model(model_dir, dtype="float32", device="cpu")
+    wrapped, _ = wrap_model(model, tokenizer, batch_size, max_length, lm)
+    inner, spent = wrapped.loglikelihood, []
+
+    def timed(requests, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = inner(requests, *args, **kwargs)
+        spent.append((time.perf_counter() - t0, len(requests)))
+        return out
+
+    wrapped.loglikelihood = timed
+    names = [lm_eval_task_name(t, "local") for t in tasks]
+    t0 = time.perf_counter()
+    out = lm_eval.simple_evaluate(model=wrapped, tasks=names, task_manager=task_manager("local"), limit=limit,
+                                  log_samples=True, bootstrap_iters=0)
+    seconds = time.perf_counter() - t0
+    if samples_out:
+        Path(samples_out).write_text(json.dumps({t: _loglikelihoods(out["samples"][n]) for t, n in zip(tasks, names)}))
+    return {"lm": lm, "seconds": seconds, "loglikelihood_seconds": sum(s for s, _ in spent),
+            "requests": sum(n for _, n in spent), "threads": torch.get_num_threads(),
+            "scores": {t: out["results"][n][f"{TASK_METRICS[t]},none"] for t, n in zip(tasks, names)}}
 
 
 def count_requests(tasks: list[str], limit: int | None) -> int:
@@ -28,58 +72,32 @@ def count_requests(tasks: list[str], limit: int | None) -> int:
     return total
 
 
-def _stock_command(model_dir: str, tasks, limit, batch_size, max_length, out: Path) -> list[str]:
-    lm_eval_bin = str(Path(sys.executable).with_name("lm_eval"))
-    return [lm_eval_bin, "--model", "hf",
-            "--model_args", f"pretrained={model_dir},max_length={max_length},dtype=float32",
-            "--tasks", ",".join(lm_eval_task_name(t, "local") for t in tasks),
-            "--include_path", str(paths.tasks_dir()), "--limit", str(limit), "--batch_size", str(batch_size),
-            "--device", "cpu", "--output_path", str(out)]
+def run_zeroshot_bench(model_dir: str, tasks, limit: int, batch_size: int, max_length: int, repeats: int,
+                       scratch: str, progress=None) -> dict:
+    from .isolate import run_isolated
 
-
-def _ours_command(model_config: str, model_dir: str, tasks, limit, batch_size, max_length, out: Path) -> list[str]:
-    return [sys.executable, "-m", "experiments.evaluate", f"model={model_config}", f"model.path={model_dir}",
-            "eval=zeroshot", f"eval.limit={limit}", f"eval.zeroshot.tasks=[{','.join(tasks)}]",
-            f"eval.zeroshot.batch_size={batch_size}", f"eval.zeroshot.max_length={max_length}",
-            f"job.results_file={out / 'rows.jsonl'}", f"hydra.run.dir={out / 'run'}", "job.progress=false"]
-
-
-def _stock_scores(out: Path, tasks) -> dict[str, float]:
-    result = json.loads(next(out.rglob("results*.json")).read_text())["results"]
-    return {t: result[lm_eval_task_name(t, "local")][f"{TASK_METRICS[t]},none"] for t in tasks}
-
-
-def _our_scores(out: Path, tasks) -> dict[str, float]:
-    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines() if line.strip()]
-    return {r["task"]: r["value"] for r in rows if r["task"] in tasks}
-
-
-def run_zeroshot_bench(model_config: str, model_dir: str, tasks, limit: int, batch_size: int, max_length: int,
-                       repeats: int, repo_root: str, progress=None) -> dict:
     tasks = check_tasks(list(tasks), "local")
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"zero-shot benchmark model {model_dir}: no config.json (run `make assets`)")
-    n_requests = count_requests(tasks, limit)
-    runs = {"ours": [], "stock_cli": []}
-    scores = {}
-    jobs = [(r, who) for r in range(repeats) for who in ("ours", "stock_cli")]
-    for _, who in (progress(jobs) if progress else jobs):
-        with tempfile.TemporaryDirectory(prefix="nirvana-bench-") as tmp:
-            out = Path(tmp)
-            if who == "ours":
-                cmd = _ours_command(model_config, model_dir, tasks, limit, batch_size, max_length, out)
-                runs[who].append(run_timed(cmd, "our zero-shot evaluation", cwd=repo_root)[0])
-                scores.setdefault(who, _our_scores(out, tasks))
-            else:
-                # the stock CLI runs from a scratch directory: nothing of ours on its path but the task YAMLs
-                cmd = _stock_command(model_dir, tasks, limit, batch_size, max_length, out)
-                runs[who].append(run_timed(cmd, "the stock lm_eval CLI", cwd=tmp)[0])
-                scores.setdefault(who, _stock_scores(out, tasks))
-    med = {who: statistics.median(s) for who, s in runs.items()}
+    runs: dict[str, list[dict]] = {lm: [] for lm in LMS}
+    jobs = [(r, lm) for r in range(repeats) for lm in reversed(LMS)]  # hf first, then ours, alternating
+    for r, lm in (progress(jobs) if progress else jobs):
+        samples = f"{scratch}/{lm}.json" if r == 0 else None
+        runs[lm].append(run_isolated("zeroshot", lm=lm, model_dir=model_dir, tasks=tasks, limit=limit,
+                                     batch_size=batch_size, max_length=max_length, samples_out=samples))
+    lls = {lm: json.loads(Path(f"{scratch}/{lm}.json").read_text()) for lm in LMS}
+    worst = max(abs(a - b) for t in tasks for d, xs in lls["hf"][t].items()
+                for a, b in zip(xs, lls["hf-shared-prefix"][t][d], strict=True))
+    med = {lm: {k: statistics.median(m[k] for m in rs) for k in ("seconds", "loglikelihood_seconds")}
+           for lm, rs in runs.items()}
+    n = runs["hf"][0]["requests"]
+    scores = {lm: rs[0]["scores"] for lm, rs in runs.items()}
     return {
         "model": model_dir, "tasks": tasks, "limit": limit, "batch_size": batch_size, "max_length": max_length,
-        "requests": n_requests, "seconds": runs, "seconds_median": med,
-        "requests_per_s": {who: n_requests / s for who, s in med.items()},
-        "ratio_ours_vs_stock": med["stock_cli"] / med["ours"],
-        "scores": scores, "same_scores": scores.get("ours") == scores.get("stock_cli"),
+        "requests": n, "runs": runs, "medians": med,
+        "requests_per_s": {lm: n / m["loglikelihood_seconds"] for lm, m in med.items()},
+        "ratio_loglikelihood": med["hf"]["loglikelihood_seconds"] / med["hf-shared-prefix"]["loglikelihood_seconds"],
+        "ratio_end_to_end": med["hf"]["seconds"] / med["hf-shared-prefix"]["seconds"],
+        "scores": scores, "same_scores": scores["hf"] == scores["hf-shared-prefix"],
+        "max_abs_loglikelihood_difference": worst,
     }

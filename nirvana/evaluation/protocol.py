@@ -55,6 +55,8 @@ def validate_eval(e: dict[str, Any], model_path: str | None = None) -> None:
             ppl_mod.check_dataset_name(d)
     if e.get("zeroshot"):
         zs_mod.check_tasks(e["zeroshot"]["tasks"], e["zeroshot"]["suite"])
+        if e["zeroshot"].get("lm", zs_mod.LMS[0]) not in zs_mod.LMS:
+            raise ValueError(f"eval.zeroshot.lm={e['zeroshot']['lm']!r}: choose one of {zs_mod.LMS}")
         if e.get("limit") is not None and not e["limit"] > 0:
             raise ValueError(f"eval.limit must be > 0 or null, got {e['limit']}")
     if e.get("speed"):
@@ -191,7 +193,7 @@ def zeroshot_rows(e: dict[str, Any], run, model, tokenizer) -> list[dict]:
     z = e["zeroshot"]
     t0 = time.perf_counter()
     res = zs_mod.evaluate_zeroshot(model, tokenizer, list(z["tasks"]), z["suite"], e.get("limit"), z["batch_size"],
-                                   z["max_length"], z["bootstrap_iters"])
+                                   z["max_length"], z["bootstrap_iters"], lm=z.get("lm", "hf-shared-prefix"))
     extra = res.extra | {"seconds": round(time.perf_counter() - t0, 2)}
     rows = [make_row(run, s.task, s.metric, s.value, s.stderr, limit=res.limit, n=s.n, suite=res.suite,
                      extra=extra | {"lm_eval_task": s.lm_eval_task, "items": s.items}) for s in res.scores]

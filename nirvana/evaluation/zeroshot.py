@@ -174,19 +174,28 @@ def lm_eval_backend(model) -> str:
     return "seq2seq" if getattr(model.config, "is_encoder_decoder", False) else "default"
 
 
-def wrap_model(model, tokenizer, batch_size: int = 8, max_length: int | None = None):
-    """An lm-eval HFLM around an in-memory model, after checking that wrapping changed nothing."""
+LMS = ("hf-shared-prefix", "hf")  # lm-eval model classes: ours (nirvana.evaluation.shared_prefix), the stock one
+
+
+def wrap_model(model, tokenizer, batch_size: int = 8, max_length: int | None = None, lm: str = "hf-shared-prefix"):
+    """An lm-eval model object around an in-memory model (`lm`: "hf-shared-prefix" — the same answers as "hf",
+    lm-eval's own HFLM, with shared prefixes packed), after checking that wrapping changed nothing."""
+    if lm not in LMS:
+        raise ValueError(f"unknown lm-eval model class {lm!r}; choose one of {LMS}")
     from lm_eval.models.huggingface import HFLM
 
+    from .shared_prefix import SharedPrefixLM
+
     guard = WeightGuard(model)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
-              backend=lm_eval_backend(model))
+    cls = SharedPrefixLM if lm == "hf-shared-prefix" else HFLM
+    wrapped = cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
+                  backend=lm_eval_backend(model))
     if guard.changes():
         log.warning("HFLM changed the model while wrapping it (%s); restoring the original weights",
                     "; ".join(guard.changes()))
         guard.restore_embeddings()
     guard.check("when lm-eval wrapped it")
-    return lm, guard
+    return wrapped, guard
 
 
 def _number(x) -> float | None:
@@ -202,6 +211,16 @@ def item_values(samples: list[dict], metric: str, task: str) -> list[float]:
     return [by_id[i] for i in range(len(by_id))]
 
 
+def sample_loglikelihoods(sample: dict) -> list[float]:
+    """The log-likelihood of each request of one logged lm-eval sample (one per choice), as floats."""
+    def first(x):
+        while isinstance(x, (list, tuple)):  # (loglikelihood, is_greedy) pairs, nested one or two deep
+            x = x[0]
+        return float(x)
+
+    return [first(r) for r in sample["filtered_resps"]]
+
+
 def task_manager(suite: str = "local", include_path: str | None = None):
     """lm-eval's TaskManager for `suite`: our local task folder (or `include_path`), or lm-eval's own tasks."""
     from lm_eval.tasks import TaskManager
@@ -215,13 +234,14 @@ def task_manager(suite: str = "local", include_path: str | None = None):
 
 def evaluate_zeroshot(model, tokenizer, tasks=TASKS, suite: str = "local", limit: int | float | None = None,
                       batch_size: int = 8, max_length: int | None = None, bootstrap_iters: int = 100000,
-                      include_path: str | None = None) -> ZeroShotResult:
+                      include_path: str | None = None, lm: str = "hf-shared-prefix") -> ZeroShotResult:
     """Run lm-eval on `tasks` (our names, e.g. "arc_easy") and return the official metric of each.
 
     `limit`: lm-eval's — the first N items of each task (a float < 1: that fraction); None: all.
     `max_length`: pass it for long-context models (SmolLM2's 8192 makes lm-eval allocate ~26 GB).
     `bootstrap_iters`: lm-eval's default; it only matters for LAMBADA's perplexity stderr (acc stderrs are
     analytic), so a smaller number saves time without touching reported numbers; 0 drops every stderr.
+    `lm`: the lm-eval model class (`wrap_model`); its batch_size counts requests for "hf", packed rows for ours.
     """
     import lm_eval
 
@@ -230,8 +250,8 @@ def evaluate_zeroshot(model, tokenizer, tasks=TASKS, suite: str = "local", limit
         raise ValueError(f"limit must be > 0 or null, got {limit}")
     names = {t: lm_eval_task_name(t, suite) for t in tasks}
     manager = task_manager(suite, include_path)
-    lm, guard = wrap_model(model, tokenizer, batch_size, max_length)
-    out = lm_eval.simple_evaluate(model=lm, tasks=list(names.values()), task_manager=manager, limit=limit,
+    wrapped, guard = wrap_model(model, tokenizer, batch_size, max_length, lm)
+    out = lm_eval.simple_evaluate(model=wrapped, tasks=list(names.values()), task_manager=manager, limit=limit,
                                   log_samples=True, bootstrap_iters=bootstrap_iters)
     guard.check("during lm-eval's evaluation")
     scores = []
@@ -243,5 +263,5 @@ def evaluate_zeroshot(model, tokenizer, tasks=TASKS, suite: str = "local", limit
                                 _number(res.get(f"{metric}_stderr,none")), n,
                                 item_values(out["samples"][name], metric, name)))
     extra = {"task_versions": {t: out.get("versions", {}).get(n) for t, n in names.items()},
-             "batch_size": batch_size, "max_length": max_length, "backend": getattr(lm, "backend", None)}
+             "batch_size": batch_size, "max_length": max_length, "lm": lm, "backend": getattr(wrapped, "backend", None)}
     return ZeroShotResult(scores, suite, limit, lm_eval.__version__, extra)
