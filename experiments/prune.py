@@ -18,8 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nirvana.atomic import atomic_file, write_json
-from nirvana.checkpoint import save_pruned
-from nirvana.models import load_from_config
+from nirvana.checkpoint import check_save_dir, save_pruned
+from nirvana.models import load_from_config, read_config
 from nirvana.pipeline import PruneRecipe, check_recipe, prune
 
 log = logging.getLogger("experiments.prune")
@@ -29,7 +29,9 @@ def run_prune(cfg: DictConfig, out_dir: str | Path):
     c = OmegaConf.to_container(cfg, resolve=True)
     out_dir = Path(out_dir)
     recipe = PruneRecipe.from_config(c)
-    check_recipe(recipe)  # a typo in sparsity must not cost a model load and a backward pass
+    # Everything checkable without weights first: a typo must not cost a model load and a backward pass.
+    check_save_dir(c["save_dir"], c["overwrite"])
+    check_recipe(recipe, read_config(c["model"]["name_or_path"], c["model"].get("trust_remote_code")))
     t0 = time.perf_counter()
     model, tokenizer = load_from_config(c["model"])
     t_load = time.perf_counter() - t0
@@ -41,14 +43,15 @@ def run_prune(cfg: DictConfig, out_dir: str | Path):
             torch.save(outcome.calibration_ids, fh)
     plan.save(out_dir)
     if c["save_dir"]:
-        save_pruned(model, plan, c["save_dir"], tokenizer)
+        save_pruned(model, plan, c["save_dir"], tokenizer, overwrite=c["overwrite"])
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
     write_json(out_dir / "summary.json", {
         "model": c["model"]["name"], "pruner": recipe.pruner, "sparsity": recipe.sparsity, "gamma": recipe.gamma,
         "params_before": plan.params_before, "params_after": plan.params_after,
         "pruned_groups": plan.pruned_groups, "pruned_neurons": plan.pruned_neurons,
         "load_seconds": round(t_load, 2), "score_and_plan_seconds": round(outcome.seconds, 2),
-        "peak_rss_gib": round(peak_gib, 2), "save_dir": c["save_dir"], "run_dir": str(out_dir)})
+        "peak_rss_gib": round(peak_gib, 2), "save_dir": c["save_dir"], "overwrite": c["overwrite"],
+        "run_dir": str(out_dir)})
     log.info("%s | scoring+plan %.1fs, peak RSS %.2f GiB%s", plan.summary(), outcome.seconds, peak_gib,
              f" | saved to {c['save_dir']}" if c["save_dir"] else "")
     return model, plan

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nirvana import recovery as rec
 from nirvana.atomic import write_json
-from nirvana.checkpoint import save_pruned
+from nirvana.checkpoint import check_save_dir, save_pruned
 from nirvana.evaluation import protocol
 from nirvana.models import load_from_config
 from nirvana.requirements import check_requirements
@@ -46,7 +46,8 @@ def run_recover(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
         log.info("run %s already has rows in %s; skipped (job.force=true recomputes)", run_id, job["results_file"])
         return []
     work_dir = Path(job["work_dir"] or Path("outputs") / "recover" / run_id)
-    save_dir = Path(job["save_dir"] or work_dir / "checkpoint")
+    save_dir = Path(job["save_dir"] or work_dir / "checkpoint")  # the default lives in the run's own work folder
+    check_save_dir(job["save_dir"], job["overwrite"])
     write_json(work_dir / "config.json", identity)
     train_ex, val_ex = rec.split_train_val(rec.load_examples(**data), settings.val_set_size, settings.seed)
     texts = protocol.load_eval_texts(c["eval"])  # before the model: a missing dataset must not cost a load
@@ -67,7 +68,7 @@ def run_recover(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     record = rec.recovery_record(settings, result, data_record, run["checkpoint"], info)
     if plan is not None:
         plan.extra["recovery"] = record
-    save_pruned(merged, plan, save_dir, tokenizer)
+    save_pruned(merged, plan, save_dir, tokenizer, overwrite=job["overwrite"] or not job["save_dir"])
     write_json(save_dir / "recovery.json", record | {"history": result.history, "val_history": result.val_history})
 
     after_run = {**run, "checkpoint": str(save_dir.resolve())}

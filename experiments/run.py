@@ -23,7 +23,7 @@ from nirvana.atomic import atomic_file, write_json
 from nirvana.checkpoint import save_pruned
 from nirvana.evaluation import protocol
 from nirvana.loggers import make_logger
-from nirvana.models import load_from_config
+from nirvana.models import load_from_config, read_config
 from nirvana.pipeline import PruneRecipe, check_recipe, prune
 from nirvana.requirements import check_requirements, is_hub_model
 from nirvana.results import record_run, recorded
@@ -44,7 +44,7 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = Non
                        what="this experiment" if req["gpu"] or req["hub"] else f"model {m['name']}")
     protocol.validate_eval(c["eval"])
     if recipe is not None:
-        check_recipe(recipe)
+        check_recipe(recipe, read_config(m["name_or_path"], m.get("trust_remote_code")))
     data = protocol.check_disjoint(c["calibration"] if recipe else None, c["eval"], c["allow_overlap"])
     run_id, identity = protocol.run_identity(c)
     if job["preflight"]:

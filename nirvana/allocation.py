@@ -92,6 +92,26 @@ def validate_hyperparameters(sparsity: float, gamma: float, round_to: int = 8) -
         raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
 
 
+def largest_feasible_sparsity(layers: list[LayerUnits], gamma: float) -> float:
+    """The largest sparsity the global allocation can meet at this γ: the MLP's pruned fraction is γ times the
+    attention's, and neither can reach 1 (fractions from the closed form's totals; a supremum, not attained)."""
+    a = sum(layer.attention.n_units * layer.attention.unit_cost for layer in layers)
+    m = sum(layer.mlp.n_units * layer.mlp.unit_cost for layer in layers)
+    return (a + gamma * m) / (max(1.0, gamma) * (a + m))
+
+
+def check_feasible(layers: list[LayerUnits], sparsity: float, gamma: float) -> None:
+    """Refuse a (sparsity, γ) the global allocation cannot meet — it would clip and under-prune silently."""
+    limit = largest_feasible_sparsity(layers, gamma)
+    if sparsity >= limit:
+        a = sum(layer.attention.n_units * layer.attention.unit_cost for layer in layers)
+        m = sum(layer.mlp.n_units * layer.mlp.unit_cost for layer in layers)
+        f_a = sparsity * (a + m) / (a + gamma * m)
+        raise ValueError(f"sparsity {sparsity} with γ={gamma} asks the global allocation to remove {gamma * f_a:.3f} "
+                         f"of the MLP neurons and {f_a:.3f} of the attention groups; with γ={gamma} the largest "
+                         f"feasible sparsity is below {limit:.3f} (lower the sparsity, or move γ towards 1)")
+
+
 def _uniform_cost(layers: list[LayerUnits], kind: str) -> int:
     costs = {layer.group(kind).unit_cost for layer in layers}
     if len(costs) != 1:

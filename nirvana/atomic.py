@@ -99,6 +99,25 @@ def atomic_file(final: Path, mode: str = "w", **open_kwargs) -> Iterator:
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """A temporary sibling path for writers that take a file name (safetensors, torch.save); it becomes `final`
+    only when the block succeeds, and is removed when it fails."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _default_mode(tmp, is_dir=False)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
 def write_json(path: Path, obj) -> None:
     with atomic_file(path) as fh:
         json.dump(obj, fh, indent=2, sort_keys=True)

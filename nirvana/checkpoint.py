@@ -16,13 +16,27 @@ from torch import nn
 
 from .adapters import get_adapter
 from .atomic import atomic_dir
+from .models import MODELING_FILE as MODELING_NAME
 from .plan import PLAN_FILENAME, PruningPlan
 
-MODELING_FILE = Path(__file__).resolve().parent / "checkpoint_code" / "modeling_nirvana.py"
+MODELING_FILE = Path(__file__).resolve().parent / "checkpoint_code" / MODELING_NAME
 
 
-def save_pruned(model: nn.Module, plan: PruningPlan | None, save_dir: str | os.PathLike, tokenizer=None) -> Path:
-    """Save atomically: written to a sibling temp folder, then renamed, so no half checkpoint survives a crash."""
+def check_save_dir(save_dir: str | os.PathLike | None, overwrite: bool = False) -> None:
+    """A folder that exists and holds anything is replaced only when asked: checked before any heavy work."""
+    if save_dir is None or overwrite:
+        return
+    path = Path(save_dir)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"save_dir {path} exists and is not empty; choose another folder, or overwrite=true "
+                              "to replace it")
+
+
+def save_pruned(model: nn.Module, plan: PruningPlan | None, save_dir: str | os.PathLike, tokenizer=None,
+                overwrite: bool = False) -> Path:
+    """Save atomically: written to a sibling temp folder, then renamed, so no half checkpoint survives a crash.
+    An existing non-empty `save_dir` is refused unless `overwrite`."""
+    check_save_dir(save_dir, overwrite)
     save_dir = Path(save_dir)
     adapter = get_adapter(model)
     config = model.config
@@ -43,5 +57,5 @@ def load_pruned(path: str | os.PathLike, **kwargs) -> nn.Module:
     """Load a checkpoint written by `save_pruned` (or any HF causal / seq2seq LM folder)."""
     from .models import auto_model_class
 
-    kwargs.setdefault("trust_remote_code", True)
+    kwargs.setdefault("trust_remote_code", True)  # our own checkpoint: the code in it is the file we ship
     return auto_model_class(str(path), kwargs["trust_remote_code"]).from_pretrained(str(path), **kwargs)

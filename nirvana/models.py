@@ -49,15 +49,59 @@ def resolve_path(name_or_path: str) -> str:
     return name_or_path
 
 
+MODELING_FILE = "modeling_nirvana.py"  # what save_pruned ships in a pruned checkpoint (nirvana.checkpoint)
+
+
+def trusts_code(path: str, setting: bool | None = None) -> bool:
+    """Whether to run a model folder's own Python (transformers' trust_remote_code). `setting` (the model config's
+    `trust_remote_code`) decides when given; by default only our own pruned checkpoints — local folders whose
+    code is the modeling file we wrote and ship — are trusted, never a hub id chosen by a config."""
+    if setting is not None:
+        return bool(setting)
+    return (Path(path) / MODELING_FILE).is_file()
+
+
+def read_config(name_or_path: str, trust: bool | None = None):
+    """The model's transformers config, without its weights: a missing or corrupt folder fails here, clearly."""
+    from transformers import AutoConfig
+
+    if name_or_path.startswith("tiny:"):
+        from .tiny import TINY_T5_VARIANTS, tiny_config, tiny_t5_config
+
+        family = name_or_path.split(":", 1)[1]
+        return tiny_t5_config(family) if family in TINY_T5_VARIANTS else tiny_config(family)
+    path = resolve_path(name_or_path)
+    local = Path(path)
+    if local.exists() and not (local / "config.json").is_file():
+        raise FileNotFoundError(f"model {path}: a folder without config.json (not a model checkpoint)")
+    if not local.exists() and "/" not in path:
+        raise FileNotFoundError(f"model {path!r} is neither a local folder nor a hub id (owner/name)")
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trusts_code(path, trust))
+    except (OSError, ValueError) as e:  # unreadable JSON, unknown model_type, …
+        raise ValueError(f"model {path}: its config cannot be read ({type(e).__name__}: {e})") from e
+
+
+def skeleton(config):
+    """The model's modules with no weights (PyTorch's meta device): unit counts and costs for checks made before
+    anything is loaded, at no memory cost."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto.from_config(config)
+
+
 def load_model(
     name_or_path: str,
     dtype: str | torch.dtype | None = "auto",
     device: str | None = "auto",
     device_map: str | dict | None = None,
-    trust_remote_code: bool = True,
+    trust_remote_code: bool | None = None,
 ):
     """Return (model in eval mode, tokenizer). `tiny:<family>` builds a random tiny model for smoke runs
-    (`tiny:t5` / `tiny:flan_t5`: encoder–decoders). Encoder–decoder configs (T5) load as seq2seq LMs."""
+    (`tiny:t5` / `tiny:flan_t5`: encoder–decoders). Encoder–decoder configs (T5) load as seq2seq LMs.
+    `trust_remote_code`: None applies the default policy (`trusts_code`)."""
     from transformers import AutoTokenizer
 
     if name_or_path.startswith("tiny:"):
@@ -71,9 +115,10 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, device)
     if not Path(path).exists() and "/" not in path:
         raise FileNotFoundError(f"model {path!r} is neither a local folder nor a hub id (owner/name)")
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = auto_model_class(path, trust_remote_code).from_pretrained(
-        path, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code
+    trust = trusts_code(path, trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    model = auto_model_class(path, trust).from_pretrained(
+        path, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust
     )
     if device_map is None:
         model.to(device)
@@ -85,15 +130,15 @@ def load_from_config(m: dict) -> tuple:
     over `name_or_path`; protocol settings the model carries (a seq2seq model's `prefix_fraction`) are set on
     its config, where its adapter reads them and its saved checkpoint records them."""
     model, tokenizer = load_model(m.get("path") or m["name_or_path"], m.get("dtype", "auto"), m.get("device", "auto"),
-                                  m.get("device_map"))
+                                  m.get("device_map"), m.get("trust_remote_code"))
     if m.get("prefix_fraction") is not None:
         model.config.nirvana_prefix_fraction = float(m["prefix_fraction"])
     return model, tokenizer
 
 
-def auto_model_class(path: str, trust_remote_code: bool = True):
+def auto_model_class(path: str, trust: bool = False):
     """AutoModelForSeq2SeqLM for encoder–decoder configs (T5), else AutoModelForCausalLM."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
     return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM

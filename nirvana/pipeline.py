@@ -19,10 +19,21 @@ from typing import Any
 
 import torch
 
-from .allocation import validate_hyperparameters
-from .calibration import PROBE_KEYS, SELECTIONS, SOURCES, build_probe, choose_calibration, kl_to_dense
+from .adapters import adapter_class_for
+from .allocation import check_feasible, layer_range_mask, uniform_fractions, validate_hyperparameters
+from .calibration import (
+    PROBE_KEYS,
+    SELECTIONS,
+    SOURCES,
+    build_probe,
+    check_source,
+    choose_calibration,
+    kl_to_dense,
+)
+from .models import skeleton
 from .plan import PruningPlan
 from .pruning import CALIBRATION_FREE, PRUNERS, compute_plan
+from .scoring import SCORERS
 from .surgery import apply_plan
 
 log = logging.getLogger(__name__)
@@ -79,18 +90,44 @@ def method_name(pruner: str, variant: str | None) -> str:
     return f"{pruner}:{variant}" if variant else pruner
 
 
-def check_recipe(recipe: PruneRecipe) -> None:
-    """Every check that needs no model, naming the bad value and what is accepted."""
+def check_recipe(recipe: PruneRecipe, config=None) -> None:
+    """Every check that needs no weights, naming the bad value and what is accepted. With the model's config
+    (`nirvana.models.read_config`) also: a supported architecture and pruner, calibration and probe windows
+    within the model's context, a (sparsity, γ) the allocation can meet — checked on the model's skeleton."""
     if recipe.pruner not in PRUNERS:
         raise ValueError(f"unknown pruner {recipe.pruner!r}; choose one of {sorted(PRUNERS)}")
-    validate_hyperparameters(recipe.sparsity, recipe.gamma if recipe.gamma is not None else 1.0,
-                             recipe.options.get("round_to", 8))
+    gamma = recipe.gamma if recipe.gamma is not None else 1.0
+    validate_hyperparameters(recipe.sparsity, gamma, recipe.options.get("round_to", 8))
     c = recipe.calibration
-    if recipe.pruner not in CALIBRATION_FREE or recipe.measure_kl:
+    calibrated = recipe.pruner not in CALIBRATION_FREE or recipe.measure_kl
+    if calibrated:
         if c.get("source") not in SOURCES:
             raise ValueError(f"unknown calibration source {c.get('source')!r}; choose one of {sorted(SOURCES)}")
         if c.get("selection", "none") not in SELECTIONS:
             raise ValueError(f"unknown calibration selection {c.get('selection')!r}; choose one of {SELECTIONS}")
+        check_source(c)
+    if config is None:
+        return
+    adapter_cls = adapter_class_for(config.model_type)  # lists the supported types
+    if recipe.pruner in adapter_cls.unsupported_pruners:
+        raise ValueError(f"pruner {recipe.pruner!r} does not apply to {config.model_type} models "
+                         f"({adapter_cls.__name__})")
+    context = getattr(config, "max_position_embeddings", None) if not config.is_encoder_decoder else None
+    if calibrated and context is not None:
+        lengths = {"calibration.seq_len": c.get("seq_len", 128)}
+        if recipe.measure_kl or c.get("selection", "none") != "none":
+            lengths["calibration.probe.seq_len"] = (c.get("probe") or {}).get("seq_len", 64)
+        for key, length in lengths.items():
+            if length > context:
+                raise ValueError(f"{key}={length} exceeds the model's context of {context} tokens")
+    layers = adapter_cls(skeleton(config)).layers()
+    allocator = recipe.options.get("allocator")
+    if recipe.pruner in SCORERS and allocator in (None, "global"):
+        check_feasible(layers, recipe.sparsity, gamma)
+    elif allocator == "uniform" or recipe.pruner == "wanda_sp":
+        o = recipe.options
+        in_range = layer_range_mask(len(layers), o.get("layer_start", 0), o.get("layer_end"))
+        uniform_fractions(layers, recipe.sparsity, gamma, in_range, o.get("ratio", "matched"))
 
 
 def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = True) -> PruneOutcome:

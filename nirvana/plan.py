@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from .atomic import atomic_file, atomic_path
 
 PLAN_FORMAT = "nirvana-plan/1"
 PLAN_FILENAME = "pruning_plan.json"
@@ -131,11 +132,10 @@ class PruningPlan:
             d["output_bias_file"] = path.name + BIAS_SUFFIX
             tensors = {f"{i}.{kind}": b.detach().cpu().float().contiguous()
                        for i, kinds in self.output_bias.items() for kind, b in kinds.items()}
-            save_file(tensors, str(path.parent / d["output_bias_file"]))  # before the JSON that names it
-        # write-then-rename: an interrupted save never leaves a truncated plan behind
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+            with atomic_path(path.parent / d["output_bias_file"]) as tmp:  # before the JSON that names it
+                save_file(tensors, str(tmp))
+        with atomic_file(path) as f:  # an interrupted save never leaves a truncated plan behind
             json.dump(d, f, indent=1)
-        os.replace(f.name, path)
         return path
 
     @classmethod

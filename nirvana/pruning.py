@@ -159,11 +159,12 @@ def compute_plan(
 
         bias = None
         if name == "wanda_sp":
-            kept, _ = wanda_sp_plan(adapter, ids, sparsity, gamma, **options)
+            kept, scores = wanda_sp_plan(adapter, ids, sparsity, gamma, **options)
             allocator = "uniform"
         else:
-            kept, _, bias = flap_plan(adapter, ids, sparsity, **options)
+            kept, scores, bias = flap_plan(adapter, ids, sparsity, **options)
             allocator = "standardized_global"
+        scores.check_finite(name)
         return _make_plan(model, adapter.layers(), kept, sparsity, gamma, name, allocator, model_name,
                           {**options, **(extra or {})}, output_bias=bias)
 
@@ -179,7 +180,7 @@ def compute_plan(
         key = cache_key(model, name, {k: v for k, v in scorer_kwargs.items() if k not in _SAME_SCORES}, ids)
         scores = load_scores(score_cache, key)
     if scores is None:
-        scores = scorer.score(adapter, ids)
+        scores = scorer.score(adapter, ids).check_finite(f"pruner {name!r}")
         if key is not None:
             save_scores(score_cache, key, scores)
     return plan_from_scores(model, scores, sparsity, gamma, pruner=name, model_name=model_name,

@@ -2,8 +2,10 @@
 
 Scores depend on the model's weights, the scorer and the calibration batch — not on sparsity, γ or the
 allocator. A sweep over sparsities or γ (Table 2, the γ ablation, the demo) therefore needs ONE scoring
-pass per (model, scorer, calibration); later runs read it from here. The key fingerprints the weights
-themselves (sums of every parameter), so a changed checkpoint never reuses stale scores.
+pass per (model, scorer, calibration); later runs read it from here. The key hashes the weights' bytes (every
+parameter, in order: a permuted or retrained checkpoint never reuses stale scores; about a second per GB),
+the config, the scorer and every option that can change its scores, the device, and the calibration ids.
+Non-finite scores are never cached.
 """
 
 from __future__ import annotations
@@ -11,20 +13,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path
 from .units import UnitScores
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the config and of every parameter's name, shape, dtype and bytes."""
     h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, p in model.named_parameters():
-            h.update(name.encode())
-            h.update(repr((tuple(p.shape), str(p.dtype), float(p.double().sum()), float(p.double().abs().sum()))).encode())
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+            flat = p.detach().reshape(-1)
+            raw = flat.view(torch.int16) if flat.dtype in (torch.bfloat16, torch.float16) else flat  # no numpy bf16
+            h.update(raw.cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -52,13 +57,12 @@ def load_scores(cache_dir: str | os.PathLike, key: str) -> UnitScores | None:
 def save_scores(cache_dir: str | os.PathLike, key: str, scores: UnitScores) -> Path:
     from safetensors.torch import save_file
 
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    bad = scores.non_finite()
+    if bad:  # a broken criterion must not poison every later run that hits the cache
+        raise ValueError(f"refusing to cache non-finite unit scores ({len(bad)}, first {bad[:3]})")
     tensors = {f"attention.{i}": s.contiguous() for i, s in enumerate(scores.attention)}
     tensors |= {f"mlp.{i}": s.contiguous() for i, s in enumerate(scores.mlp)}
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    os.close(fd)
-    save_file(tensors, tmp)
-    final = cache_dir / f"{key}.safetensors"
-    os.replace(tmp, final)
+    final = Path(cache_dir) / f"{key}.safetensors"
+    with atomic_path(final) as tmp:
+        save_file(tensors, str(tmp))
     return final

@@ -67,11 +67,12 @@ def tiny_config(family: str = "llama", vocab_size: int = TINY_VOCAB, **overrides
     return classes[family](**kwargs)
 
 
-def tiny_model(family: str = "llama", seed: int = 0, **overrides):
+def tiny_model(family: str = "llama", seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+    """`dtype` builds the model in that dtype (as loading does: rotary tables stay fp32), not `.to(dtype)`."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides), dtype=dtype)
     # Random init has tiny weights; scale them up so units differ clearly and logits are not ~uniform.
     with torch.no_grad():
         for p in model.parameters():

@@ -36,6 +36,16 @@ class UnitScores:
                 bad += [(kind, layer, int(u)) for u in torch.nonzero(~torch.isfinite(s)).flatten().tolist()]
         return bad
 
+    def check_finite(self, what: str) -> UnitScores:
+        """Stop on NaN/inf scores, naming where: a NaN is never pruned (NaN ≤ threshold is false) and can make
+        the threshold itself NaN, so the plan would be silently wrong."""
+        bad = self.non_finite()
+        if bad:
+            where = ", ".join(f"layer {layer} {kind} unit {u}" for kind, layer, u in bad[:5])
+            raise ValueError(f"{what} gave {len(bad)} non-finite unit scores ({where}{', …' if len(bad) > 5 else ''}): "
+                             "check the weights and the calibration batch for NaN/inf")
+        return self
+
 
 def blocked_sum(weight_scores: torch.Tensor, s: ParamSlice, n_units: int) -> torch.Tensor:
     """Sum a per-weight score tensor over each unit's block along `s.dim` → one value per unit the slice

@@ -54,6 +54,7 @@ def test_summary_takes_medians_and_ratios_to_naive():
     assert ours["plan_identical"] is False  # one repeat disagreed: reported, not hidden
 
 
+@pytest.mark.slow  # validation checks the benchmark data is built
 def test_bench_config_composes():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="bench")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixture_text import PYDOC_FILE
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -23,7 +24,7 @@ CONF = str(ROOT / "conf")
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 TINY = ["model=tiny_llama", "calibration=pydoc", "calibration.n_samples=4", "calibration.seq_len=32",
         "calibration.probe.n_samples=4", "calibration.probe.seq_len=16", "job.score_cache=null", "job.progress=false",
-        "eval=ppl", "eval.perplexity.seq_len=[32]", "eval.perplexity.datasets=[wiki_passages]",
+        "eval=ppl", "eval.perplexity.seq_len=[32]", f"eval.perplexity.datasets=[{PYDOC_FILE}]",
         "eval.perplexity.max_windows=4"]
 
 
@@ -48,6 +49,7 @@ def test_every_shipped_experiment_keeps_calibration_and_probe_off_evaluated_item
     assert record["calibration_and_probe"] and record["evaluated"]
 
 
+@pytest.mark.slow  # the offline calibration sets and task data (make assets)
 def test_calibrating_on_evaluated_items_fails_before_the_model_loads(tmp_path, monkeypatch):
     import experiments.run as run_mod
 

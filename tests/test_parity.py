@@ -1,12 +1,18 @@
 """Exact parity with an independent implementation of the official algorithm (tests/reference_official.py)."""
 
 import pytest
+import reference_official
 from reference_official import official_counts, official_plan, official_unit_scores
 from reference_official import plan_from_scores as ref_plan_from_scores
 
 from nirvana.pruning import compute_plan, plan_from_scores, score_units
 from nirvana.scoring import NirvanaScorer
 from nirvana.tiny import tiny_model
+
+
+def test_the_reference_passes_its_own_self_checks():
+    """The oracle is checked too: closed-form numbers, guards, and its loop against the official reshaping."""
+    reference_official._self_check()
 
 
 def kept(plan):

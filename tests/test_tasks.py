@@ -10,14 +10,13 @@ import importlib
 import json
 from pathlib import Path
 
+import lm_eval  # a hard dependency: if it breaks, these tests must fail, not skip
 import pytest
+from lm_eval.api.task import ConfigurableTask
+from lm_eval.tasks import TaskManager
+from lm_eval.tasks._yaml_loader import load_yaml
 
 from nirvana import paths
-
-lm_eval = pytest.importorskip("lm_eval")
-from lm_eval.api.task import ConfigurableTask  # noqa: E402
-from lm_eval.tasks import TaskManager  # noqa: E402
-from lm_eval.tasks._yaml_loader import load_yaml  # noqa: E402
 
 TASKS_DIR = paths.tasks_dir()
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"

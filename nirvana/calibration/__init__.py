@@ -15,6 +15,7 @@ from .sources import (
     HubTexts,
     calibration_pool,
     calibration_span,
+    check_source,
     join_consecutive,
     load_id_tensor,
     load_texts,
@@ -160,6 +161,7 @@ __all__ = [
     "SELECTIONS", "Candidate", "CalibrationChoice", "Probe", "build_probe", "choose_calibration", "kl_to_dense",
     "per_sample_candidates", "select_by_kl", "SOURCES", "HubTexts", "Windows", "build_calibration", "draw_windows",
     "join_consecutive", "load_id_tensor", "load_texts", "sample_windows", "calibration_pool", "calibration_span",
+    "check_source",
     "probe_span", "probe_texts",
     "source_span",
 ]

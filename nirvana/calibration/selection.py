@@ -19,6 +19,7 @@ Cost: (#candidates) × (one scoring pass + two probe forwards), one model in mem
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,6 +60,9 @@ def kl_to_dense(model: torch.nn.Module, plan: PruningPlan, probe_ids: torch.Tens
         kl = (dense.exp() * (dense - pruned)).sum(dim=-1)
         total += float(kl.double().sum())
         count += kl.numel()
+    if not math.isfinite(total):
+        raise ValueError(f"the KL to the dense model is not finite ({total}) on the probe for this plan "
+                         f"({plan.summary()}): the model produced NaN/inf logits")
     return total / count
 
 

@@ -174,3 +174,21 @@ def load_id_tensor(path: str | Path) -> torch.Tensor:
     if not isinstance(ids, torch.Tensor):
         raise TypeError(f"{path} holds a {type(ids).__name__}, expected a LongTensor [n_samples, seq_len]")
     return ids.long()
+
+
+def check_source(calibration: dict) -> None:
+    """Read what a calibration config names, before any model is loaded: a missing, empty or malformed file (a bad
+    JSONL line is named by file and line), an unknown offline set or a bad id tensor fails here. Hub sources are
+    checked when loaded (they need the hub, which entry points check first)."""
+    source = calibration.get("source")
+    if source == "tensor":
+        ids = load_id_tensor(calibration.get("path") or "")
+        if ids.ndim != 2 or ids.numel() == 0:
+            raise ValueError(f"calibration tensor {calibration.get('path')} has shape {tuple(ids.shape)}; "
+                             "expected a non-empty [n_samples, seq_len]")
+        return
+    if source in HUB_SOURCES or source == "hf":
+        return
+    texts = load_texts(source, calibration.get("path"), calibration.get("field", "text"))
+    if not any(t.strip() for t in texts):
+        raise ValueError(f"calibration source {source!r} ({calibration.get('path') or 'offline set'}) holds no text")

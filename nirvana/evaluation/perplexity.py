@@ -186,6 +186,9 @@ def evaluate_perplexity(model, tokenizer, dataset: str, seq_len: int = 512, batc
     sums, per_window = window_nll(model, windows, batch_size, progress, desc=f"ppl {label}@{seq_len}")
     count = per_window * len(sums)
     nll = math.fsum(sums) / count
+    if not math.isfinite(nll):
+        bad = [i for i, x in enumerate(sums) if not math.isfinite(x)]
+        raise ValueError(f"perplexity of {label}@{seq_len}: non-finite NLL in windows {bad[:5]} (NaN/inf logits)")
     return PerplexityResult(label, seq_len, math.exp(nll), nll, windows.shape[0], count,
                             _limit_label(max_texts, max_windows, max_tokens), get_adapter(model).window_prefix(seq_len),
                             sums)

@@ -33,6 +33,8 @@ def run_identity(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(run id, the config it hashes): the resolved config without bookkeeping; γ counts where the pruner
     reads it (`pruner.gamma`), not as the top-level default; a dense run drops every pruning key."""
     identity = {k: v for k, v in config.items() if k not in (*BOOKKEEPING, "gamma")}
+    if isinstance(identity.get("model"), dict):  # whether a folder's code may run changes no number
+        identity["model"] = {k: v for k, v in identity["model"].items() if k != "trust_remote_code"}
     if (identity.get("pruner") or {}).get("name") == "dense":
         for k in PRUNING_KEYS:
             identity.pop(k, None)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -225,6 +226,10 @@ def train_lora(peft_model, train: Sequence[dict], val: Sequence[dict], settings:
 
     class Relay(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss", (logs or {}).get("eval_loss"))
+            if loss is not None and not math.isfinite(loss):  # stop before a NaN adapter is saved or merged
+                raise ValueError(f"LoRA recovery: the {'validation' if 'eval_loss' in logs else 'training'} loss "
+                                 f"at step {state.global_step} is {loss}; lower recovery.lr or check the model")
             if callback is not None and logs and "loss" in logs:
                 callback(state.global_step, dict(logs))
 
