@@ -50,3 +50,23 @@ def test_config_files_open_with_the_command_that_runs_them():
     for path in CONF.rglob("*.yaml"):
         head = path.read_text().lstrip().splitlines()[:6]
         assert any("python -m" in line or "make " in line for line in head if line.startswith("#")), path
+
+
+def test_yaml_defaults_match_the_python_defaults_they_restate():
+    """The library's functions have defaults for use without Hydra; the YAML restates them for overrides.
+    They must not drift apart."""
+    import dataclasses
+    import inspect
+
+    from nirvana.calibration import build_probe
+    from nirvana.recovery import LoraSettings
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        run = OmegaConf.to_container(compose(config_name="run"), resolve=True)
+        rec = OmegaConf.to_container(compose(config_name="recover"), resolve=True)
+    probe = inspect.signature(build_probe).parameters
+    for key in ("n_samples", "seq_len", "documents"):
+        assert run["calibration"]["probe"][key] == probe[key].default, key
+    for f in dataclasses.fields(LoraSettings):
+        value = rec["recovery"][f.name]
+        assert (tuple(value) if isinstance(value, list) else value) == f.default, f.name

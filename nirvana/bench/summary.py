@@ -47,27 +47,36 @@ def _fmt(x, spec=".2f", none="—"):
     return none if x is None else format(x, spec)
 
 
+def _table(lines: list[dict]) -> list[str]:
+    """A markdown table through the project's one renderer (nirvana.reporting.tables.markdown)."""
+    import pandas as pd
+
+    from ..reporting.tables import markdown
+
+    return markdown(pd.DataFrame(lines)).rstrip("\n").splitlines()
+
+
 def scoring_md(doc: dict) -> list[str]:
     r = doc["result"]
     lines = ["## Scoring: peak memory and time, ours vs the naive full-gradient scorer", "",
              "Same criterion in every variant (plans at s=0.5, γ=3.36 compared with the naive one's). Peak = "
              "resident memory of a fresh process during scoring, model included; *extra* = peak minus what was "
              "resident before scoring. Medians of the repeats; ratios are to the naive scorer on the same model.", ""]
-    lines += ["| model | batch | variant | time s | × naive | peak GiB | × naive | extra GiB | plan = naive | "
-              "max rel. score diff |", "|---|---|---|---|---|---|---|---|---|---|"]
     shapes = {m["model"]: f'{m["batch"]}×{m["seq_len"]}' for m in r["measurements"]}
+    table = []
     for row in r["summary"]:
+        line = {"model": row["model"], "batch": shapes.get(row["model"], ""), "variant": row["variant"]}
         if "seconds_median" not in row:
-            lines.append(f'| {row["model"]} | {shapes.get(row["model"], "")} | {row["variant"]} | OOM ({row["oom"]}×) '
-                         f'| | | | | | |')
+            table.append(line | {"time s": f'OOM ({row["oom"]}×)'})
             continue
         diff = r.get("score_differences", {}).get(f'{row["model"]}/{row["variant"]}')
         same = row.get("plan_identical")
-        lines.append(
-            f'| {row["model"]} | {shapes.get(row["model"], "")} | {row["variant"]} | {row["seconds_median"]:.1f} | '
-            f'{_fmt(row.get("time_ratio"))} | {row["peak_gib_median"]:.2f} | {_fmt(row.get("peak_ratio"))} | '
-            f'{row["extra_gib_median"]:.2f} | {"—" if same is None else ("yes" if same else "**no**")} | '
-            f'{"—" if diff is None else f"{diff:.1e}"} |')
+        table.append(line | {"time s": f'{row["seconds_median"]:.1f}', "× naive": _fmt(row.get("time_ratio")),
+                             "peak GiB": f'{row["peak_gib_median"]:.2f}', "peak × naive": _fmt(row.get("peak_ratio")),
+                             "extra GiB": f'{row["extra_gib_median"]:.2f}',
+                             "plan = naive": "—" if same is None else ("yes" if same else "**no**"),
+                             "max rel. score diff": "—" if diff is None else f"{diff:.1e}"})
+    lines += _table(table)
     goal = doc.get("goal", {})
     if goal:
         lines += ["", f'Goal: peak ≤ {goal["peak_ratio"]}× at time ≤ {goal["time_ratio"]}× of the naive scorer. '
@@ -80,17 +89,14 @@ def speed_md(doc: dict) -> list[str]:
     r = doc["result"]
     lines = ["## Inference speed: NIRVANA-pruned vs dense", "",
              f'{r["model"]}, {r["threads"]} threads. Efficiency = measured speed-up × FLOP ratio (1.0 = the ideal '
-             "speed-up 1/FLOP ratio). Medians of alternating repeats.", "",
-             "| sparsity | batch × prompt + new | params kept | stage | FLOP ratio | dense tok/s | pruned tok/s | "
-             "speed-up | efficiency |", "|---|---|---|---|---|---|---|---|---|"]
-    for row in r["rows"]:
-        shape = f'{row["batch_size"]} × {row["prompt_len"]} + {row["new_tokens"]}'
-        for stage in ("prefill", "decode"):
-            lines.append(f'| {row["sparsity"]} | {shape} | {row["params_kept"]:.3f} | {stage} | '
-                         f'{row[f"{stage}_flop_ratio"]:.3f} | {row[f"dense_{stage}_tok_s"]:.1f} | '
-                         f'{row[f"{stage}_tok_s"]:.1f} | {row[f"{stage}_speedup"]:.2f}× | '
-                         f'{row[f"{stage}_efficiency"]:.2f} |')
-    return lines
+             "speed-up 1/FLOP ratio). Medians of alternating repeats.", ""]
+    table = [{"sparsity": row["sparsity"], "batch × prompt + new": f'{row["batch_size"]} × {row["prompt_len"]} + '
+              f'{row["new_tokens"]}', "params kept": f'{row["params_kept"]:.3f}', "stage": stage,
+              "FLOP ratio": f'{row[f"{stage}_flop_ratio"]:.3f}', "dense tok/s": f'{row[f"dense_{stage}_tok_s"]:.1f}',
+              "pruned tok/s": f'{row[f"{stage}_tok_s"]:.1f}', "speed-up": f'{row[f"{stage}_speedup"]:.2f}×',
+              "efficiency": f'{row[f"{stage}_efficiency"]:.2f}'}
+             for row in r["rows"] for stage in ("prefill", "decode")]
+    return lines + _table(table)
 
 
 def statistics_md(doc: dict) -> list[str]:
@@ -98,13 +104,12 @@ def statistics_md(doc: dict) -> list[str]:
     lines = ["## Activation statistics: one layer-wise pass vs whole-model forwards", "",
              "SmolLM2, 32 × 128 calibration tokens. Wanda-sp prunes layer by layer: with whole-model forwards it "
              "needs one forward truncated after each layer (quadratic in depth); FLAP was already one forward. "
-             "Medians of alternating repeats, a fresh process each.", "",
-             "| method | layer-wise s | forward s | speed-up | same result |", "|---|---|---|---|---|"]
-    for row in r["summary"]:
-        same = row.get("plans_identical", row.get("identical"))
-        lines.append(f'| {row["method"]} | {row["layerwise_seconds"]:.1f} | {row["forward_seconds"]:.1f} | '
-                     f'**{row["speedup"]:.2f}×** | {"yes" if same else "**no**"} |')
-    return lines
+             "Medians of alternating repeats, a fresh process each.", ""]
+    table = [{"method": row["method"], "layer-wise s": f'{row["layerwise_seconds"]:.1f}',
+              "forward s": f'{row["forward_seconds"]:.1f}', "speed-up": f'**{row["speedup"]:.2f}×**',
+              "same result": "yes" if row.get("plans_identical", row.get("identical")) else "**no**"}
+             for row in r["summary"]]
+    return lines + _table(table)
 
 
 def zeroshot_md(doc: dict) -> list[str]:
@@ -114,10 +119,10 @@ def zeroshot_md(doc: dict) -> list[str]:
              f'{len(r["tasks"])} tasks ({", ".join(r["tasks"])}), first {r["limit"]} items each: {r["requests"]} '
              f'loglikelihood requests; batch {r["batch_size"]}, SmolLM2 fp32. A fresh process per measurement, '
              "alternating; medians. *loglikelihood s* is the time inside the model class (what a backend decides); "
-             "*end to end* adds lm-eval's task building and aggregation, the same for both.", "",
-             "| lm-eval model class | loglikelihood s | requests/s | end to end s |", "|---|---|---|---|"]
-    for lm in ("hf", "hf-shared-prefix"):
-        lines.append(f'| `{lm}` | {med[lm]["loglikelihood_seconds"]:.1f} | {rps[lm]:.2f} | {med[lm]["seconds"]:.1f} |')
+             "*end to end* adds lm-eval's task building and aggregation, the same for both.", ""]
+    lines += _table([{"lm-eval model class": f"`{lm}`", "loglikelihood s": f'{med[lm]["loglikelihood_seconds"]:.1f}',
+                      "requests/s": f"{rps[lm]:.2f}", "end to end s": f'{med[lm]["seconds"]:.1f}'}
+                     for lm in ("hf", "hf-shared-prefix")])
     lines += ["", f'Speed-up: **{r["ratio_loglikelihood"]:.2f}×** requests/s ({r["ratio_end_to_end"]:.2f}× end to end); '
               f'identical metrics on every task: **{"yes" if r["same_scores"] else "no"}**; largest per-item '
               f'log-likelihood difference {r["max_abs_loglikelihood_difference"]:.1e}.']
