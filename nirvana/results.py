@@ -66,8 +66,7 @@ def make_run_id(config: Mapping[str, Any]) -> str:
 
 @functools.lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
-    """Package versions and the code's git hash, "-dirty" when the work tree differs from it (untracked files
-    included: new code is code too)."""
+    """Package versions and the code's git hash (`git_hash`), computed once per process."""
     from importlib.metadata import PackageNotFoundError, version
 
     def pkg(name: str) -> str:
@@ -85,10 +84,12 @@ def versions() -> dict[str, str]:
 
 
 def git_hash(repo: Path = REPO_ROOT) -> str:
+    """The commit of the code, "-dirty" when the work tree differs from it — untracked files included (new code
+    is code too), the results folder excluded: rows and tables a run writes describe the code, they are not it."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":(exclude)results"], cwd=repo,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

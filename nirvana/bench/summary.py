@@ -20,9 +20,11 @@ def provenance(command: str, started: str | None = None) -> dict:
 
     import torch
 
-    from ..results import git_hash, versions
+    from ..results import versions
 
-    return {"git": git_hash(), "versions": versions(), "started": started, "finished": utc_now(),
+    # versions() is computed once per process: the commit as the benchmark started, before any of its own
+    # results files changed the tree
+    return {"git": versions()["git_hash"], "versions": versions(), "started": started, "finished": utc_now(),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.get_num_threads()} threads"
                        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
             "command": command}
