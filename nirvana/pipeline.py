@@ -61,8 +61,8 @@ class PruneRecipe:
         """From a resolved run/prune config (conf/run.yaml, conf/prune.yaml) as a plain dict."""
         pruner = dict(config["pruner"])
         return cls(pruner=pruner.pop("name"), variant=pruner.pop("variant", None), sparsity=config["sparsity"],
-                   options=pruner,
-                   calibration=dict(config["calibration"]), measure_kl=bool(config.get("measure_kl", False)),
+                   options=pruner, calibration=dict(config["calibration"]),
+                   measure_kl=bool(config.get("measure_kl", False)),
                    score_cache=(config.get("job") or {}).get("score_cache"), model_name=config["model"]["name"])
 
     def row_columns(self, outcome: PruneOutcome) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def test_bench_config_composes():
     from nirvana.bench.sections import validate
 
     validate(OmegaConf.to_container(cfg, resolve=True))
-    assert list(cfg.sections) == ["scoring", "statistics", "speed", "zeroshot", "demo"]
+    assert list(cfg.sections) == ["scoring", "statistics", "speed", "zeroshot", "exactness", "demo"]
 
 
 def _shrunk(tmp_path, *extra):
@@ -121,8 +121,26 @@ def test_summary_renders_every_section_kind(tmp_path):
     (tmp_path / "statistics.json").write_text(json.dumps({"result": {"summary": [
         {"method": "wanda_sp", "layerwise_seconds": 20.0, "forward_seconds": 140.0, "speedup": 7.0,
          "plans_identical": True}]}, "provenance": prov}))
+    (tmp_path / "exactness.json").write_text(json.dumps({"result": {
+        "tasks": ["piqa"], "limit": 2, "pruned_sparsity": 0.3, "models": {"pruned": {
+            "items": 2, "max_abs_loglikelihood_difference": 2e-5, "same_metrics": False,
+            "flips": [{"task": "piqa", "doc": 7, "hf": {"ll": [-1.0, -1.00001]},
+                       "hf-shared-prefix": {"ll": [-1.00001, -1.0]}}]}}}, "provenance": prov}))
     text = write_summary(tmp_path).read_text()
     assert "15.0 min" in text and "2.50×" in text and "git abc" in text and "7.00×" in text
+    assert "pruned piqa item 7" in text and "**no**" in text
+
+
+def test_item_comparison_finds_flips_and_the_worst_difference():
+    from nirvana.bench.zeroshot import compare_items
+
+    stock = {"piqa": {"0": {"ll": [-1.0, -2.0], "metric": 1.0}, "1": {"ll": [-3.0, -3.00001], "metric": 1.0}}}
+    ours = {"piqa": {"0": {"ll": [-1.0, -2.00003], "metric": 1.0}, "1": {"ll": [-3.00002, -3.0], "metric": 0.0}}}
+    r = compare_items(stock, ours)
+    assert r["items"] == 2 and r["max_abs_loglikelihood_difference"] == pytest.approx(3e-5)
+    assert [(f["task"], f["doc"]) for f in r["flips"]] == [("piqa", 1)]
+    with pytest.raises(ValueError):  # a different number of choices is a bug, not a difference
+        compare_items(stock, {"piqa": {**ours["piqa"], "0": {"ll": [-1.0], "metric": 1.0}}})
 
 
 def test_gpu_check_runs_on_cpu_with_a_small_shape(tmp_path):

@@ -15,7 +15,7 @@ from ..evaluation.zeroshot import check_tasks
 from .models import check_model_spec
 from .scoring import check_variants
 
-BENCH_SECTIONS = ("scoring", "statistics", "speed", "zeroshot", "demo")
+BENCH_SECTIONS = ("scoring", "statistics", "speed", "zeroshot", "exactness", "demo")
 # The targets, recorded with the results so the summary can say which variant meets them.
 SCORING_GOAL = {"peak_ratio": 0.6, "time_ratio": 1.0}
 
@@ -78,6 +78,13 @@ def run_section(name: str, cfg: dict) -> tuple[dict, dict]:
         with tempfile.TemporaryDirectory(prefix="nirvana-bench-zs-") as scratch:
             return c, run_zeroshot_bench(model_dir, c["tasks"], c["limit"], c["batch_size"], c["max_length"],
                                          c["repeats"], scratch, progress=bar)
+    if name == "exactness":
+        from .zeroshot import run_exactness_bench
+
+        model_dir = c["model_dir"] or str(paths.smollm2_dir())
+        with tempfile.TemporaryDirectory(prefix="nirvana-bench-exact-") as scratch:
+            return c, run_exactness_bench(model_dir, c["tasks"], c["limit"], c["sparsity"], c["max_length"],
+                                          scratch, progress=bar)
     if name == "demo":
         from .demo import run_demo_bench
 

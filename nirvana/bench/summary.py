@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-SECTIONS = ("scoring", "statistics", "speed", "zeroshot", "demo", "gpu_check")
+SECTIONS = ("scoring", "statistics", "speed", "zeroshot", "exactness", "demo", "gpu_check")
 
 
 def utc_now() -> str:
@@ -131,6 +131,22 @@ def zeroshot_md(doc: dict) -> list[str]:
     return lines
 
 
+def exactness_md(doc: dict) -> list[str]:
+    r = doc["result"]
+    lines = ["## Zero-shot exactness: `hf-shared-prefix` vs `hf`, item by item", "",
+             f'{len(r["tasks"])} tasks, first {r["limit"]} items each, SmolLM2 fp32 dense and NIRVANA-pruned at '
+             f's={r["pruned_sparsity"]}.', ""]
+    lines += _table([{"model": label, "items": m["items"], "max per-item log-likelihood difference":
+                      f'{m["max_abs_loglikelihood_difference"]:.1e}',
+                      "identical per-task metrics": "yes" if m["same_metrics"] else "**no**",
+                      "flipped items": len(m["flips"])} for label, m in r["models"].items()])
+    for label, m in r["models"].items():
+        for f in m["flips"]:
+            lines.append(f'- {label} {f["task"]} item {f["doc"]}: hf {f["hf"]["ll"]} vs ours '
+                         f'{f["hf-shared-prefix"]["ll"]} (a near tie)')
+    return lines
+
+
 def demo_md(doc: dict) -> list[str]:
     r = doc["result"]
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in r["stages"].items())
@@ -144,7 +160,7 @@ def gpu_md(doc: dict) -> list[str]:
 
 
 RENDER = {"scoring": scoring_md, "statistics": statistics_md, "speed": speed_md, "zeroshot": zeroshot_md,
-          "demo": demo_md, "gpu_check": gpu_md}
+          "exactness": exactness_md, "demo": demo_md, "gpu_check": gpu_md}
 
 
 def write_summary(out_dir: Path) -> Path:

@@ -26,9 +26,9 @@ from ..evaluation.zeroshot import (
 )
 
 
-def _loglikelihoods(samples: list[dict]) -> dict[int, list[float]]:
-    """doc id → the log-likelihood of each of its requests (one per choice), from lm-eval's logged samples."""
-    return {int(s["doc_id"]): sample_loglikelihoods(s) for s in samples}
+def _items(samples: list[dict], metric: str) -> dict[int, dict]:
+    """doc id → the log-likelihood of each of its requests (one per choice) and the item's metric."""
+    return {int(s["doc_id"]): {"ll": sample_loglikelihoods(s), "metric": float(s[metric])} for s in samples}
 
 
 def measure_zeroshot(lm: str, model_dir: str, tasks: list[str], limit: int, batch_size: int, max_length: int,
@@ -57,7 +57,8 @@ def measure_zeroshot(lm: str, model_dir: str, tasks: list[str], limit: int, batc
                                   log_samples=True, bootstrap_iters=0)
     seconds = time.perf_counter() - t0
     if samples_out:
-        Path(samples_out).write_text(json.dumps({t: _loglikelihoods(out["samples"][n]) for t, n in zip(tasks, names)}))
+        Path(samples_out).write_text(json.dumps({t: _items(out["samples"][n], TASK_METRICS[t])
+                                                 for t, n in zip(tasks, names)}))
     return {"lm": lm, "seconds": seconds, "loglikelihood_seconds": sum(s for s, _ in spent),
             "requests": sum(n for _, n in spent), "threads": torch.get_num_threads(),
             "scores": {t: out["results"][n][f"{TASK_METRICS[t]},none"] for t, n in zip(tasks, names)}}
@@ -85,9 +86,7 @@ def run_zeroshot_bench(model_dir: str, tasks, limit: int, batch_size: int, max_l
         samples = f"{scratch}/{lm}.json" if r == 0 else None
         runs[lm].append(run_isolated("zeroshot", lm=lm, model_dir=model_dir, tasks=tasks, limit=limit,
                                      batch_size=batch_size, max_length=max_length, samples_out=samples))
-    lls = {lm: json.loads(Path(f"{scratch}/{lm}.json").read_text()) for lm in LMS}
-    worst = max(abs(a - b) for t in tasks for d, xs in lls["hf"][t].items()
-                for a, b in zip(xs, lls["hf-shared-prefix"][t][d], strict=True))
+    agreement = compare_items(*(json.loads(Path(f"{scratch}/{lm}.json").read_text()) for lm in LMS))
     med = {lm: {k: statistics.median(m[k] for m in rs) for k in ("seconds", "loglikelihood_seconds")}
            for lm, rs in runs.items()}
     n = runs["hf"][0]["requests"]
@@ -99,5 +98,45 @@ def run_zeroshot_bench(model_dir: str, tasks, limit: int, batch_size: int, max_l
         "ratio_loglikelihood": med["hf"]["loglikelihood_seconds"] / med["hf-shared-prefix"]["loglikelihood_seconds"],
         "ratio_end_to_end": med["hf"]["seconds"] / med["hf-shared-prefix"]["seconds"],
         "scores": scores, "same_scores": scores["hf"] == scores["hf-shared-prefix"],
-        "max_abs_loglikelihood_difference": worst,
+        "max_abs_loglikelihood_difference": agreement["max_abs_loglikelihood_difference"],
     }
+
+
+def compare_items(stock: dict, ours: dict) -> dict:
+    """Per-item agreement of two runs' logged items: the largest log-likelihood difference, and every item whose
+    metric differs (a near tie that flipped), with both log-likelihood lists."""
+    worst, flips = 0.0, []
+    for task, items in stock.items():
+        for doc, a in items.items():
+            b = ours[task][doc]
+            worst = max(worst, *(abs(x - y) for x, y in zip(a["ll"], b["ll"], strict=True)))
+            if a["metric"] != b["metric"]:
+                flips.append({"task": task, "doc": int(doc), "hf": a, "hf-shared-prefix": b})
+    return {"max_abs_loglikelihood_difference": worst, "flips": flips,
+            "items": sum(len(items) for items in stock.values())}
+
+
+def run_exactness_bench(model_dir: str, tasks, limit: int, sparsity: float, max_length: int, scratch: str,
+                        progress=None) -> dict:
+    """Both model classes on the dense model and on a NIRVANA-pruned copy, `limit` items of every task: per-item
+    log-likelihood differences, per-task metrics, and every flipped item."""
+    import sys
+
+    from .. import paths
+    from .isolate import run_isolated, run_timed
+
+    pruned = f"{scratch}/pruned"
+    run_timed([sys.executable, "-m", "experiments.prune", f"model.name_or_path={model_dir}", "pruner=nirvana",
+               f"sparsity={sparsity}", f"save_dir={pruned}", f"hydra.run.dir={scratch}/prune-run"],
+              "pruning the exactness benchmark's model", cwd=str(paths.REPO_ROOT))
+    out = {}
+    jobs = [(label, path, lm) for label, path in (("dense", model_dir), ("pruned", pruned)) for lm in LMS]
+    for label, path, lm in (progress(jobs) if progress else jobs):
+        run_isolated("zeroshot", lm=lm, model_dir=path, tasks=list(tasks), limit=limit, batch_size=8,
+                     max_length=max_length, samples_out=f"{scratch}/{label}-{lm}.json")
+        if lm == LMS[-1]:
+            items = [json.loads(Path(f"{scratch}/{label}-{x}.json").read_text()) for x in ("hf", "hf-shared-prefix")]
+            metrics = [{t: sum(i["metric"] for i in v.values()) / len(v) for t, v in side.items()} for side in items]
+            out[label] = compare_items(*items) | {"metrics": dict(zip(("hf", "hf-shared-prefix"), metrics)),
+                                                  "same_metrics": metrics[0] == metrics[1]}
+    return {"tasks": list(tasks), "limit": limit, "pruned_sparsity": sparsity, "models": out}
