@@ -48,6 +48,8 @@ def no_load(monkeypatch):
     (["sparsity=0.9", "gamma=3.36"], r"largest feasible sparsity is below 0\.\d+"),
     (["pruner=taylor", "pruner.layer_start=1", "pruner.layer_end=null", "sparsity=0.8"], "both must stay below 1"),
     (["calibration.seq_len=300"], "calibration.seq_len=300 exceeds the model's context of 256 tokens"),
+    (["calibration.selection=kl", "calibration.probe.seq_len=300"],
+     "calibration.probe.seq_len=300 exceeds the model's context of 256 tokens"),
 ])
 def test_bad_hyperparameters_fail_before_the_model_loads(overrides, error, no_load, tmp_path):
     with pytest.raises(ValueError, match=error):
@@ -130,6 +132,49 @@ def test_overwrite_replaces_and_is_recorded(tmp_path):
     run_prune(cfg(*TINY, f"save_dir={target}", "overwrite=true"), tmp_path / "run")
     assert not (target / "old.txt").exists() and (target / "pruning_plan.json").is_file()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["overwrite"] is True
+
+
+def test_remote_code_runs_only_for_our_own_checkpoints_unless_configured(tmp_path):
+    from nirvana.models import MODELING_FILE, trusts_code
+
+    ours = tmp_path / "pruned"
+    ours.mkdir()
+    (ours / MODELING_FILE).write_text("# the modeling file save_pruned ships")
+    assert trusts_code(str(ours)) is True
+    assert trusts_code("meta-llama/Llama-3.1-8B") is False and trusts_code(str(tmp_path)) is False
+    assert trusts_code("meta-llama/Llama-3.1-8B", True) is True and trusts_code(str(ours), False) is False
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):  # no shipped model opts in
+        for model in sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")):
+            assert compose(config_name="prune", overrides=[f"model={model}"]).model.trust_remote_code is None, model
+
+
+def test_the_score_cache_key_sees_a_permutation_of_the_weights():
+    from nirvana.score_cache import cache_key
+
+    ids = torch.zeros(2, 8, dtype=torch.long)
+    a, b = tiny_model("llama"), tiny_model("llama")
+    assert cache_key(a, "nirvana", {}, ids) == cache_key(b, "nirvana", {}, ids)
+    with torch.no_grad():  # same sum and abs-sum per tensor (what the old fingerprint saw), different weights
+        w = b.model.layers[0].mlp.up_proj.weight
+        w[[0, 1]] = w[[1, 0]].clone()
+    assert cache_key(a, "nirvana", {}, ids) != cache_key(b, "nirvana", {}, ids)
+    assert cache_key(a, "nirvana", {}, ids) != cache_key(a, "nirvana", {"target": "loss"}, ids)
+
+
+def test_a_failed_score_cache_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from nirvana.score_cache import save_scores
+    from nirvana.units import UnitScores
+
+    def half_write(tensors, path):
+        Path(path).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_scores(tmp_path, "key", UnitScores([torch.ones(2)], [torch.ones(4)]))
+    assert not list(tmp_path.iterdir())
 
 
 def test_corrupt_rows_lines_are_skipped_with_a_warning_naming_file_and_line(tmp_path):
