@@ -34,13 +34,17 @@ def parse_args(argv=None):
     p.add_argument("--gamma", type=float, default=3.36)
     p.add_argument("--batch", type=int, default=32, help="calibration rows (official: 32)")
     p.add_argument("--seq-len", type=int, default=128, help="calibration length (official: 128)")
-    p.add_argument("--speed-repeats", type=int, default=5)
+    p.add_argument("--speed-repeats", type=int, default=5, help="repeats of every timed comparison")
+    p.add_argument("--zeroshot-docs", type=int, default=64, help="documents of the zero-shot mix (11 requests each)")
+    p.add_argument("--zeroshot-batch", type=int, default=32, help="batch size of both lm-eval model classes")
     p.add_argument("--out", default="results/bench/gpu_check.json")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: no CUDA device here (use --device cpu with a small --shape to try it)")
     if not 0 < args.sparsity < 1 or args.gamma <= 0 or args.batch < 1 or args.seq_len < 2:
         p.error("need 0 < sparsity < 1, gamma > 0, batch ≥ 1, seq-len ≥ 2")
+    if args.zeroshot_docs < 1 or args.zeroshot_batch < 1 or args.speed_repeats < 1:
+        p.error("need zeroshot-docs, zeroshot-batch and speed-repeats ≥ 1")
     return args
 
 

@@ -153,12 +153,14 @@ def test_gpu_check_runs_on_cpu_with_a_small_shape(tmp_path):
     assert shape_budget("llama-8b-shape", 0.5, 1.0) == {"groups": 128, "neurons": 229_376}
     out = tmp_path / "gpu_check.json"
     code = main(["--shape", "llama-tiny-shape", "--device", "cpu", "--dtype", "float32", "--batch", "4",
-                 "--seq-len", "16", "--speed-repeats", "1", "--out", str(out)])
+                 "--seq-len", "16", "--speed-repeats", "1", "--zeroshot-docs", "2", "--out", str(out)])
     doc = json.loads(out.read_text())["result"]
     assert code == 0 and doc["checks"]["parameters_consistent"] and doc["checks"]["adapter_budget_agrees"]
     assert doc["plan_identical_to_naive"] is True
     assert [r["variant"] for r in doc["scoring"]] == ["ours+checkpointing", "ours", "naive", "naive (no cap)"]
     assert all(s["prefill_flop_ratio"] < 1 for s in doc["speed"])
+    zs = doc["zeroshot"]  # the two lm-eval classes on the same 22 requests, fp32: the same answers
+    assert zs["requests"] == 22 and zs["max_abs_loglikelihood_difference"] < 1e-4 and zs["same_greedy"] is True
 
 
 def test_gpu_check_refuses_cuda_without_a_gpu():

@@ -9,7 +9,10 @@ Nothing is downloaded: the weights are random (memory and speed depend on shapes
   3. the naive full-gradient scorer (nirvana.bench.naive) under the cap, then without it, for its peak;
   4. plan from our scores; the pruned model's parameter count must equal the plan's count, which must equal
      the dense count minus the removed units' parameters; plan vs the naive scores' plan;
-  5. dense vs pruned prefill and decode throughput and their FLOP ratios.
+  5. dense vs pruned prefill and decode throughput and their FLOP ratios;
+  6. zero-shot scoring speed on the dense model: lm-eval's `hf` vs our `hf-shared-prefix` on requests shaped
+     like the nine-task mix (nirvana.bench.zeroshot.backend_speed), with a tokenizer trained on the standard
+     library's text — the CPU benchmark's measurement, without its assets.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .memory import GIB, measure, set_memory_cap
 from .models import SHAPES, random_ids, random_llama
 from .naive import full_gradient_scores
 from .scoring import plan_digest
+from .zeroshot import backend_speed
 
 log = logging.getLogger(__name__)
 # docs/method.md §2, before rounding: what the closed form must give for Llama-3.1-8B at s=0.5, γ=3.36.
@@ -127,6 +131,14 @@ def run_check(args) -> dict:
         except torch.OutOfMemoryError as e:
             speed.append({**shape, "oom": True, "error": str(e).splitlines()[0][:200]})
         log.info("speed %s", speed[-1])
+    try:
+        from ..tiny import tiny_tokenizer
+
+        tokenizer = tiny_tokenizer(min(4096, adapter.vocab_size()))
+        zeroshot = backend_speed(dense, tokenizer, args.zeroshot_docs, args.zeroshot_batch, 2048, args.speed_repeats)
+    except torch.OutOfMemoryError as e:
+        zeroshot = {"oom": True, "error": str(e).splitlines()[0][:200]}
+    log.info("zero-shot backends: %s", zeroshot)
     del dense
     _free(args.device)
 
@@ -141,11 +153,12 @@ def run_check(args) -> dict:
         "calibration": [args.batch, args.seq_len], "weights_gib": weights_gib, "closed_form": closed_form,
         "scoring": scoring, "plan_digest": digest, "naive_plan_digest": naive_digest,
         "plan_identical_to_naive": None if naive_digest is None else digest == naive_digest,
-        "parameters": params, "speed": speed, "checks": ok, "seconds": round(time.perf_counter() - t_start, 1),
+        "parameters": params, "speed": speed, "zeroshot": zeroshot, "checks": ok, "seconds": round(time.perf_counter() - t_start, 1),
         "summary": {**ok, "scoring": {r["variant"]: ("OOM" if r["oom"] else f'{r["peak_gib"]:.2f} GiB, {r["seconds"]} s')
                                       for r in scoring},
                     "kept_fraction": round(params["kept_fraction"], 4),
                     "speedups": {f'bs{s["batch_size"]}': {k: round(s[k], 3) for k in
                                  ("prefill_speedup", "decode_speedup", "prefill_efficiency", "decode_efficiency")}
-                                 for s in speed if not s.get("oom")}},
+                                 for s in speed if not s.get("oom")},
+                    "zeroshot_ratio": None if zeroshot.get("oom") else round(zeroshot["ratio"], 2)},
     }

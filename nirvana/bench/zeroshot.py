@@ -140,3 +140,55 @@ def run_exactness_bench(model_dir: str, tasks, limit: int, sparsity: float, max_
             out[label] = compare_items(*items) | {"metrics": dict(zip(("hf", "hf-shared-prefix"), metrics)),
                                                   "same_metrics": metrics[0] == metrics[1]}
     return {"tasks": list(tasks), "limit": limit, "pruned_sparsity": sparsity, "models": out}
+
+
+def mixed_requests(n_docs: int) -> list[tuple[str, str]]:
+    """(context, continuation) pairs shaped like the nine-task mix, from the standard library's own text (no
+    assets: the GPU machine has none): per document a 4-choice question (ARC, OpenBookQA, SciQ, HellaSwag), a
+    2-choice goal (PIQA), a passage with a yes/no question (BoolQ), a WinoGrande pair (two sentence starts,
+    one shared ending) and a LAMBADA passage (one continuation)."""
+    from ..tiny import pydoc_text
+
+    words = pydoc_text().split()
+    span = lambda start, n: " ".join(words[start % (len(words) - n):][:n])  # noqa: E731
+    pairs = []
+    for d in range(n_docs):
+        at = 997 * d
+        question = f"Question: {span(at, 40)}\nAnswer:"
+        pairs += [(question, " " + span(at + 50 + 9 * k, 4 + 2 * k)) for k in range(4)]
+        goal = f"Goal: {span(at + 100, 15)}\nSolution:"
+        pairs += [(goal, " " + span(at + 120 + 25 * k, 20)) for k in range(2)]
+        pairs += [(f"{span(at + 200, 150)}\nQuestion: {span(at + 360, 10)}?\nAnswer:", c) for c in (" yes", " no")]
+        start = span(at + 400, 20)
+        pairs += [(f"{start} {option}", " " + span(at + 430, 8)) for option in (span(at + 440, 2), span(at + 445, 2))]
+        pairs.append((span(at + 500, 80), " " + span(at + 580, 1)))
+    return pairs
+
+
+def backend_speed(model, tokenizer, n_docs: int, batch_size: int, max_length: int, repeats: int) -> dict:
+    """lm-eval's `hf` vs `hf-shared-prefix` on one in-memory model (any device and dtype): the same requests,
+    batch size and context length, repeats alternating; median seconds of `_loglikelihood_tokens` (the part the
+    class decides), requests/s, ratio, and how far their per-request log-likelihoods are apart."""
+    import torch
+    from lm_eval.models.huggingface import HFLM
+
+    from ..evaluation.shared_prefix import SharedPrefixLM
+
+    common = dict(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    lms = {"hf": HFLM(**common), "hf-shared-prefix": SharedPrefixLM(**common)}
+    requests = [((c, x), *lms["hf"]._encode_pair(c, x)) for c, x in mixed_requests(n_docs)]
+    seconds, answers = {name: [] for name in lms}, {}
+    sync = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
+    for _ in range(repeats):
+        for name, lm in lms.items():
+            sync()
+            t0 = time.perf_counter()
+            answers[name] = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+            sync()
+            seconds[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(s) for name, s in seconds.items()}
+    diffs = [abs(a[0] - b[0]) for a, b in zip(answers["hf"], answers["hf-shared-prefix"], strict=True)]
+    return {"requests": len(requests), "batch_size": batch_size, "repeats": repeats, "median_seconds": med,
+            "requests_per_s": {name: len(requests) / s for name, s in med.items()},
+            "ratio": med["hf"] / med["hf-shared-prefix"], "max_abs_loglikelihood_difference": max(diffs),
+            "same_greedy": all(a[1] == b[1] for a, b in zip(answers["hf"], answers["hf-shared-prefix"]))}
