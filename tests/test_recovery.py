@@ -2,6 +2,7 @@
 resumes exactly where it stopped, and the Hydra entry point writes before/after rows."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -89,6 +90,16 @@ def test_a_few_lora_steps_lower_the_training_loss(calib_ids, tokenizer, examples
     merged, result, _ = rec.recover(model, tokenizer, train, [], settings, tmp_path, progress=False)
     after = mean_token_loss(merged, tokenized)
     assert result.steps == 5 and after < before - 0.5, (before, after)
+
+
+def test_a_non_finite_loss_stops_recovery_naming_the_step(calib_ids, tokenizer, examples, tmp_path):
+    model, _ = pruned_tiny(calib_ids)
+    with torch.no_grad():
+        model.model.norm.weight[0] = math.inf  # frozen, outside every LoRA target: the loss is NaN from step 1
+    settings = rec.LoraSettings(**FAST | {"max_steps": 3})
+    train, _ = rec.tokenize_examples(tokenizer, examples[:8], CUTOFF)
+    with pytest.raises(ValueError, match="the training loss at step 1 is nan; lower recovery.lr"):
+        rec.train_lora(rec.apply_lora(model, settings), train, [], settings, tmp_path / "work", progress=False)
 
 
 def test_merged_checkpoint_loads_fresh_with_the_peft_models_logits(calib_ids, tokenizer, examples, tmp_path):

@@ -198,7 +198,8 @@ def _trainer(peft_model, train, val, settings: LoraSettings, work_dir: Path, pad
         learning_rate=settings.lr, num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
         lr_scheduler_type="linear", warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay,
         max_grad_norm=settings.max_grad_norm or 0.0, optim="adamw_torch", seed=settings.seed,
-        logging_steps=1, eval_strategy="steps" if evaluate else "no", eval_steps=settings.eval_every,
+        logging_steps=1, logging_nan_inf_filter=False,  # Trainer hides NaN losses by default: our guard must see them
+        eval_strategy="steps" if evaluate else "no", eval_steps=settings.eval_every,
         save_strategy="steps", save_steps=save_every, save_total_limit=keep_last,
         load_best_model_at_end=evaluate and settings.load_best_at_end, metric_for_best_model="eval_loss",
         greater_is_better=False, report_to="none", disable_tqdm=not progress, remove_unused_columns=False,
