@@ -148,6 +148,22 @@ def test_remote_code_runs_only_for_our_own_checkpoints_unless_configured(tmp_pat
             assert compose(config_name="prune", overrides=[f"model={model}"]).model.trust_remote_code is None, model
 
 
+def test_every_torch_load_refuses_pickled_code():
+    """A `torch.load` without `weights_only=True` would run any code a state file carries."""
+    import ast
+
+    calls = []
+    for path in [*(ROOT / "nirvana").rglob("*.py"), *(ROOT / "experiments").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                           for k in node.keywords)
+                calls.append((f"{path.relative_to(ROOT)}:{node.lineno}", safe))
+    assert calls, "no torch.load found: the scan itself is broken"
+    assert [where for where, safe in calls if not safe] == []
+
+
 def test_the_score_cache_key_sees_a_permutation_of_the_weights():
     from nirvana.score_cache import cache_key
 
