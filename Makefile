@@ -71,7 +71,7 @@ reproduce-table2: $(SETUP_STAMP) ## Table 2 sweep (GPU + hub); MODEL=smollm2_135
 notebooks: $(SETUP_STAMP) ## execute every analysis notebook headless on result rows (RESULTS=dir PLANS='glob') → outputs/notebooks
 	$(PY) -m experiments.notebooks --results $(RESULTS) $(if $(PLANS),--plans '$(PLANS)') --out outputs/notebooks
 
-bench: $(ASSETS_STAMP) ## benchmarks side by side (scoring memory/time, speed, zero-shot, demo) → results/bench (~40 min on 2 cores)
+bench: $(ASSETS_STAMP) ## benchmarks side by side (scoring memory/time, statistics pass, speed, zero-shot speed and exactness, demo) → results/bench (~70 min on 2 cores)
 	$(PY) -m experiments.bench $(ARGS)
 
 gpu-check: $(SETUP_STAMP) ## the prepared GPU check (Llama-3.1-8B shape, 24 GiB cap) → results/bench/gpu_check.json
