@@ -123,12 +123,17 @@ def test_summary_renders_every_section_kind(tmp_path):
          "plans_identical": True}]}, "provenance": prov}))
     (tmp_path / "exactness.json").write_text(json.dumps({"result": {
         "tasks": ["piqa"], "limit": 2, "pruned_sparsity": 0.3, "models": {"pruned": {
-            "items": 2, "max_abs_loglikelihood_difference": 2e-5, "same_metrics": False,
-            "flips": [{"task": "piqa", "doc": 7, "hf": {"ll": [-1.0, -1.00001]},
-                       "hf-shared-prefix": {"ll": [-1.00001, -1.0]}}]}}}, "provenance": prov}))
+            "items": 2, "requests": 4, "max_abs_loglikelihood_difference": 3e-4, "same_metrics": False,
+            "tolerance": 1e-4, "flips": [{"task": "piqa", "doc": 7, "hf": [-1.0, -1.00001],
+                                          "hf-shared-prefix": [-1.00001, -1.0]}],
+            "over_tolerance": [{"task": "piqa", "doc": 3, "choice": 1, "difference": 3e-4, "hf": -50.0003,
+                                "hf-shared-prefix": -50.0, "loglikelihood": -50.00001, "continuation_tokens": 30,
+                                "context_tokens": 9, "hf_error": 2.9e-4, "hf-shared-prefix_error": 1e-5}]}}},
+        "provenance": prov}))
     text = write_summary(tmp_path).read_text()
     assert "15.0 min" in text and "2.50×" in text and "git abc" in text and "7.00×" in text
-    assert "pruned piqa item 7" in text and "**no**" in text
+    assert "pruned piqa item 7" in text and "**no**" in text and "1 (> 1e-04)" in text
+    assert "pruned piqa item 3 choice 1 (30 continuation tokens)" in text and "|ours − float64| 1.0e-05" in text
 
 
 def test_item_comparison_finds_flips_and_the_worst_difference():
@@ -138,7 +143,9 @@ def test_item_comparison_finds_flips_and_the_worst_difference():
     ours = {"piqa": {"0": {"ll": [-1.0, -2.00003], "metric": 1.0}, "1": {"ll": [-3.00002, -3.0], "metric": 0.0}}}
     r = compare_items(stock, ours)
     assert r["items"] == 2 and r["max_abs_loglikelihood_difference"] == pytest.approx(3e-5)
-    assert [(f["task"], f["doc"]) for f in r["flips"]] == [("piqa", 1)]
+    assert [(f["task"], f["doc"]) for f in r["flips"]] == [("piqa", 1)] and r["over_tolerance"] == []
+    r = compare_items(stock, ours, tolerance=1.5e-5)
+    assert r["requests"] == 4 and [(o["doc"], o["choice"]) for o in r["over_tolerance"]] == [(0, 1), (1, 0)]
     with pytest.raises(ValueError):  # a different number of choices is a bug, not a difference
         compare_items(stock, {"piqa": {**ours["piqa"], "0": {"ll": [-1.0], "metric": 1.0}}})
 
@@ -193,3 +200,18 @@ def test_zeroshot_bench_compares_the_two_model_classes(tmp_path):
     assert r["requests"] == 3 * 4 + 3 * 2  # 3 questions × 4 choices, 3 sentences × 2 options
     assert r["same_scores"] is True and r["max_abs_loglikelihood_difference"] < 1e-4
     assert r["requests_per_s"]["hf"] > 0 and r["requests_per_s"]["hf-shared-prefix"] > 0
+
+
+@pytest.mark.slow
+def test_exactness_bench_rescores_disagreements_in_float64(tmp_path):
+    """At tolerance 0 every request counts as a disagreement, so the float64 referee runs on real requests: both
+    fp32 classes must then sit within rounding of it."""
+    from nirvana import paths
+    from nirvana.bench.zeroshot import run_exactness_bench
+
+    r = run_exactness_bench(str(paths.smollm2_dir()), ["piqa"], 2, 0.3, 2048, str(tmp_path), tolerance=0.0)
+    for label in ("dense", "pruned"):
+        m = r["models"][label]
+        assert m["same_metrics"] and m["requests"] == 4 and len(m["over_tolerance"]) == 4
+        for o in m["over_tolerance"]:
+            assert o["continuation_tokens"] > 0 and o["hf_error"] < 1e-3 and o["hf-shared-prefix_error"] < 1e-3

@@ -150,3 +150,20 @@ def test_stock_cli_with_our_model_class_matches_hf_to_the_item(tmp_path, tokeniz
         assert a["acc"] == b["acc"] and a["acc_norm"] == b["acc_norm"]
         for x, y in zip(Z.sample_loglikelihoods(a), Z.sample_loglikelihoods(b)):
             assert abs(x - y) < 1e-4
+
+
+def test_the_float64_arbiter_scores_pairs_as_lm_evals_hf_does(tmp_path, tokenizer):
+    """The exactness benchmark's referee: the same tokens as `hf`, so its float64 sums differ from `hf`'s fp32
+    ones by rounding only."""
+    from nirvana.bench.zeroshot import reference_loglikelihoods
+
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    pairs = requests(tokenizer, 2)
+    stock = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=256)
+    want = [ll for ll, _ in stock._loglikelihood_tokens(encode(stock, pairs), disable_tqdm=True)]
+    got = reference_loglikelihoods(str(tmp_path), [list(p) for p in pairs], 256)["references"]
+    assert [g["continuation_tokens"] for g in got] == [len(stock._encode_pair(c, x)[1]) for c, x in pairs]
+    assert max(abs(g["loglikelihood"] - w) for g, w in zip(got, want)) < 1e-4
+    assert got[0]["loglikelihood"] != want[0]  # computed anew in float64, not copied from an fp32 pass

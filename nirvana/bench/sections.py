@@ -84,7 +84,7 @@ def run_section(name: str, cfg: dict) -> tuple[dict, dict]:
         model_dir = c["model_dir"] or str(paths.smollm2_dir())
         with tempfile.TemporaryDirectory(prefix="nirvana-bench-exact-") as scratch:
             return c, run_exactness_bench(model_dir, c["tasks"], c["limit"], c["sparsity"], c["max_length"],
-                                          scratch, progress=bar)
+                                          scratch, progress=bar, tolerance=c["tolerance"])
     if name == "demo":
         from .demo import run_demo_bench
 

@@ -135,15 +135,24 @@ def exactness_md(doc: dict) -> list[str]:
     r = doc["result"]
     lines = ["## Zero-shot exactness: `hf-shared-prefix` vs `hf`, item by item", "",
              f'{len(r["tasks"])} tasks, first {r["limit"]} items each, SmolLM2 fp32 dense and NIRVANA-pruned at '
-             f's={r["pruned_sparsity"]}.', ""]
-    lines += _table([{"model": label, "items": m["items"], "max per-item log-likelihood difference":
-                      f'{m["max_abs_loglikelihood_difference"]:.1e}',
+             f's={r["pruned_sparsity"]}. Requests whose two fp32 log-likelihoods differ by more than the tolerance '
+             "are re-scored in float64 (one unpadded forward, lm-eval's tokenisation): the distance of each class "
+             "to that reference says whether a difference is packing or rounding.", ""]
+    lines += _table([{"model": label, "items": m["items"], "requests": m.get("requests", "—"),
+                      "max per-item log-likelihood difference": f'{m["max_abs_loglikelihood_difference"]:.1e}',
+                      "requests over tolerance": (f'{len(m["over_tolerance"])} (> {m["tolerance"]:.0e})'
+                                                  if "over_tolerance" in m else "—"),
                       "identical per-task metrics": "yes" if m["same_metrics"] else "**no**",
                       "flipped items": len(m["flips"])} for label, m in r["models"].items()])
     for label, m in r["models"].items():
         for f in m["flips"]:
-            lines.append(f'- {label} {f["task"]} item {f["doc"]}: hf {f["hf"]["ll"]} vs ours '
-                         f'{f["hf-shared-prefix"]["ll"]} (a near tie)')
+            lines.append(f'- {label} {f["task"]} item {f["doc"]}: hf {f["hf"]} vs ours {f["hf-shared-prefix"]} '
+                         "(a near tie)")
+        for o in m.get("over_tolerance", []):
+            lines.append(f'- {label} {o["task"]} item {o["doc"]} choice {o["choice"]} '
+                         f'({o["continuation_tokens"]} continuation tokens): hf {o["hf"]:.5f}, ours '
+                         f'{o["hf-shared-prefix"]:.5f}, float64 {o["loglikelihood"]:.5f} → |hf − float64| '
+                         f'{o["hf_error"]:.1e}, |ours − float64| {o["hf-shared-prefix_error"]:.1e}')
     return lines
 
 

@@ -27,8 +27,10 @@ from ..evaluation.zeroshot import (
 
 
 def _items(samples: list[dict], metric: str) -> dict[int, dict]:
-    """doc id → the log-likelihood of each of its requests (one per choice) and the item's metric."""
-    return {int(s["doc_id"]): {"ll": sample_loglikelihoods(s), "metric": float(s[metric])} for s in samples}
+    """doc id → the log-likelihood of each of its requests (one per choice), the item's metric, and each
+    request's (context, continuation) strings (to re-score a disagreement in float64)."""
+    return {int(s["doc_id"]): {"ll": sample_loglikelihoods(s), "metric": float(s[metric]),
+                               "args": [list(a[:2]) for a in s["arguments"]]} for s in samples}
 
 
 def measure_zeroshot(lm: str, model_dir: str, tasks: list[str], limit: int, batch_size: int, max_length: int,
@@ -102,24 +104,72 @@ def run_zeroshot_bench(model_dir: str, tasks, limit: int, batch_size: int, max_l
     }
 
 
-def compare_items(stock: dict, ours: dict) -> dict:
-    """Per-item agreement of two runs' logged items: the largest log-likelihood difference, and every item whose
-    metric differs (a near tie that flipped), with both log-likelihood lists."""
-    worst, flips = 0.0, []
+def compare_items(stock: dict, ours: dict, tolerance: float = 1e-4) -> dict:
+    """Per-item agreement of two runs' logged items: the largest log-likelihood difference, every item whose
+    metric differs (a near tie that flipped), with both log-likelihood lists, and every request whose
+    log-likelihoods differ by more than `tolerance` (largest first)."""
+    worst, flips, over, requests = 0.0, [], [], 0
     for task, items in stock.items():
         for doc, a in items.items():
             b = ours[task][doc]
-            worst = max(worst, *(abs(x - y) for x, y in zip(a["ll"], b["ll"], strict=True)))
+            for choice, (x, y) in enumerate(zip(a["ll"], b["ll"], strict=True)):
+                requests += 1
+                worst = max(worst, abs(x - y))
+                if abs(x - y) > tolerance:
+                    over.append({"task": task, "doc": int(doc), "choice": choice, "difference": abs(x - y),
+                                 "hf": x, "hf-shared-prefix": y, "args": a.get("args", [None] * (choice + 1))[choice]})
             if a["metric"] != b["metric"]:
-                flips.append({"task": task, "doc": int(doc), "hf": a, "hf-shared-prefix": b})
-    return {"max_abs_loglikelihood_difference": worst, "flips": flips,
+                flips.append({"task": task, "doc": int(doc), "hf": a["ll"], "hf-shared-prefix": b["ll"]})
+    return {"max_abs_loglikelihood_difference": worst, "flips": flips, "tolerance": tolerance,
+            "over_tolerance": sorted(over, key=lambda r: -r["difference"]), "requests": requests,
             "items": sum(len(items) for items in stock.values())}
 
 
+def reference_loglikelihoods(model_dir: str, pairs: list[list[str]], max_length: int) -> dict:
+    """float64 log-likelihoods of (context, continuation) pairs, tokenised exactly as lm-eval's `hf` does, one
+    unpadded forward each: the arbiter when the two fp32 classes disagree beyond rounding of short sums.
+    Meant for a fresh process (nirvana.bench.isolate)."""
+    import torch
+    from lm_eval.models.huggingface import HFLM
+
+    from ..evaluation.zeroshot import lm_eval_backend
+    from ..models import load_model
+
+    model, tokenizer = load_model(model_dir, dtype="float32", device="cpu")
+    encoder = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=max_length,
+                   backend=lm_eval_backend(model))
+    model = model.double().eval()
+    out = []
+    for context, continuation in pairs:
+        ctx, cont = encoder._encode_pair(context, continuation)
+        ids = torch.tensor([(ctx + cont)[-(max_length + 1):][:-1]])
+        with torch.no_grad():
+            logprobs = model(input_ids=ids).logits[0, -len(cont):].log_softmax(-1)
+        out.append({"loglikelihood": logprobs.gather(-1, torch.tensor(cont)[:, None]).sum().item(),
+                    "context_tokens": len(ctx), "continuation_tokens": len(cont)})
+    return {"references": out}
+
+
+def arbitrate(over: list[dict], model_dir: str, max_length: int, most: int = 20) -> list[dict]:
+    """The `most` largest disagreements re-scored in float64 (fresh process): how far each class is from it."""
+    from .isolate import run_isolated
+
+    over = over[:most]
+    if not over:
+        return []
+    refs = run_isolated("reference", model_dir=model_dir, pairs=[r["args"] for r in over],
+                        max_length=max_length)["references"]
+    return [{k: v for k, v in r.items() if k != "args"} | ref
+            | {"hf_error": abs(r["hf"] - ref["loglikelihood"]),
+               "hf-shared-prefix_error": abs(r["hf-shared-prefix"] - ref["loglikelihood"])}
+            for r, ref in zip(over, refs, strict=True)]
+
+
 def run_exactness_bench(model_dir: str, tasks, limit: int, sparsity: float, max_length: int, scratch: str,
-                        progress=None) -> dict:
+                        progress=None, tolerance: float = 1e-4) -> dict:
     """Both model classes on the dense model and on a NIRVANA-pruned copy, `limit` items of every task: per-item
-    log-likelihood differences, per-task metrics, and every flipped item."""
+    log-likelihood differences, per-task metrics, every flipped item, and the requests that differ by more than
+    `tolerance`, re-scored in float64."""
     import sys
 
     from .. import paths
@@ -137,8 +187,10 @@ def run_exactness_bench(model_dir: str, tasks, limit: int, sparsity: float, max_
         if lm == LMS[-1]:
             items = [json.loads(Path(f"{scratch}/{label}-{x}.json").read_text()) for x in ("hf", "hf-shared-prefix")]
             metrics = [{t: sum(i["metric"] for i in v.values()) / len(v) for t, v in side.items()} for side in items]
-            out[label] = compare_items(*items) | {"metrics": dict(zip(("hf", "hf-shared-prefix"), metrics)),
-                                                  "same_metrics": metrics[0] == metrics[1]}
+            agreement = compare_items(*items, tolerance=tolerance)
+            agreement["over_tolerance"] = arbitrate(agreement["over_tolerance"], path, max_length)
+            out[label] = agreement | {"metrics": dict(zip(("hf", "hf-shared-prefix"), metrics)),
+                                      "same_metrics": metrics[0] == metrics[1]}
     return {"tasks": list(tasks), "limit": limit, "pruned_sparsity": sparsity, "models": out}
 
 
