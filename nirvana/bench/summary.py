@@ -144,6 +144,7 @@ def exactness_md(doc: dict) -> list[str]:
                                                   if "over_tolerance" in m else "—"),
                       "identical per-task metrics": "yes" if m["same_metrics"] else "**no**",
                       "flipped items": len(m["flips"])} for label, m in r["models"].items()])
+    lines.append("")  # a list glued to a table reads as one more row in some renderers
     for label, m in r["models"].items():
         for f in m["flips"]:
             lines.append(f'- {label} {f["task"]} item {f["doc"]}: hf {f["hf"]} vs ours {f["hf-shared-prefix"]} '
