@@ -12,7 +12,8 @@ a subclass of HFLM registered as `hf-shared-prefix`):
      and to itself only (a 4-D attention mask), with the position ids it would have on its own;
   3. the LM head and log-softmax run only at the positions that predict a continuation token.
 Every request therefore sees exactly the tokens, at exactly the positions, that HFLM gives it; only summation
-order differs (per-item log-likelihoods agree within 1e-4 in fp32; tests/test_shared_prefix.py). The LM head is
+order differs (per-item log-likelihoods agree within 1e-4 in fp32, tests/test_shared_prefix.py; sums over long
+continuations can differ more, both within fp32 rounding of a float64 evaluation: `make bench`). The LM head is
 applied separately only for the families whose adapter says logits = head(final hidden state) (no soft-capping
 or logit scaling); other decoders get full logits, still packed. Encoder–decoders and generation are HFLM's own.
 
