@@ -97,3 +97,15 @@ def test_report_writes_tables_figures_paper_comparison_and_warns_about_dirty_row
 def test_empty_paper_file_ships_with_its_header():
     text = (ROOT / "results" / "paper" / "table2.csv").read_text().strip().splitlines()
     assert text == ["model,method,sparsity,column,value"]
+
+
+def test_the_forest_plot_gives_every_panel_the_same_rows():
+    """A perplexity-only baseline still gets its own row, so no panel's point lands on another method's label."""
+    import pandas as pd
+
+    from nirvana.reporting.figures import forest_cells
+
+    long = pd.DataFrame([("flap", 0.2, "avg", 0.01), ("flap", 0.2, "ppl@128", 0.9), ("magnitude", 0.2, "ppl@128", 9.0),
+                         ("flap", 0.4, "ppl@128", 1.2), ("nirvana", 0.2, "avg", None), ("taylor", 0.2, "other", 0.5)],
+                        columns=["method", "sparsity", "column", "delta"])
+    assert forest_cells(long, ["avg", "ppl@128"]) == [("flap", 0.2), ("magnitude", 0.2), ("flap", 0.4)]

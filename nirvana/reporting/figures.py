@@ -69,22 +69,31 @@ def paired_differences(rows: pd.DataFrame, path: str | Path, model: str | None =
     panels = [p for p in panels if long[(long["column"] == p[0])]["delta"].notna().any()]
     if not panels:
         raise NoData("no paired differences to plot (no NIRVANA rows, or no per-item results)")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    cells = forest_cells(long, [column for column, _, _ in panels])
+    y_of = {cell: len(cells) - 1 - i for i, cell in enumerate(cells)}  # one row per cell, the same in every panel
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 + 3.4 * len(panels), 0.9 + 0.32 * len(cells)),
+                             squeeze=False, sharey=True)
     for ax, (column, title, null) in zip(axes[0], panels):
-        sub = long[(long["column"] == column) & long["delta"].notna()].sort_values(["sparsity", "method"])
-        labels = [f"{m} @ {s:g}" for m, s in zip(sub["method"], sub["sparsity"])]
-        y = list(range(len(sub)))[::-1]
-        err = [(sub["delta"] - sub["delta_lo"]).clip(lower=0), (sub["delta_hi"] - sub["delta"]).clip(lower=0)]
-        for yi, d, lo, hi, significant in zip(y, sub["delta"], err[0], err[1], sub["significant"]):
-            ax.errorbar([d], [yi], xerr=[[lo], [hi]], fmt="o", ms=4, capsize=2,
-                        color="tab:red" if significant else "tab:grey")
+        sub = long[(long["column"] == column) & long["delta"].notna()]
+        for _, r in sub.iterrows():
+            err = [[max(r["delta"] - r["delta_lo"], 0)], [max(r["delta_hi"] - r["delta"], 0)]]
+            ax.errorbar([r["delta"]], [y_of[(r["method"], r["sparsity"])]], xerr=err, fmt="o", ms=4, capsize=2,
+                        color="tab:red" if r["significant"] else "tab:grey")
         ax.axvline(null, color="black", lw=0.8)
-        ax.set_yticks(y, labels, fontsize=7)
         if null == 1.0:
             ax.set_xscale("log")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, axis="x")
+    axes[0][0].set_yticks(list(y_of.values()), [f"{m} @ {s:g}" for m, s in y_of], fontsize=7)
+    axes[0][0].set_ylim(-0.6, len(cells) - 0.4)
     return _save(fig, path)
+
+
+def forest_cells(long: pd.DataFrame, columns: list[str]) -> list[tuple[str, float]]:
+    """(method, sparsity) of every paired difference in any of `columns`, by sparsity then method: the rows of the
+    forest plot, shared by its panels (a perplexity-only baseline gets a row with no zero-shot point)."""
+    sub = long[long["column"].isin(columns) & long["delta"].notna()]
+    return sorted(set(zip(sub["method"], sub["sparsity"])), key=lambda c: (c[1], c[0]))
 
 
 def allocation(plan: PruningPlan, path: str | Path) -> Path:
@@ -140,9 +149,11 @@ def kl_vs_perplexity(rows: pd.DataFrame, path: str | Path, ppl_metric: str | Non
         raise NoData("no runs with both a kl/probe row and a perplexity row")
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     for (source, selection), g in joined.groupby(["calibration_source", "calibration_selection"], dropna=False):
-        ax.scatter(g["value_kl"], g["value_ppl"], label=f"{source} ({selection})", s=24)
+        label = "no calibration data" if pd.isna(source) else f"{source} ({selection})"  # magnitude, random
+        ax.scatter(g["value_kl"], g["value_ppl"], label=label, s=24)
     ax.set_xlabel("KL(dense ‖ pruned) on the probe set")
     ax.set_ylabel(ppl_metric)
+    ax.set_yscale("log")  # perplexities of failed prunes are orders of magnitude above the rest
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
