@@ -203,15 +203,18 @@ def test_zeroshot_bench_compares_the_two_model_classes(tmp_path):
 
 
 @pytest.mark.slow
-def test_exactness_bench_rescores_disagreements_in_float64(tmp_path):
-    """At tolerance 0 every request counts as a disagreement, so the float64 referee runs on real requests: both
-    fp32 classes must then sit within rounding of it."""
+def test_the_float64_referee_rescores_real_requests_in_a_fresh_process():
+    """The exactness bench's referee on SmolLM2 (its own process, as the bench runs it): fed two real requests
+    with made-up fp32 values, it returns each request's float64 log-likelihood and both distances to it."""
     from nirvana import paths
-    from nirvana.bench.zeroshot import run_exactness_bench
+    from nirvana.bench.zeroshot import arbitrate
 
-    r = run_exactness_bench(str(paths.smollm2_dir()), ["piqa"], 2, 0.3, 2048, str(tmp_path), tolerance=0.0)
-    for label in ("dense", "pruned"):
-        m = r["models"][label]
-        assert m["same_metrics"] and m["requests"] == 4 and len(m["over_tolerance"]) == 4
-        for o in m["over_tolerance"]:
-            assert o["continuation_tokens"] > 0 and o["hf_error"] < 1e-3 and o["hf-shared-prefix_error"] < 1e-3
+    pairs = [["Question: Which gas do plants absorb?\nAnswer:", " carbon dioxide"], ["The cat sat on the", " mat"]]
+    over = [{"task": "t", "doc": i, "choice": 0, "difference": 1.0, "hf": -1.0, "hf-shared-prefix": -2.0, "args": p}
+            for i, p in enumerate(pairs)]
+    out = arbitrate(over, str(paths.smollm2_dir()), 2048)
+    assert [o["doc"] for o in out] == [0, 1] and all("args" not in o for o in out)
+    for o in out:
+        assert o["continuation_tokens"] >= 1 and o["loglikelihood"] < 0
+        assert o["hf_error"] == pytest.approx(abs(-1.0 - o["loglikelihood"]))
+        assert o["hf-shared-prefix_error"] == pytest.approx(abs(-2.0 - o["loglikelihood"]))
