@@ -70,3 +70,25 @@ def test_yaml_defaults_match_the_python_defaults_they_restate():
     for f in dataclasses.fields(LoraSettings):
         value = rec["recovery"][f.name]
         assert (tuple(value) if isinstance(value, list) else value) == f.default, f.name
+
+
+def _committed_rows() -> list[Path]:
+    results = CONF.parent / "results"
+    return sorted([*results.glob("rows/*.jsonl"), *results.glob("demo/rows.jsonl")])
+
+
+@pytest.mark.parametrize("path", _committed_rows(), ids=lambda p: str(p.relative_to(CONF.parent)))
+def test_every_committed_rows_file_comes_from_a_clean_tree_and_a_shipped_experiment(path):
+    """Provenance of what the repository publishes: each row names a clean commit, and the file is the results
+    file of a shipped experiment config (for the model its rows name), so a rerun of that config resumes it."""
+    import json
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    assert rows and not [r["run_id"] for r in rows if str(r.get("git_hash", "")).endswith("-dirty")]
+    targets = set()
+    for experiment in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
+        for model in {r["model"] for r in rows}:
+            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                cfg = compose(config_name="run", overrides=[f"experiment={experiment}", f"model={model}"])
+            targets.add((CONF.parent / cfg.job.results_file).resolve())
+    assert path.resolve() in targets
