@@ -114,10 +114,11 @@ def compare_items(stock: dict, ours: dict, tolerance: float = 1e-4) -> dict:
             b = ours[task][doc]
             for choice, (x, y) in enumerate(zip(a["ll"], b["ll"], strict=True)):
                 requests += 1
-                worst = max(worst, abs(x - y))
-                if abs(x - y) > tolerance:
-                    over.append({"task": task, "doc": int(doc), "choice": choice, "difference": abs(x - y),
-                                 "hf": x, "hf-shared-prefix": y, "args": a.get("args", [None] * (choice + 1))[choice]})
+                difference = abs(x - y)
+                worst = max(worst, difference)
+                if difference > tolerance:
+                    over.append({"task": task, "doc": int(doc), "choice": choice, "difference": difference,
+                                 "hf": x, "hf-shared-prefix": y, "args": a["args"][choice] if "args" in a else None})
             if a["metric"] != b["metric"]:
                 flips.append({"task": task, "doc": int(doc), "hf": a["ll"], "hf-shared-prefix": b["ll"]})
     return {"max_abs_loglikelihood_difference": worst, "flips": flips, "tolerance": tolerance,
