@@ -95,8 +95,8 @@ def validate_hyperparameters(sparsity: float, gamma: float, round_to: int = 8) -
 def largest_feasible_sparsity(layers: list[LayerUnits], gamma: float) -> float:
     """The largest sparsity the global allocation can meet at this γ: the MLP's pruned fraction is γ times the
     attention's, and neither can reach 1 (fractions from the closed form's totals; a supremum, not attained)."""
-    a = sum(layer.attention.n_units * layer.attention.unit_cost for layer in layers)
-    m = sum(layer.mlp.n_units * layer.mlp.unit_cost for layer in layers)
+    a = sum(layer.attention.n_units * layer.attention.weight_cost for layer in layers)
+    m = sum(layer.mlp.n_units * layer.mlp.weight_cost for layer in layers)
     return (a + gamma * m) / (max(1.0, gamma) * (a + m))
 
 
@@ -104,8 +104,8 @@ def check_feasible(layers: list[LayerUnits], sparsity: float, gamma: float) -> N
     """Refuse a (sparsity, γ) the global allocation cannot meet — it would clip and under-prune silently."""
     limit = largest_feasible_sparsity(layers, gamma)
     if sparsity >= limit:
-        a = sum(layer.attention.n_units * layer.attention.unit_cost for layer in layers)
-        m = sum(layer.mlp.n_units * layer.mlp.unit_cost for layer in layers)
+        a = sum(layer.attention.n_units * layer.attention.weight_cost for layer in layers)
+        m = sum(layer.mlp.n_units * layer.mlp.weight_cost for layer in layers)
         f_a = sparsity * (a + m) / (a + gamma * m)
         raise ValueError(f"sparsity {sparsity} with γ={gamma} asks the global allocation to remove {gamma * f_a:.3f} "
                          f"of the MLP neurons and {f_a:.3f} of the attention groups; with γ={gamma} the largest "
@@ -113,7 +113,7 @@ def check_feasible(layers: list[LayerUnits], sparsity: float, gamma: float) -> N
 
 
 def _uniform_cost(layers: list[LayerUnits], kind: str) -> int:
-    costs = {layer.group(kind).unit_cost for layer in layers}
+    costs = {layer.group(kind).weight_cost for layer in layers}  # the official budget counts weights only
     if len(costs) != 1:
         raise ValueError(f"{kind} units cost different numbers of parameters across layers: {sorted(costs)}")
     return costs.pop()

@@ -30,6 +30,34 @@ def test_tiny_plans_equal_official(criterion, sparsity, gamma, calib_ids):
     assert (ours.pruned_groups, ours.pruned_neurons) == (ref["pruned_groups"], ref["pruned_neurons"])
 
 
+@pytest.mark.parametrize("include_bias", [False, True])
+@pytest.mark.parametrize("sparsity", [0.2, 0.5])
+def test_tiny_qwen2_plans_equal_official(include_bias, sparsity, calib_ids):
+    """The Qwen2 layout: q/k/v biases leave with their group but the official budget counts weights only."""
+    model = tiny_model("qwen2", num_hidden_layers=6, num_key_value_heads=2, num_attention_heads=14,
+                       hidden_size=112, intermediate_size=160)
+    ours = compute_plan(model, calib_ids, "nirvana", sparsity=sparsity, gamma=3.36, include_bias=include_bias)
+    ref = official_plan(model, calib_ids, sparsity, 3.36, include_bias=include_bias)
+    assert kept(ours) == ref["layers"]
+    assert (ours.pruned_groups, ours.pruned_neurons) == (ref["pruned_groups"], ref["pruned_neurons"])
+
+
+def test_qwen2_budget_counts_weights_only_as_the_official_code():
+    """Biases in the budget would move k_m by a few neurons (Qwen2.5-0.5B at s=0.5: 63,894 instead of 63,891)."""
+    from nirvana.adapters import get_adapter
+    from nirvana.allocation import budget_for
+
+    model = tiny_model("qwen2", num_hidden_layers=6, num_key_value_heads=2, num_attention_heads=14,
+                       hidden_size=112, intermediate_size=160)
+    dm = reference_official._dims(model)
+    for sparsity in [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55]:
+        for gamma in (1.0, 3.36):
+            expected = official_counts(dm["n_layers"], dm["n_kv"], 2 * dm["head_dim"] * (dm["n_rep"] + 1) * dm["d_model"],
+                                       dm["ffn"], 3 * dm["d_model"], sparsity, gamma)
+            budget = budget_for(get_adapter(model).layers(), sparsity, gamma)
+            assert (budget.k_attention, budget.k_mlp) == expected, (sparsity, gamma)
+
+
 SMOL_CASES = [("nirvana", 0.2, 3.36), ("nirvana", 0.5, 3.36), ("nirvana", 0.2, 1.0), ("magnitude", 0.2, 3.36),
               ("nirvana+memory_options", 0.2, 3.36), ("nirvana+memory_options", 0.5, 3.36)]
 

@@ -75,12 +75,23 @@ class UnitGroup:
 
     @property
     def unit_cost(self) -> int:
-        """Parameters removed with one unit (weights and biases): the allocation's currency.
+        """Parameters removed with one unit (weights and biases): what achieved sparsity and the baselines count.
 
         Every unit of a group must cost the same (true of heads and neurons); a group whose parts differ
         in per-unit cost is rejected rather than averaged."""
+        return self._cost(with_biases=True)
+
+    @property
+    def weight_cost(self) -> int:
+        """Weights removed with one unit: NIRVANA's closed-form budget counts these only, as the official code
+        does (c_a = 2·head_dim·(n_rep + 1)·d_model even where Qwen2's q/k/v biases go with the group)."""
+        return self._cost(with_biases=False)
+
+    def _cost(self, with_biases: bool) -> int:
         costs = torch.zeros(self.n_units, dtype=torch.long)
         for s in self.slices:
+            if not with_biases and s.param_name != "weight":
+                continue
             p = s.param
             start, stop = s.span(self.n_units)
             costs[start:stop] += p.numel() // p.shape[s.dim] * s.block
