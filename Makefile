@@ -9,6 +9,8 @@ TORCH_SPEC  ?= torch==2.13.0
 # Where `make assets` puts model weights and benchmark data (git-ignored; override to share a cache).
 export NIRVANA_CACHE ?= $(CURDIR)/.cache/nirvana
 PYTEST_ARGS ?=
+# assets: opt-in models to build as well (space-separated asset names: qwen2.5_coder_0.5b)
+MODELS   ?=
 # reproduce-table2: the model config (conf/model/*.yaml) and the Hydra launcher (basic | joblib | submitit_slurm)
 MODEL    ?= llama3.1_8b
 LAUNCHER ?= basic
@@ -42,7 +44,8 @@ $(ASSETS_STAMP): $(SETUP_STAMP) nirvana/assets/*.py
 	$(PY) -m nirvana.assets build
 	@mkdir -p $(dir $@) && touch $@
 
-assets: $(ASSETS_STAMP) ## build the offline SmolLM2 model, benchmark data and text sets into $$NIRVANA_CACHE
+assets: $(ASSETS_STAMP) ## build the offline SmolLM2 model, benchmark data and text sets into $NIRVANA_CACHE; MODELS=qwen2.5_coder_0.5b adds that model (2.5 GB)
+	$(if $(MODELS),$(PY) -m nirvana.assets build --only $(MODELS))
 
 test: $(ASSETS_STAMP) ## set up, build assets, run the whole test suite but GPU tests
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)

