@@ -18,8 +18,9 @@ ARGS     ?=
 # notebooks: where the result rows (and optionally plans) are
 RESULTS  ?= results
 PLANS    ?=
-# The offline default has no hub: the same sweep on offline text and tasks
-TABLE2_EXPERIMENT = $(if $(filter smollm2_135m,$(MODEL)),table2_offline,table2)
+# The offline models have no hub: the same sweep on offline text and tasks (Qwen: its own block, conf/experiment)
+TABLE2_EXPERIMENT = $(if $(filter smollm2_135m,$(MODEL)),table2_offline,$(if $(filter qwen2.5_coder_0.5b,$(MODEL)),table2_offline_qwen,table2))
+OFFLINE_TABLE2    = $(filter table2_offline%,$(TABLE2_EXPERIMENT))
 
 SETUP_STAMP  := $(VENV)/.setup-done
 ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
@@ -61,9 +62,10 @@ report-demo: $(SETUP_STAMP) ## rebuild results/demo tables and figures from its 
 	$(PY) -m experiments.report --rows results/demo/rows.jsonl --out results/demo \
 		--plans $$(ls -t outputs/demo/*/*/pruning_plan.json 2>/dev/null | grep -v /dense | head -20)
 
-reproduce-table2: $(SETUP_STAMP) ## Table 2 sweep (GPU + hub); MODEL=smollm2_135m runs it offline; LAUNCHER=joblib|submitit_slurm
+# Offline models build their assets first: the preflight (typos, requirements, data overlap) reads the built data.
+reproduce-table2: $(SETUP_STAMP) ## Table 2 sweep (GPU + hub); MODEL=smollm2_135m | qwen2.5_coder_0.5b runs it offline; LAUNCHER=joblib|submitit_slurm
+	$(if $(OFFLINE_TABLE2),$(MAKE) --no-print-directory assets $(if $(filter qwen2.5_coder_0.5b,$(MODEL)),MODELS=$(MODEL)))
 	$(PY) -m experiments.run experiment=$(TABLE2_EXPERIMENT) model=$(MODEL) job.preflight=true $(ARGS)
-	$(if $(filter table2_offline,$(TABLE2_EXPERIMENT)),$(MAKE) --no-print-directory assets)
 	$(PY) -m experiments.run -m experiment=$(TABLE2_EXPERIMENT) model=$(MODEL) hydra/launcher=$(LAUNCHER) $(ARGS)
 	$(if $(filter table2_offline,$(TABLE2_EXPERIMENT)),$(PY) -m experiments.run -m experiment=table2_offline_ppl \
 		model=$(MODEL) hydra/launcher=$(LAUNCHER) $(ARGS))
