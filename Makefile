@@ -77,6 +77,7 @@ notebooks: $(SETUP_STAMP) ## execute every analysis notebook headless on result 
 	$(PY) -m experiments.notebooks --results $(RESULTS) $(if $(PLANS),--plans '$(PLANS)') --out outputs/notebooks
 
 bench: $(ASSETS_STAMP) ## benchmarks side by side (scoring memory/time, statistics pass, speed, zero-shot speed and exactness, demo) → results/bench (~70 min on 2 cores)
+	$(MAKE) --no-print-directory assets MODELS=qwen2.5_coder_0.5b
 	$(PY) -m experiments.bench $(ARGS)
 
 gpu-check: $(SETUP_STAMP) ## the prepared GPU check (Llama-3.1-8B shape, 24 GiB cap) → results/bench/gpu_check.json

@@ -1,4 +1,5 @@
-"""Models the benchmarks run on: the offline SmolLM2, and random-initialised models with real shapes.
+"""Models the benchmarks run on: the offline SmolLM2 and Qwen2.5-Coder, and random-initialised models with real
+shapes.
 
 Random weights are enough for memory and time (they depend on shapes, not values) and need no download; the
 shapes are copied from the public configs of Llama-3.2-1B and Llama-3.1-8B.
@@ -20,7 +21,8 @@ SHAPES = {
                              num_key_value_heads=2, head_dim=16, vocab_size=1024, tie_word_embeddings=False,
                              rope_theta=500000.0, max_position_embeddings=2048, rms_norm_eps=1e-5),
 }
-BUILTIN = {"smollm2": "builtin:smollm2-135m-instruct"}
+# The offline assets (Qwen: opt-in, `make bench` builds it): real weights and, for Qwen, a 151,936-token output.
+BUILTIN = {"smollm2": "builtin:smollm2-135m-instruct", "qwen2.5-coder": "builtin:qwen2.5-coder-0.5b-instruct"}
 MODEL_SPECS = (*BUILTIN, *SHAPES)
 
 
