@@ -92,6 +92,28 @@ def validate_hyperparameters(sparsity: float, gamma: float, round_to: int = 8) -
         raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
 
 
+# `gamma=auto`: the candidates tried, each plan judged by its KL to the dense model on the fixed probe (beyond the
+# paper, which hand-tunes γ per model: 3.36 for Llama-3.1-8B, 3.0 for Llama-3.2-3B). Below 1 prunes attention harder.
+AUTO_GAMMAS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.36, 4.0, 5.0)
+
+
+def gamma_candidates(gamma) -> list[float]:
+    """γ as a run gives it — a number, `auto` (AUTO_GAMMAS) or a list to choose from — as the list of candidates
+    (one element: no choice to make). Each is validated."""
+    if gamma == "auto":
+        values = list(AUTO_GAMMAS)
+    elif isinstance(gamma, list | tuple):
+        values = list(gamma)
+        if not values:
+            raise ValueError("gamma: an empty list of candidates; give a number, a non-empty list or auto")
+    else:
+        values = [gamma]
+    for g in values:
+        if isinstance(g, bool) or not isinstance(g, int | float) or not g > 0 or math.isinf(g):
+            raise ValueError(f"gamma must be a finite number > 0, a list of them, or auto; got {gamma!r}")
+    return [float(g) for g in values]
+
+
 def largest_feasible_sparsity(layers: list[LayerUnits], gamma: float) -> float:
     """The largest sparsity the global allocation can meet at this γ: the MLP's pruned fraction is γ times the
     attention's, and neither can reach 1 (fractions from the closed form's totals; a supremum, not attained)."""

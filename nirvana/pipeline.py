@@ -19,8 +19,15 @@ from typing import Any
 
 import torch
 
-from .adapters import adapter_class_for
-from .allocation import check_feasible, layer_range_mask, uniform_fractions, validate_hyperparameters
+from .adapters import adapter_class_for, get_adapter
+from .allocation import (
+    check_feasible,
+    gamma_candidates,
+    largest_feasible_sparsity,
+    layer_range_mask,
+    uniform_fractions,
+    validate_hyperparameters,
+)
 from .calibration import (
     PROBE_KEYS,
     SELECTIONS,
@@ -32,7 +39,7 @@ from .calibration import (
 )
 from .models import skeleton
 from .plan import PruningPlan
-from .pruning import CALIBRATION_FREE, PRUNERS, compute_plan
+from .pruning import CALIBRATION_FREE, PRUNERS, compute_plans
 from .scoring import SCORERS
 from .surgery import apply_plan
 
@@ -69,7 +76,9 @@ class PruneRecipe:
         """The result rows' pruning columns (nirvana.results.RUN_FIELDS) for this recipe's outcome."""
         calibrated = outcome.calibration_ids is not None
         record = outcome.calibration
-        return {"pruner": method_name(self.pruner, self.variant), "sparsity": self.sparsity, "gamma": self.gamma,
+        chosen = len(gamma_candidates(self.gamma)) > 1 if self.gamma is not None else False
+        return {"pruner": method_name(self.pruner, self.variant), "sparsity": self.sparsity,
+                "gamma": outcome.plan.gamma if chosen else self.gamma,  # gamma=auto: the γ the KL chose
                 "calibration_source": record.get("source") if calibrated else None,
                 "calibration_seed": record.get("seed") if calibrated else None,
                 "calibration_selection": record.get("selection") if calibrated else None}
@@ -96,10 +105,21 @@ def check_recipe(recipe: PruneRecipe, config=None) -> None:
     within the model's context, a (sparsity, γ) the allocation can meet — checked on the model's skeleton."""
     if recipe.pruner not in PRUNERS:
         raise ValueError(f"unknown pruner {recipe.pruner!r}; choose one of {sorted(PRUNERS)}")
-    gamma = recipe.gamma if recipe.gamma is not None else 1.0
-    validate_hyperparameters(recipe.sparsity, gamma, recipe.options.get("round_to", 8))
+    gammas = gamma_candidates(recipe.gamma if recipe.gamma is not None else 1.0)
+    for gamma in gammas:
+        validate_hyperparameters(recipe.sparsity, gamma, recipe.options.get("round_to", 8))
+    gamma = gammas[0]
+    allocator = recipe.options.get("allocator")
     c = recipe.calibration
-    calibrated = recipe.pruner not in CALIBRATION_FREE or recipe.measure_kl
+    choosing_gamma = len(gammas) > 1
+    if choosing_gamma:
+        if recipe.pruner not in SCORERS or allocator not in (None, "global"):
+            raise ValueError(f"gamma={recipe.gamma!r} chooses the γ of NIRVANA's global allocation by KL; pruner "
+                             f"{recipe.pruner!r} with allocator {allocator!r} takes one γ")
+        if c.get("source") == "tensor":
+            raise ValueError(f"gamma={recipe.gamma!r} judges each γ on the KL probe, which is cut from a text "
+                             f"source; calibration.source=tensor has none")
+    calibrated = recipe.pruner not in CALIBRATION_FREE or recipe.measure_kl or choosing_gamma
     if calibrated:
         if c.get("source") not in SOURCES:
             raise ValueError(f"unknown calibration source {c.get('source')!r}; choose one of {sorted(SOURCES)}")
@@ -115,14 +135,17 @@ def check_recipe(recipe: PruneRecipe, config=None) -> None:
     context = getattr(config, "max_position_embeddings", None) if not config.is_encoder_decoder else None
     if calibrated and context is not None:
         lengths = {"calibration.seq_len": c.get("seq_len", 128)}
-        if recipe.measure_kl or c.get("selection", "none") != "none":
+        if recipe.measure_kl or choosing_gamma or c.get("selection", "none") != "none":
             lengths["calibration.probe.seq_len"] = (c.get("probe") or {}).get("seq_len", 64)
         for key, length in lengths.items():
             if length > context:
                 raise ValueError(f"{key}={length} exceeds the model's context of {context} tokens")
     layers = adapter_cls(skeleton(config)).layers()
-    allocator = recipe.options.get("allocator")
-    if recipe.pruner in SCORERS and allocator in (None, "global"):
+    if choosing_gamma:
+        if not feasible_gammas(layers, recipe.sparsity, gammas):
+            raise ValueError(f"sparsity {recipe.sparsity}: no γ among {gammas} lets the global allocation meet it "
+                             f"(each γ's limit: largest_feasible_sparsity); lower the sparsity or add γ values near 1")
+    elif recipe.pruner in SCORERS and allocator in (None, "global"):
         check_feasible(layers, recipe.sparsity, gamma)
     elif allocator == "uniform" or recipe.pruner == "wanda_sp":
         o = recipe.options
@@ -130,21 +153,52 @@ def check_recipe(recipe: PruneRecipe, config=None) -> None:
         uniform_fractions(layers, recipe.sparsity, gamma, in_range, o.get("ratio", "matched"))
 
 
+def feasible_gammas(layers, sparsity: float, gammas: list[float]) -> list[float]:
+    """The candidates whose global allocation can meet `sparsity` (large γ cannot at high sparsity)."""
+    return [g for g in gammas if sparsity < largest_feasible_sparsity(layers, g)]
+
+
 def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = True) -> PruneOutcome:
     """Choose the calibration (KL selection if asked), plan, measure the plan's KL, and cut the model in
-    place (`apply=False` leaves it dense). The plan records the recipe's calibration and how it was chosen."""
+    place (`apply=False` leaves it dense). The plan records the recipe's calibration and how it was chosen.
+
+    `gamma=auto` (or a list of γ): every calibration candidate is scored once and planned at each feasible γ;
+    the plan with the lowest KL to the dense model on the fixed probe wins, so K calibration draws × G values of
+    γ cost K scoring passes and K·G probe forwards. The plan records every γ's KL (`extra.gamma_choice`)."""
     check_recipe(recipe)
     t0 = time.perf_counter()
     options = {k: v for k, v in recipe.options.items() if k != "gamma"}
-    gamma = recipe.gamma if recipe.gamma is not None else 1.0
-
-    def plan_for(ids, extra=None) -> PruningPlan:
-        return compute_plan(model, ids, recipe.pruner, sparsity=recipe.sparsity, gamma=gamma,
-                            model_name=recipe.model_name, extra=extra, score_cache=recipe.score_cache, **options)
-
+    gammas = gamma_candidates(recipe.gamma if recipe.gamma is not None else 1.0)
     c = dict(recipe.calibration)
     probe_cfg = {k: v for k, v in (c.get("probe") or {}).items() if k in PROBE_KEYS}
     hub = {k: c[k] for k in ("hf_name", "hf_config", "split") if k in c}
+    batch_size = (c.get("probe") or {}).get("batch_size", 16)
+    skipped: list[float] = []
+    if len(gammas) > 1:
+        feasible = feasible_gammas(get_adapter(model).layers(), recipe.sparsity, gammas)
+        skipped, gammas = [g for g in gammas if g not in feasible], feasible
+        if skipped:
+            log.warning("γ %s cannot meet sparsity %s with the global allocation: not tried", skipped, recipe.sparsity)
+    gamma_probe: list = []  # built on first use: the same fixed probe every run of this source uses
+
+    def plan_for(ids, extra=None) -> PruningPlan:
+        plans = compute_plans(model, ids, recipe.pruner, recipe.sparsity, gammas, model_name=recipe.model_name,
+                              extra=extra, score_cache=recipe.score_cache, **options)
+        if len(plans) == 1:
+            return plans[0]
+        if not gamma_probe:
+            source = (c.get("candidate_sources") or [c["source"]])[0]
+            gamma_probe.append(build_probe(source, tokenizer, path=c.get("path"), field=c.get("field", "text"),
+                                           **probe_cfg, **hub))
+        kls = [kl_to_dense(model, p, gamma_probe[0].ids, batch_size) for p in plans]
+        best = min(range(len(plans)), key=kls.__getitem__)
+        for g, kl in zip(gammas, kls, strict=True):
+            log.info("γ candidate %g: KL %.5f%s", g, kl, " ← chosen" if g == gammas[best] else "")
+        plan = plans[best]
+        plan.extra["gamma_choice"] = {"chosen": gammas[best], "infeasible": skipped,
+                                      "candidates": [{"gamma": g, "kl": kl} for g, kl in zip(gammas, kls, strict=True)]}
+        return plan
+
     ids, record, probe = None, {"selection": "none", "source": None, "seed": None}, None
     if recipe.pruner not in CALIBRATION_FREE:
         choice = choose_calibration(model, tokenizer, plan_for, want_probe=recipe.measure_kl, **c)

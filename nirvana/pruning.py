@@ -2,6 +2,7 @@
 
     from nirvana.pruning import compute_plan, score_units, plan_from_scores
     plan = compute_plan(model, calib_ids, "nirvana", sparsity=0.5, gamma=3.36)   # any pruner
+    plans = compute_plans(model, calib_ids, "nirvana", 0.5, [1.0, 3.36])        # one scoring pass, a plan per γ
     scores = score_units(model, calib_ids, "nirvana")                            # or step by step
     plan = plan_from_scores(model, scores, sparsity=0.5, gamma=3.36)
     apply_plan(model, plan); save_pruned(model, plan, "out/", tokenizer)
@@ -140,10 +141,30 @@ def compute_plan(
 
     `score_cache`: a folder where score-based pruners keep their unit scores (nirvana.score_cache), so a
     sweep over sparsity or γ scores each (model, scorer, calibration) once."""
+    return compute_plans(model, input_ids, pruner, sparsity, [gamma], model_name, extra, score_cache, **options)[0]
+
+
+def compute_plans(
+    model: nn.Module,
+    input_ids: torch.Tensor | None,
+    pruner: str | Scorer,
+    sparsity: float,
+    gammas: list[float],
+    model_name: str | None = None,
+    extra: dict | None = None,
+    score_cache: str | None = None,
+    **options,
+) -> list[PruningPlan]:
+    """One plan per γ in `gammas` from ONE scoring pass: γ only moves the budget between attention and MLP, so
+    the unit scores are shared (what choosing γ by KL relies on). Pruners that allocate as part of the method
+    (wanda_sp, flap) take a single γ."""
     name = pruner.name if isinstance(pruner, Scorer) else pruner
     if name not in PRUNERS:
         raise ValueError(f"unknown pruner {name!r}; choose one of {sorted(PRUNERS)}")
-    validate_hyperparameters(sparsity, gamma, options.get("round_to", 8))  # before any expensive pass
+    if not gammas:
+        raise ValueError("compute_plans needs at least one γ")
+    for gamma in gammas:  # before any expensive pass
+        validate_hyperparameters(sparsity, gamma, options.get("round_to", 8))
     adapter = get_adapter(model)
     if name in adapter.unsupported_pruners:
         supported = [p for p in PRUNERS if p not in adapter.unsupported_pruners]
@@ -151,13 +172,15 @@ def compute_plan(
             f"pruner {name!r} does not apply to {model.config.model_type} models ({type(adapter).__name__}); "
             f"supported pruners: {', '.join(supported)}"
         )
+    if name in ("wanda_sp", "flap") and len(gammas) > 1:
+        raise ValueError(f"pruner {name!r} allocates as part of the method: it takes one γ, not {list(gammas)}")
     ids = _prepare_ids(model, adapter, input_ids, name)
 
     if name in ("wanda_sp", "flap"):
         from .baselines.flap import flap_plan
         from .baselines.wanda_sp import wanda_sp_plan
 
-        bias = None
+        gamma, bias = gammas[0], None
         if name == "wanda_sp":
             kept, scores = wanda_sp_plan(adapter, ids, sparsity, gamma, **options)
             allocator = "uniform"
@@ -165,8 +188,8 @@ def compute_plan(
             kept, scores, bias = flap_plan(adapter, ids, sparsity, **options)
             allocator = "standardized_global"
         scores.check_finite(name)
-        return _make_plan(model, adapter.layers(), kept, sparsity, gamma, name, allocator, model_name,
-                          {**options, **(extra or {})}, output_bias=bias)
+        return [_make_plan(model, adapter.layers(), kept, sparsity, gamma, name, allocator, model_name,
+                           {**options, **(extra or {})}, output_bias=bias)]
 
     scorer_kwargs = {k: options.pop(k) for k in SCORER_OPTIONS if k in options}
     if name in CALIBRATION_FREE:  # no forward pass, nothing to schedule (magnitude/random inherit nirvana.yaml)
@@ -183,8 +206,8 @@ def compute_plan(
         scores = scorer.score(adapter, ids).check_finite(f"pruner {name!r}")
         if key is not None:
             save_scores(score_cache, key, scores)
-    return plan_from_scores(model, scores, sparsity, gamma, pruner=name, model_name=model_name,
-                            extra={**scorer_kwargs, **(extra or {})}, **options)
+    return [plan_from_scores(model, scores, sparsity, gamma, pruner=name, model_name=model_name,
+                             extra={**scorer_kwargs, **(extra or {})}, **options) for gamma in gammas]
 
 
 def prune(model: nn.Module, input_ids: torch.Tensor | None, **kwargs) -> tuple[nn.Module, PruningPlan]:

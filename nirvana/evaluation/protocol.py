@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..allocation import AUTO_GAMMAS
 from ..calibration import calibration_span, probe_span
 from ..pipeline import method_name
 from ..plan import PLAN_FILENAME, PruningPlan
@@ -38,6 +39,9 @@ def run_identity(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if (identity.get("pruner") or {}).get("name") == "dense":
         for k in PRUNING_KEYS:
             identity.pop(k, None)
+    elif isinstance(identity.get("pruner"), dict) and identity["pruner"].get("gamma") == "auto":
+        # `auto` names a list that lives in code: hash the list, so changing it changes the run id
+        identity["pruner"] = {**identity["pruner"], "gamma": list(AUTO_GAMMAS)}
     return make_run_id(identity), identity
 
 

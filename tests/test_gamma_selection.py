@@ -1,0 +1,90 @@
+"""`gamma=auto` (or a list): γ chosen by the plan's KL to the dense model on the fixed probe, from one scoring pass
+per calibration candidate (nirvana.pipeline)."""
+
+from __future__ import annotations
+
+import pytest
+from test_evidence import TINY, cfg
+
+from experiments.run import run_experiment
+from nirvana.allocation import AUTO_GAMMAS, gamma_candidates
+from nirvana.calibration import build_probe, kl_to_dense
+from nirvana.evaluation.protocol import run_identity
+from nirvana.pipeline import PruneRecipe, check_recipe, prune
+from nirvana.pruning import compute_plan, compute_plans
+from nirvana.scoring import NirvanaScorer
+from nirvana.tiny import tiny_model
+
+CAL = {"source": "pydoc", "n_samples": 4, "seq_len": 32, "seed": 0,
+       "probe": {"n_samples": 4, "seq_len": 16, "documents": 10, "batch_size": 4}}
+
+
+def test_gamma_candidates_spellings():
+    assert gamma_candidates(3.36) == [3.36] and gamma_candidates("auto") == list(AUTO_GAMMAS)
+    assert gamma_candidates([1, 2.5]) == [1.0, 2.5]
+    for bad in ([], [1.0, -1.0], "often", [True], float("inf")):
+        with pytest.raises(ValueError, match="gamma"):
+            gamma_candidates(bad)
+
+
+def test_one_scoring_pass_gives_each_gammas_plan(calib_ids, monkeypatch):
+    model = tiny_model("llama")
+    calls = []
+    original = NirvanaScorer.score
+    monkeypatch.setattr(NirvanaScorer, "score", lambda self, *a: calls.append(1) or original(self, *a))
+    plans = compute_plans(model, calib_ids, "nirvana", 0.3, [1.0, 3.36])
+    assert len(calls) == 1
+    for gamma, plan in zip([1.0, 3.36], plans, strict=True):
+        alone = compute_plan(model, calib_ids, "nirvana", sparsity=0.3, gamma=gamma)
+        assert plan.same_decision(alone) and plan.gamma == gamma
+    with pytest.raises(ValueError, match="takes one γ"):
+        compute_plans(model, calib_ids, "flap", 0.3, [1.0, 2.0])
+
+
+def test_auto_picks_the_lowest_kl_and_records_every_candidate(tokenizer):
+    model = tiny_model("llama")
+    recipe = PruneRecipe("nirvana", 0.3, options={"gamma": [0.5, 1.0, 3.36]}, calibration=CAL, measure_kl=True)
+    outcome = prune(model, tokenizer, recipe, apply=False)
+    choice = outcome.plan.extra["gamma_choice"]
+    kls = {c["gamma"]: c["kl"] for c in choice["candidates"]}
+    assert set(kls) == {0.5, 1.0, 3.36} and choice["chosen"] == min(kls, key=kls.get) == outcome.plan.gamma
+    assert outcome.kl_probe == pytest.approx(kls[choice["chosen"]], rel=1e-12)  # the run's KL is the winner's
+    probe = build_probe("pydoc", tokenizer, **{k: v for k, v in CAL["probe"].items() if k != "batch_size"})
+    # Each candidate's KL is that γ's plan's KL on the fixed probe, computed independently here.
+    ids = outcome.calibration_ids
+    plan_1 = compute_plan(model, ids, "nirvana", sparsity=0.3, gamma=1.0)
+    assert kl_to_dense(model, plan_1, probe.ids, 4) == pytest.approx(kls[1.0], rel=1e-9)
+    assert recipe.row_columns(outcome)["gamma"] == choice["chosen"]
+
+
+def test_infeasible_gammas_are_skipped_and_recorded(tokenizer):
+    model = tiny_model("llama")  # largest feasible sparsity: 0.94 at γ=1.2, 0.73 at γ=5, 0.67 at γ=0.5
+    recipe = PruneRecipe("nirvana", 0.75, options={"gamma": [1.0, 5.0]}, calibration=CAL)
+    plan = prune(model, tokenizer, recipe, apply=False).plan
+    assert plan.gamma == 1.0 and plan.extra.get("gamma_choice") is None  # one feasible γ left: nothing to choose
+    recipe = PruneRecipe("nirvana", 0.75, options={"gamma": [0.5, 1.0, 1.2, 5.0]}, calibration=CAL)
+    choice = prune(model, tokenizer, recipe, apply=False).plan.extra["gamma_choice"]
+    assert choice["infeasible"] == [0.5, 5.0] and {c["gamma"] for c in choice["candidates"]} == {1.0, 1.2}
+
+
+def test_bad_auto_requests_fail_before_any_model_is_loaded():
+    from nirvana.tiny import tiny_config
+
+    with pytest.raises(ValueError, match="takes one γ"):
+        check_recipe(PruneRecipe("wanda_sp", 0.2, options={"gamma": "auto"}, calibration=CAL))
+    with pytest.raises(ValueError, match="calibration.source=tensor"):
+        check_recipe(PruneRecipe("nirvana", 0.2, options={"gamma": "auto"}, calibration={"source": "tensor"}))
+    with pytest.raises(ValueError, match="no γ among"):
+        check_recipe(PruneRecipe("nirvana", 0.8, options={"gamma": [0.5, 5.0]}, calibration=CAL),
+                     tiny_config("llama"))
+
+
+def test_auto_in_a_run_records_the_chosen_gamma_and_hashes_the_grid(tmp_path):
+    config = cfg(*TINY, "pruner=nirvana", "gamma=[1.0,3.36]", "sparsity=0.3", f"job.results_file={tmp_path / 'r.jsonl'}")
+    rows = run_experiment(config, tmp_path / "run")
+    assert {r["gamma"] for r in rows} <= {1.0, 3.36}
+    auto = cfg(*TINY, "gamma=auto")
+    from omegaconf import OmegaConf
+
+    _, identity = run_identity(OmegaConf.to_container(auto, resolve=True))
+    assert identity["pruner"]["gamma"] == list(AUTO_GAMMAS)
