@@ -18,8 +18,10 @@ from torch import nn
 
 from .adapters import LayerUnits, ModelAdapter, get_adapter
 from .allocation import ARITHMETIC_OFFICIAL, SPARE_HIGHEST_INDEX, allocate, validate_hyperparameters
+from .compensation import compensation_biases
 from .plan import LayerPlan, PruningPlan
 from .scoring import SCORERS, Scorer, make_scorer
+from .statistics import layerwise_channel_stats
 from .surgery import apply_plan, count_parameters
 from .units import UnitScores
 
@@ -113,17 +115,23 @@ def plan_from_scores(
     layer_end: int | None = None,
     ratio: str = "matched",
     pool: str = "model",
+    channel_stats: dict | None = None,
 ) -> PruningPlan:
+    """`channel_stats` (nirvana.statistics.layerwise_channel_stats of the unpruned model on the calibration batch):
+    give the output projections the removed channels' mean contribution as a bias (nirvana.compensation)."""
     layers = get_adapter(model).layers()
     kept = allocate(layers, scores, sparsity, gamma, allocator, round_to, spare_rule, arithmetic,
                     layer_start, layer_end, ratio, pool)
     options = {"round_to": round_to, "spare_rule": spare_rule, "arithmetic": arithmetic}
+    bias = compensation_biases(layers, kept, channel_stats) if channel_stats is not None else None
+    if bias is not None:
+        options["bias_compensation"] = True
     if pool != "model":  # encoder-decoder models: a budget per stack (nirvana.allocation)
         options["pool"] = pool
     if allocator == "uniform":
         options.update(layer_start=layer_start, layer_end=layer_end, ratio=ratio)
     return _make_plan(model, layers, kept, sparsity, gamma, pruner, allocator, model_name,
-                      {**options, **(extra or {})})
+                      {**options, **(extra or {})}, output_bias=bias)
 
 
 def compute_plan(
@@ -195,6 +203,12 @@ def compute_plans(
     if name in CALIBRATION_FREE:  # no forward pass, nothing to schedule (magnitude/random inherit nirvana.yaml)
         for k in MEMORY_OPTIONS:
             scorer_kwargs.pop(k, None)
+    stats = None
+    if options.pop("bias_compensation", False):
+        if ids is None:
+            raise ValueError(f"bias_compensation needs the calibration batch's channel means; pruner {name!r} "
+                             f"uses no calibration batch")
+        stats = layerwise_channel_stats(adapter, ids)
     scorer = pruner if isinstance(pruner, Scorer) else make_scorer(name, **scorer_kwargs)
     scores, key = None, None
     if score_cache and not isinstance(pruner, Scorer):
@@ -207,7 +221,8 @@ def compute_plans(
         if key is not None:
             save_scores(score_cache, key, scores)
     return [plan_from_scores(model, scores, sparsity, gamma, pruner=name, model_name=model_name,
-                             extra={**scorer_kwargs, **(extra or {})}, **options) for gamma in gammas]
+                             extra={**scorer_kwargs, **(extra or {})}, channel_stats=stats, **options)
+            for gamma in gammas]
 
 
 def prune(model: nn.Module, input_ids: torch.Tensor | None, **kwargs) -> tuple[nn.Module, PruningPlan]:

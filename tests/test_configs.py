@@ -92,3 +92,29 @@ def test_every_committed_rows_file_comes_from_a_clean_tree_and_a_shipped_experim
                 cfg = compose(config_name="run", overrides=[f"experiment={experiment}", f"model={model}"])
             targets.add((CONF.parent / cfg.job.results_file).resolve())
     assert path.resolve() in targets
+
+
+@pytest.mark.parametrize("path", _committed_rows(), ids=lambda p: str(p.relative_to(CONF.parent)))
+def test_every_committed_run_id_is_one_a_shipped_sweep_computes(path):
+    """Resuming needs the ids to match: every run id in a committed rows file is the id of one point of a shipped
+    experiment's sweep writing to that file, as the configs and run_identity compute it today (a new option in a
+    pruner config, or a change to the identity, must not orphan published rows)."""
+    import itertools
+    import json
+
+    from nirvana.evaluation.protocol import run_identity
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    computed = set()
+    for experiment in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
+        for model in {r["model"] for r in rows}:
+            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                base = [f"experiment={experiment}", f"model={model}"]
+                cfg = compose(config_name="run", overrides=base, return_hydra_config=True)
+                if (CONF.parent / cfg.job.results_file).resolve() != path.resolve():
+                    continue
+                params = {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
+                for values in itertools.product(*params.values()):
+                    point = compose(config_name="run", overrides=[*base, *map("=".join, zip(params, values))])
+                    computed.add(run_identity(OmegaConf.to_container(point, resolve=True))[0])
+    assert {r["run_id"] for r in rows} <= computed

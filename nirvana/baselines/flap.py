@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from ..adapters import ATTENTION, MLP, MODULE_KINDS, ModelAdapter
+from ..adapters import ATTENTION, MODULE_KINDS, ModelAdapter
 from ..allocation import apply_guards
+from ..compensation import compensation_biases
 from ..statistics import layerwise_channel_stats
 from ..units import UnitScores, sum_blocks
 
@@ -77,20 +78,4 @@ def flap_plan(
     pruned_mlp = [~(row > threshold) for row in mlp]
     kept = apply_guards(scores, pruned_att, pruned_mlp, round_to, spare_rule)
 
-    biases = None
-    if bias_compensation:
-        biases = {}
-        for layer, (k_att, k_mlp) in zip(layers, kept):
-            biases[layer.index] = {}
-            for kind, keep in ((ATTENTION, k_att), (MLP, k_mlp)):
-                group = layer.group(kind)
-                s = group.output_projection()
-                removed_units = sorted(set(range(group.n_units)) - set(keep))
-                w = s.param.detach().float()
-                bias = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device)
-                if removed_units:
-                    cols = (torch.as_tensor(removed_units)[:, None] * s.block + torch.arange(s.block)[None]).flatten()
-                    cols = cols.to(w.device)
-                    bias = stats[(layer.index, kind)].baseline[cols] @ w[:, cols].T
-                biases[layer.index][kind] = bias.cpu()
-    return kept, scores, biases
+    return kept, scores, compensation_biases(layers, kept, stats) if bias_compensation else None

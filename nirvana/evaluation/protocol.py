@@ -26,6 +26,9 @@ from . import zeroshot as zs_mod
 
 # Config nodes that never change a number: where rows go and how the job behaves (conf/*.yaml `job:`).
 BOOKKEEPING = ("job", "hydra")
+# Pruner options added after results were published: hashed only when set away from this value, so adding one
+# to the configs leaves every earlier run id (and the committed rows that carry it) valid.
+LATER_OPTIONS = {"bias_compensation": False}
 # A dense run is the same whatever pruning a sweep would have applied.
 PRUNING_KEYS = ("pruner", "sparsity", "gamma", "calibration", "measure_kl")
 
@@ -39,9 +42,11 @@ def run_identity(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if (identity.get("pruner") or {}).get("name") == "dense":
         for k in PRUNING_KEYS:
             identity.pop(k, None)
-    elif isinstance(identity.get("pruner"), dict) and identity["pruner"].get("gamma") == "auto":
-        # `auto` names a list that lives in code: hash the list, so changing it changes the run id
-        identity["pruner"] = {**identity["pruner"], "gamma": list(AUTO_GAMMAS)}
+    elif isinstance(identity.get("pruner"), dict):
+        pruner = {k: v for k, v in identity["pruner"].items() if k not in LATER_OPTIONS or v != LATER_OPTIONS[k]}
+        if pruner.get("gamma") == "auto":  # `auto` names a list that lives in code: hash the list itself
+            pruner["gamma"] = list(AUTO_GAMMAS)
+        identity["pruner"] = pruner
     return make_run_id(identity), identity
 
 
