@@ -86,6 +86,19 @@ class PruningPlan:
         differ from the requested `sparsity`; FLAP's compensation biases count as added parameters)."""
         return (self.params_before - self.params_after) / self.prunable_params
 
+    def kept_iou(self, other: PruningPlan) -> dict[str, float]:
+        """Stability of a decision across calibration draws: per module kind, |kept ∩ kept'| / |kept ∪ kept'| over
+        (layer, unit) pairs (1.0: the same units kept; plans must be of the same model)."""
+        if [(lp.index, lp.n_groups, lp.n_neurons) for lp in self.layers] != \
+                [(lp.index, lp.n_groups, lp.n_neurons) for lp in other.layers]:
+            raise ValueError("kept_iou compares plans of the same model (same layers and unit counts)")
+        out = {}
+        for kind, units in (("attention", lambda lp: lp.kept_groups), ("mlp", lambda lp: lp.kept_neurons)):
+            a = {(lp.index, u) for lp in self.layers for u in units(lp)}
+            b = {(lp.index, u) for lp in other.layers for u in units(lp)}
+            out[kind] = len(a & b) / len(a | b) if a | b else 1.0
+        return out
+
     def summary(self) -> str:
         return (
             f"{self.pruner} s={self.sparsity:g} γ={self.gamma:g} ({self.allocator}): pruned "

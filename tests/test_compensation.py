@@ -46,3 +46,17 @@ def test_same_units_and_the_removed_channels_mean_as_bias(pruner, calib_ids, tmp
 def test_a_pruner_without_calibration_refuses_it(calib_ids):
     with pytest.raises(ValueError, match="uses no calibration batch"):
         compute_plan(tiny_model("llama"), calib_ids, "magnitude", sparsity=0.3, bias_compensation=True)
+
+
+def test_kept_iou_measures_how_much_two_draws_agree(calib_ids):
+    model = tiny_model("llama")
+    a = compute_plan(model, calib_ids, "nirvana", sparsity=0.4, gamma=3.36)
+    b = compute_plan(model, calib_ids[:4], "nirvana", sparsity=0.4, gamma=3.36)
+    assert a.kept_iou(a) == {"attention": 1.0, "mlp": 1.0}
+    iou = b.kept_iou(a)
+    assert iou == a.kept_iou(b) and all(0.0 < v <= 1.0 for v in iou.values())
+    kept_a = {(lp.index, n) for lp in a.layers for n in lp.kept_neurons}
+    kept_b = {(lp.index, n) for lp in b.layers for n in lp.kept_neurons}
+    assert iou["mlp"] == len(kept_a & kept_b) / len(kept_a | kept_b)
+    with pytest.raises(ValueError, match="same model"):
+        a.kept_iou(compute_plan(tiny_model("llama", num_hidden_layers=4), calib_ids, "nirvana", sparsity=0.4))
