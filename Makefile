@@ -26,7 +26,7 @@ SETUP_STAMP  := $(VENV)/.setup-done
 ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets test test-fast demo reproduce-table2 report-demo notebooks bench gpu-check lint clean-assets
+.PHONY: help setup assets test test-fast demo reproduce-table2 reproduce-beyond report-demo notebooks bench gpu-check lint clean-assets
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-20s %s\n", $$1, $$2}'
@@ -72,6 +72,13 @@ reproduce-table2: $(SETUP_STAMP) ## Table 2 sweep (GPU + hub); MODEL=smollm2_135
 	$(PY) -m experiments.report --rows results/rows/table2_$(MODEL).jsonl --out results/tables/$(MODEL) \
 		--model $(MODEL) --paper results/paper/table2.csv --command "make reproduce-table2 MODEL=$(MODEL)" \
 		--plans $$(ls -t outputs/table2/$(MODEL)/*/*/pruning_plan.json 2>/dev/null | head -20)
+
+reproduce-beyond: $(SETUP_STAMP) ## beyond the paper (offline SmolLM2): KL-chosen calibration and γ, ablations, baselines with KL calibration → results/tables/beyond
+	$(MAKE) --no-print-directory assets
+	$(PY) -m experiments.run -m experiment=beyond hydra/launcher=$(LAUNCHER) $(ARGS)
+	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/beyond_smollm2_135m.jsonl \
+		--out results/tables/beyond --model smollm2_135m --command "make reproduce-beyond" \
+		--plans $$(ls -t outputs/beyond/smollm2_135m/*/*/pruning_plan.json 2>/dev/null | head -20)
 
 notebooks: $(SETUP_STAMP) ## execute every analysis notebook headless on result rows (RESULTS=dir PLANS='glob') → outputs/notebooks
 	$(PY) -m experiments.notebooks --results $(RESULTS) $(if $(PLANS),--plans '$(PLANS)') --out outputs/notebooks

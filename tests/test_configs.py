@@ -32,9 +32,9 @@ def test_config_composes_and_resolves(primary, group, option):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name=primary, overrides=overrides)
     OmegaConf.resolve(cfg)  # every interpolation must resolve (no dangling ${...})
-    if group != "experiment":  # experiments are `# @package _global_` deltas: no key of their own
-        first = (CONF / group / f"{option}.yaml").read_text().splitlines()[0]
-        package = first.removeprefix("# @package ").strip() if first.startswith("# @package") else group
+    first = (CONF / group / f"{option}.yaml").read_text().splitlines()[0]
+    package = first.removeprefix("# @package ").strip() if first.startswith("# @package") else group
+    if package != "_global_":  # experiments and recipes are global deltas: no key of their own
         assert OmegaConf.select(cfg, package) is not None
 
 
