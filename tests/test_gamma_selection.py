@@ -82,7 +82,12 @@ def test_bad_auto_requests_fail_before_any_model_is_loaded():
 def test_auto_in_a_run_records_the_chosen_gamma_and_hashes_the_grid(tmp_path):
     config = cfg(*TINY, "pruner=nirvana", "gamma=[1.0,3.36]", "sparsity=0.3", f"job.results_file={tmp_path / 'r.jsonl'}")
     rows = run_experiment(config, tmp_path / "run")
-    assert {r["gamma"] for r in rows} <= {1.0, 3.36}
+    assert len({r["gamma"] for r in rows}) == 1 and {r["gamma"] for r in rows} <= {1.0, 3.36}
+    candidates = [r for r in rows if r["metric"] == "kl/gamma_candidate"]
+    assert sorted(r["extra"]["gamma"] for r in candidates) == [1.0, 3.36]
+    (chosen,) = [r for r in candidates if r["extra"]["chosen"]]
+    probe = next(r for r in rows if r["metric"] == "kl/probe")
+    assert chosen["extra"]["gamma"] == rows[0]["gamma"] and chosen["value"] == pytest.approx(probe["value"], rel=1e-12)
     auto = cfg(*TINY, "gamma=auto")
     from omegaconf import OmegaConf
 

@@ -181,6 +181,10 @@ def pruning_rows(run: dict[str, Any], plan: PruningPlan | None, outcome=None) ->
         rows.append(make_row(run, "calibration", "kl/candidate", cand["kl"],
                              extra={"label": cand["label"], "chosen": cand["label"] in chosen,
                                     "probe": record.get("probe")}))
+    gammas = plan.extra.get("gamma_choice")  # gamma=auto: each γ's plan on the chosen calibration
+    for cand in (gammas or {}).get("candidates", []):
+        rows.append(make_row(run, "calibration", "kl/gamma_candidate", cand["kl"],
+                             extra={"gamma": cand["gamma"], "chosen": cand["gamma"] == gammas["chosen"]}))
     if outcome.kl_probe is not None:
         rows.append(make_row(run, "calibration", "kl/probe", outcome.kl_probe, extra={"probe": outcome.probe}))
     return rows
