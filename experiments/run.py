@@ -1,4 +1,4 @@
-"""One experiment run — calibrate, prune, evaluate — ending in tidy result rows.
+"""One experiment run — calibrate, prune, (quantize,) evaluate — ending in tidy result rows.
 
     python -m experiments.run model=smollm2_135m pruner=nirvana sparsity=0.2 eval=quick
     python -m experiments.run -m experiment=demo        # a sweep defined in conf/experiment/demo.yaml
@@ -25,6 +25,7 @@ from nirvana.evaluation import protocol
 from nirvana.loggers import make_logger
 from nirvana.models import load_from_config, read_config
 from nirvana.pipeline import PruneRecipe, check_recipe, prune
+from nirvana.quantization import quantize_stage, spec_from_config
 from nirvana.requirements import check_requirements, is_hub_model
 from nirvana.results import record_run, recorded
 
@@ -38,6 +39,7 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = Non
     c = OmegaConf.to_container(cfg, resolve=True)
     job, m = c["job"], c["model"]
     recipe = None if c["pruner"]["name"] == "dense" else PruneRecipe.from_config(c)
+    quant = spec_from_config(c.get("quant"))  # conf/quant; absent: the model stays in float
     # Everything checkable without a model first: typos and missing GPUs/hub fail in a second.
     req = job["requires"]
     check_requirements(gpu=req["gpu"], hub=req["hub"] or is_hub_model(m["name_or_path"]),
@@ -45,7 +47,8 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = Non
     protocol.validate_eval(c["eval"])
     if recipe is not None:
         check_recipe(recipe, read_config(m["name_or_path"], m.get("trust_remote_code")))
-    data = protocol.check_disjoint(c["calibration"] if recipe else None, c["eval"], c["allow_overlap"])
+    calibrated = recipe is not None or (quant is not None and quant.scheme == "w8a8_smoothquant")
+    data = protocol.check_disjoint(c["calibration"] if calibrated else None, c["eval"], c["allow_overlap"])
     run_id, identity = protocol.run_identity(c)
     if job["preflight"]:
         log.info("preflight ok: %s (%s), run id %s", m["name"], m["name_or_path"], run_id)
@@ -76,6 +79,11 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = Non
             run["checkpoint"] = str(save_pruned(model, outcome.plan, out_dir / "checkpoint", tokenizer).resolve())
     else:
         rows += protocol.pruning_rows(run, None)
+    if quant is not None:
+        result = quantize_stage(model, tokenizer, quant, c["calibration"],
+                                outcome.calibration_ids if recipe is not None else None)
+        run["dtype"] = quant.label()  # the rows of a quantized model say so in their dtype column
+        rows = [{**r, "dtype": run["dtype"]} for r in rows] + protocol.quantization_rows(run, quant, result)
     rows += protocol.evaluation_rows(c["eval"], run, model, tokenizer, texts, job["progress"])
     protocol.mark_overlaps(rows, data)
     for r in rows:

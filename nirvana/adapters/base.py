@@ -304,6 +304,13 @@ class ModelAdapter:
         """Names (last component) of the Linear modules LoRA recovery wraps: every attention and MLP projection."""
         raise NotImplementedError
 
+    def block_linears(self) -> dict[str, nn.Linear]:
+        """Every attention and MLP projection by module name (the LoRA targets): what quantization converts; the
+        embeddings and the LM head stay in float, as is usual for weight quantization."""
+        targets = set(self.lora_targets())
+        return {name: m for name, m in self.model.named_modules()
+                if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets}
+
     def max_context(self) -> int | None:
         return getattr(self.config, "max_position_embeddings", None)
 

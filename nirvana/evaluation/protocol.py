@@ -190,6 +190,18 @@ def pruning_rows(run: dict[str, Any], plan: PruningPlan | None, outcome=None) ->
     return rows
 
 
+def quantization_rows(run: dict[str, Any], spec, result: dict) -> list[dict]:
+    """How the model was quantized (nirvana.quantization.quantize_stage): its size before and after, and how many
+    projections got each treatment (int4 group sizes differ per pruned width)."""
+    counts: dict[str, int] = {}
+    for decision in result["layers"].values():
+        counts[decision] = counts.get(decision, 0) + 1
+    extra = {"spec": {"scheme": spec.scheme, "group_size": spec.group_size, "group_rule": spec.group_rule,
+                      "alpha": spec.alpha}, "layers": counts}
+    return [make_row(run, "quantization", "model_bytes", result["bytes_after"], extra=extra),
+            make_row(run, "quantization", "size_ratio", result["bytes_after"] / result["bytes_before"], extra=extra)]
+
+
 def perplexity_rows(p: dict[str, Any], run, model, tokenizer, texts, progress: bool = True) -> list[dict]:
     rows = []
     for dataset in p["datasets"]:
