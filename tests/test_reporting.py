@@ -109,3 +109,11 @@ def test_the_forest_plot_gives_every_panel_the_same_rows():
                          ("flap", 0.4, "ppl@128", 1.2), ("nirvana", 0.2, "avg", None), ("taylor", 0.2, "other", 0.5)],
                         columns=["method", "sparsity", "column", "delta"])
     assert forest_cells(long, ["avg", "ppl@128"]) == [("flap", 0.2), ("magnitude", 0.2), ("flap", 0.4)]
+
+
+def test_quantized_runs_are_their_own_methods_in_tables():
+    from nirvana.reporting.tables import method_label
+
+    assert method_label("nirvana", 3.36, "float32") == method_label("nirvana", 3.36) == "nirvana (γ=3.36)"
+    assert method_label("nirvana", 3.36, "w8a8") == "nirvana (γ=3.36) [w8a8]"
+    assert method_label("flap", None, "int4_wo-g128") == "flap [int4_wo-g128]"

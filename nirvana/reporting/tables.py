@@ -30,11 +30,14 @@ AVG_COLUMN, KEPT_COLUMN, ACHIEVED_COLUMN = "avg", "params_kept", "achieved_spars
 UNEQUAL = 0.01  # achieved sparsities further apart than this make an unequal comparison
 
 
-def method_label(pruner: str, gamma) -> str:
-    """The table's name of a run: its pruner (with variant), NIRVANA's with its γ."""
-    if pruner != "nirvana" or gamma is None or pd.isna(gamma):
-        return pruner
-    return f"nirvana (γ={gamma:g})"
+FLOAT_DTYPES = (None, "float32", "bfloat16", "float16")
+
+
+def method_label(pruner: str, gamma, dtype: str | None = None) -> str:
+    """The table's name of a run: its pruner (with variant), NIRVANA's with its γ, a quantized model's with its
+    scheme (the rows' dtype, e.g. `nirvana (γ=3.36) [w8a8]`)."""
+    label = pruner if pruner != "nirvana" or gamma is None or pd.isna(gamma) else f"nirvana (γ={gamma:g})"
+    return label if dtype in FLOAT_DTYPES or pd.isna(dtype) else f"{label} [{dtype}]"
 
 
 def cell_column(row: pd.Series) -> str | None:
@@ -58,7 +61,8 @@ def cells(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
     if df.empty:
         raise ValueError(f"no rows for model {model!r}; models present: {sorted(rows['model'].dropna().unique())}")
     df = df.assign(column=df.apply(cell_column, axis=1)).dropna(subset=["column"])
-    df = df.assign(method=[method_label(p, g) for p, g in zip(df["pruner"], df["gamma"])])
+    dtypes = df["dtype"] if "dtype" in df else [None] * len(df)
+    df = df.assign(method=[method_label(p, g, d) for p, g, d in zip(df["pruner"], df["gamma"], dtypes)])
     df = latest(df, ["method", "sparsity", "column"])
     known = set(zip(df[df["column"] == KEPT_COLUMN]["method"], df[df["column"] == KEPT_COLUMN]["sparsity"]))
     unknown = sorted({(m, s) for m, s in zip(df["method"], df["sparsity"]) if (m, s) not in known and m != "dense"})
