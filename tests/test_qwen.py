@@ -34,11 +34,11 @@ def qwen():
 
 @pytest.fixture(scope="module")
 def qwen_calibration(qwen):
-    """8 × 128 tokens of the offline LAMBADA tail (the default calibration pool), official sampler, seed 12:
-    small, because each scoring pass on 0.5B parameters with a 151,936-token output costs ~10 s here."""
+    """4 × 128 tokens of the offline LAMBADA tail (the default calibration pool), official sampler, seed 12:
+    small, because each scoring pass on 0.5B parameters with a 151,936-token output costs seconds here."""
     from nirvana.calibration import build_calibration
 
-    return build_calibration("lambada_tail", qwen[1], n_samples=8, seq_len=128, seed=12, join=4)
+    return build_calibration("lambada_tail", qwen[1], n_samples=4, seq_len=128, seed=12, join=4)
 
 
 def test_the_asset_is_the_checked_qwen2_and_knows_paris(qwen):
