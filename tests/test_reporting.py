@@ -92,6 +92,10 @@ def test_report_writes_tables_figures_paper_comparison_and_warns_about_dirty_row
     assert "0.0500" in (tmp_path / "out" / "table2_vs_paper.md").read_text()  # ours 0.55 − paper 0.50
     csv = pd.read_csv(tmp_path / "out" / "table2.csv")
     assert {"lo", "hi", "delta", "delta_lo", "delta_hi", "significant", "unequal"} <= set(csv.columns)
+    # The headline view restates the long table's numbers: the zero-shot average in points, with its interval.
+    summary = (tmp_path / "out" / "table2_summary.md").read_text()
+    for _, r in csv[csv["column"] == "avg"].iterrows():
+        assert f"{100 * r['value']:.1f} [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]" in summary
 
 
 def test_empty_paper_file_ships_with_its_header():

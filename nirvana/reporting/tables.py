@@ -218,6 +218,39 @@ def display_table(long: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(lines, columns=columns).fillna("")
 
 
+def summary_table(long: pd.DataFrame, seq_len: int = 512) -> pd.DataFrame:
+    """The headline view: parameters kept, the zero-shot average (in points) and every perplexity at `seq_len`,
+    each with its 95 % interval and the paired comparison to NIRVANA (* the interval excludes no difference;
+    † achieved sparsities differ by more than 1 point)."""
+    ref, lines = _reference(long["method"].unique()), []
+
+    def pct(x):
+        return "" if pd.isna(x) else f"{100 * x:.1f}"
+
+    def pts(x):
+        return "" if pd.isna(x) else f"{100 * x:+.1f}"
+
+    for key in _order(long.groupby(["method", "sparsity"]).groups):
+        g = long[(long["method"] == key[0]) & (long["sparsity"] == key[1])].set_index("column")
+        compared = ref is not None and key[0] != ref and key[1] != 0
+        mark = " †" if bool(g["unequal"].any()) else ""
+        line = {"method": key[0], "sparsity": f"{key[1]:g}",
+                "params kept %": pct(g.loc[KEPT_COLUMN, "value"]) if KEPT_COLUMN in g.index else ""}
+        if AVG_COLUMN in g.index:
+            r = g.loc[AVG_COLUMN]
+            line["zero-shot avg % [95% CI]"] = f"{pct(r['value'])} [{pct(r['lo'])}, {pct(r['hi'])}]"
+            line["Δ vs NIRVANA (points)"] = "" if not compared or pd.isna(r["delta"]) else \
+                f"{pts(r['delta'])} [{pts(r['delta_lo'])}, {pts(r['delta_hi'])}]" + (" *" if r["significant"] else "") + mark
+        for column in sorted(c for c in g.index if c.endswith(f"@{seq_len}")):
+            r = g.loc[column]
+            line[f"ppl {column}"] = f"{r['value']:.1f} [{r['lo']:.1f}, {r['hi']:.1f}]"
+            line[f"{column} ÷ NIRVANA"] = "" if not compared or pd.isna(r["delta"]) else \
+                f"{r['delta']:.2f}× [{r['delta_lo']:.2f}, {r['delta_hi']:.2f}]" + (" *" if r["significant"] else "") + mark
+        lines.append(line)
+    columns = list(dict.fromkeys(k for line in sorted(lines, key=len, reverse=True) for k in line))
+    return pd.DataFrame(lines, columns=columns).fillna("")
+
+
 def paired_task_table(long: pd.DataFrame) -> pd.DataFrame:
     """Δ accuracy to NIRVANA per task (rows: method, sparsity), with intervals and marks."""
     sub = long[long["column"].isin(list(TASK_METRICS) + [AVG_COLUMN]) & long["delta"].notna()]
@@ -230,9 +263,9 @@ def paired_task_table(long: pd.DataFrame) -> pd.DataFrame:
     return wide.loc[_order(wide.index)].reset_index()
 
 
-def markdown(df: pd.DataFrame, floatfmt: str = "g") -> str:
-    """The one markdown renderer (pandas → tabulate)."""
-    return df.to_markdown(index=False, floatfmt=floatfmt) + "\n"
+def markdown(df: pd.DataFrame, floatfmt: str = "g", numparse: bool = True) -> str:
+    """The one markdown renderer (pandas → tabulate); numparse=False keeps preformatted cells as written."""
+    return df.to_markdown(index=False, floatfmt=floatfmt, disable_numparse=not numparse) + "\n"
 
 
 def provenance(rows: pd.DataFrame) -> dict:
@@ -246,7 +279,7 @@ def provenance(rows: pd.DataFrame) -> dict:
 def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = None, name: str = "table2",
                 command: str | None = None) -> list[Path]:
     """<name>.md (values, intervals, paired differences, provenance), <name>.csv (long: every interval),
-    <name>.tex (the values), <name>_paired.md (Δ per task)."""
+    <name>.tex (the values), <name>_paired.md (Δ per task), <name>_summary.md (the headline view, at 512 tokens)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     long = long_table(rows, model)
@@ -268,6 +301,8 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = Non
     paths[2].write_text(table2(rows, model).to_latex(float_format=_num))
     paired = paired_task_table(long)
     paths[3].write_text(markdown(paired) if not paired.empty else "no paired differences (no NIRVANA rows)\n")
+    paths.append(out / f"{name}_summary.md")
+    paths[4].write_text(markdown(summary_table(long), numparse=False))
     return paths
 
 
