@@ -82,8 +82,9 @@ def test_plans_equal_the_official_reference(qwen, qwen_scores, sparsity, include
     assert all(len(lp.kept_groups) in (1, 2) and len(lp.kept_neurons) % 8 == 0 for lp in plan.layers)
 
 
-def test_a_pruned_checkpoint_reloads_in_stock_transformers_with_identical_logits(qwen, qwen_scores,
-                                                                                 qwen_calibration, tmp_path):
+@pytest.fixture(scope="module")
+def qwen_pruned(qwen, qwen_scores, qwen_calibration, tmp_path_factory):
+    """NIRVANA at 20 % (official settings), cut and saved as a standalone checkpoint; with its logits on 2 × 32."""
     import copy
 
     model = copy.deepcopy(qwen[0])
@@ -91,6 +92,28 @@ def test_a_pruned_checkpoint_reloads_in_stock_transformers_with_identical_logits
     apply_plan(model, plan)
     ids = qwen_calibration[:2, :32]
     with torch.no_grad():
-        expected = model(ids).logits
-    ckpt = save_pruned(model, plan, tmp_path / "ckpt", qwen[1])
+        logits = model(ids).logits
+    return save_pruned(model, plan, tmp_path_factory.mktemp("qwen") / "ckpt", qwen[1]), ids, logits
+
+
+def test_a_pruned_checkpoint_reloads_in_stock_transformers_with_identical_logits(qwen_pruned, tmp_path):
+    ckpt, ids, expected = qwen_pruned
     torch.testing.assert_close(fresh_process_logits(ckpt, ids, tmp_path), expected, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not (paths.data_dir() / "arc_easy.jsonl").is_file(), reason="benchmark data not built")
+def test_the_stock_lm_eval_cli_scores_the_pruned_checkpoint(qwen_pruned, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "lm_eval"
+    cmd = [str(Path(sys.executable).with_name("lm_eval")), "--model", "hf", "--model_args",
+           f"pretrained={qwen_pruned[0]},trust_remote_code=True,max_length=256", "--tasks", "local_arc_easy",
+           "--include_path", str(paths.tasks_dir()), "--limit", "4", "--batch_size", "4", "--device", "cpu",
+           "--output_path", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]["local_arc_easy"]
+    assert 0.0 <= results["acc,none"] <= 1.0
