@@ -82,6 +82,10 @@ def paired_differences(rows: pd.DataFrame, path: str | Path, model: str | None =
         ax.axvline(null, color="black", lw=0.8)
         if null == 1.0:
             ax.set_xscale("log")
+            # ratios span a decade or two: plain numbers at 1-2-5 steps, no crowded minor labels
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, axis="x")
     axes[0][0].set_yticks(list(y_of.values()), [f"{m} @ {s:g}" for m, s in y_of], fontsize=7)
