@@ -83,7 +83,9 @@ def paired_differences(rows: pd.DataFrame, path: str | Path, model: str | None =
         if null == 1.0:
             ax.set_xscale("log")
             # ratios span a decade or two: plain numbers at 1-2-5 steps, no crowded minor labels
-            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            lo, hi = ax.get_xlim()
+            steps = (1.0, 2.0, 5.0) if hi / lo < 300 else (1.0,)  # 1-2-5 within two decades, else powers of 10
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=steps))
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(title, fontsize=9)
