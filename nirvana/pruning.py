@@ -20,7 +20,7 @@ from .adapters import LayerUnits, ModelAdapter, get_adapter
 from .allocation import ARITHMETIC_OFFICIAL, SPARE_HIGHEST_INDEX, allocate, validate_hyperparameters
 from .compensation import compensation_biases
 from .plan import LayerPlan, PruningPlan
-from .scoring import SCORERS, Scorer, make_scorer
+from .scoring import SCORERS, GradientSaliencyScorer, Scorer, make_scorer
 from .statistics import layerwise_channel_stats
 from .surgery import apply_plan, count_parameters
 from .units import UnitScores
@@ -28,11 +28,13 @@ from .units import UnitScores
 PRUNERS = (*SCORERS, "wanda_sp", "flap")
 CALIBRATION_FREE = ("magnitude", "random")
 # Options of the scorer itself (nirvana.scoring), as opposed to the allocator's.
-MEMORY_OPTIONS = ("micro_batch_size", "checkpointing", "vocab_chunk")  # how gradient scorers run, not what
+MEMORY_OPTIONS = ("micro_batch_size", "checkpointing", "vocab_chunk",  # how gradient scorers run, not what
+                  "schedule", "memory_budget_gib", "time_tolerance")
 SCORER_OPTIONS = ("include_bias", "seed", *MEMORY_OPTIONS)
 # Recomputing a block gives bit-identical activations, so checkpointing does not change the scores and
-# does not split the score cache; the others may change the last bits (summation order).
-_SAME_SCORES = ("checkpointing",)
+# does not split the score cache; micro-batching may change the last bits (summation order), so the cache
+# key holds the micro-batch size actually run, whoever chose it.
+_SAME_SCORES = ("checkpointing", "schedule", "memory_budget_gib", "time_tolerance")
 
 
 def validate_calibration(input_ids: torch.Tensor, adapter: ModelAdapter) -> None:
@@ -210,11 +212,19 @@ def compute_plans(
                              f"uses no calibration batch")
         stats = layerwise_channel_stats(adapter, ids)
     scorer = pruner if isinstance(pruner, Scorer) else make_scorer(name, **scorer_kwargs)
+    schedule = None
+    if isinstance(scorer, GradientSaliencyScorer):  # before any real forward pass: fails early if nothing fits
+        schedule = scorer.resolve_schedule(adapter, ids)
+        if scorer.choice is not None:
+            extra = {**(extra or {}), "schedule_choice": scorer.choice.record()}
     scores, key = None, None
     if score_cache and not isinstance(pruner, Scorer):
         from .score_cache import cache_key, load_scores, save_scores
 
-        key = cache_key(model, name, {k: v for k, v in scorer_kwargs.items() if k not in _SAME_SCORES}, ids)
+        options_run = {k: v for k, v in scorer_kwargs.items() if k not in _SAME_SCORES}
+        if schedule is not None and schedule.slices(ids.shape[0]) > 1:
+            options_run["micro_batch_size"] = schedule.micro_batch_size
+        key = cache_key(model, name, options_run, ids)
         scores = load_scores(score_cache, key)
     if scores is None:
         scores = scorer.score(adapter, ids).check_finite(f"pruner {name!r}")

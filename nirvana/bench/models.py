@@ -2,7 +2,7 @@
 shapes.
 
 Random weights are enough for memory and time (they depend on shapes, not values) and need no download; the
-shapes are copied from the public configs of Llama-3.2-1B and Llama-3.1-8B.
+shapes are copied from the public configs of Llama-3.2-1B, Llama-3.2-3B and Llama-3.1-8B.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import torch
 SHAPES = {
     "llama-1b-shape": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                            num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
+                           rope_theta=500000.0, max_position_embeddings=131072, rms_norm_eps=1e-5),
+    "llama-3b-shape": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+                           num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=True,
                            rope_theta=500000.0, max_position_embeddings=131072, rms_norm_eps=1e-5),
     "llama-8b-shape": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                            num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False,

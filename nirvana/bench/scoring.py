@@ -2,12 +2,15 @@
 
 Variants (all the same criterion — the plans are checked identical to the naive one's):
   naive               — nirvana.bench.naive: all gradients held, full [B, T, V] logits (the official schedule)
-  ours                — nirvana.scoring.NirvanaScorer() as shipped: gradients reduced and freed as they arrive,
-                        LM head applied in vocabulary chunks
+  ours                — one pass (schedule=manual): gradients reduced and freed as they arrive, LM head applied
+                        in vocabulary chunks
   ours+checkpointing  — plus activation checkpointing (one extra forward pass of time)
   ours+micro_batch    — plus exact gradient accumulation over micro-batches of B/4 rows (holds the gradients)
-Each measurement runs in a fresh process (nirvana.bench.isolate); repeats are interleaved across variants so
-that a noisy neighbour hits all of them alike; medians are reported.
+  auto                — nirvana.scoring.NirvanaScorer() as shipped: the schedule chosen by nirvana.schedule's
+                        estimate (its cost — forwards of 3 rows — is inside the measured time)
+Every variant but naive also records what nirvana.schedule predicted for its schedule, so the estimate is checked
+against the measured peak. Each measurement runs in a fresh process (nirvana.bench.isolate); repeats are
+interleaved across variants so that a noisy neighbour hits all of them alike; medians are reported.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from .models import load_bench_model, random_ids
 
 VARIANTS = {
     "naive": None,
-    "ours": {},
+    "ours": {"schedule": "manual"},
     "ours+checkpointing": {"checkpointing": True},
     "ours+micro_batch": {"micro_batch_size": "B/4"},
+    "auto": {},
 }
 BASELINE = "naive"
 # The plan every variant must reproduce: Llama-3.1-8B's headline setting (docs/method.md §2).
@@ -40,13 +44,13 @@ def check_variants(variants) -> list[str]:
     return list(variants)
 
 
-def make_variant_scorer(variant: str, batch: int):
+def make_variant_scorer(variant: str, batch: int, memory_budget_gib: float | None = None):
     from ..scoring import NirvanaScorer
 
     options = dict(VARIANTS[variant])
     if options.get("micro_batch_size") == "B/4":
         options["micro_batch_size"] = max(batch // 4, 1)
-    return NirvanaScorer(**options)
+    return NirvanaScorer(**options, memory_budget_gib=memory_budget_gib)
 
 
 def plan_digest(plan) -> str:
@@ -57,7 +61,7 @@ def plan_digest(plan) -> str:
 
 def measure_scoring(model: str, variant: str, batch: int, seq_len: int, device: str = "cpu",
                     dtype: str = "float32", seed: int = 0, memory_cap_gib: float | None = None,
-                    scores_out: str | None = None) -> dict:
+                    scores_out: str | None = None, memory_budget_gib: float | None = None) -> dict:
     """One scoring pass of `variant` on a freshly loaded `model`; meant for a fresh process (isolate)."""
     from ..adapters import get_adapter
     from ..models import resolve_dtype
@@ -68,6 +72,9 @@ def measure_scoring(model: str, variant: str, batch: int, seq_len: int, device: 
     t0 = time.perf_counter()
     net = load_bench_model(model, device, resolve_dtype(dtype, device))
     load_s = time.perf_counter() - t0
+    with torch.no_grad():  # page in weights the loader left memory-mapped: `base` then holds the whole model
+        for p in net.parameters():
+            p.sum()
     adapter = get_adapter(net)
     ids = random_ids(adapter.vocab_size(), batch, seq_len, seed, device)
     set_memory_cap(device, memory_cap_gib)
@@ -77,8 +84,16 @@ def measure_scoring(model: str, variant: str, batch: int, seq_len: int, device: 
     if variant == BASELINE:
         record, scores = measure(lambda: full_gradient_scores(adapter, ids), device)
     else:
-        scorer = make_variant_scorer(variant, batch)
+        scorer = make_variant_scorer(variant, batch, memory_budget_gib)
+        result["memory_budget_gib"] = memory_budget_gib
+        if not scorer.automatic:  # the estimate for the schedule run, made outside the measured region
+            schedule = scorer.resolve_schedule(adapter, ids)
+            result["predicted_extra_bytes"] = scorer.memory_profile(adapter, ids).memory(schedule, batch)
         record, scores = measure(lambda: scorer.score(adapter, ids), device)
+        if scorer.choice is not None:  # auto: what it chose, and its estimate
+            schedule = scorer.choice.schedule
+            result["predicted_extra_bytes"] = scorer.choice.estimate_bytes
+        result["schedule"] = {"micro_batch_size": schedule.micro_batch_size, "checkpointing": schedule.checkpointing}
     if scores is None:  # out of memory
         return {**result, **record}
     plan = plan_from_scores(net, scores, PLAN_SPARSITY, PLAN_GAMMA)
@@ -114,6 +129,11 @@ def summarize(measurements: list[dict]) -> list[dict]:
                 "plan_digest": sorted({m["plan_digest"] for m in ok}),
                 "pruned_groups": ok[0]["pruned_groups"], "pruned_neurons": ok[0]["pruned_neurons"],
             }
+            if all("predicted_extra_bytes" in m for m in ok):  # the estimate vs what was measured
+                predicted = statistics.median(m["base_bytes"] + m["predicted_extra_bytes"] for m in ok)
+                row["predicted_peak_gib"] = predicted / GIB
+                row["prediction_error"] = predicted / statistics.median(m["peak_bytes"] for m in ok) - 1
+                row["schedule"] = ok[0]["schedule"]
         rows.append(row)
     for row in rows:
         ref = next((r for r in rows if r["model"] == row["model"] and r["variant"] == BASELINE
@@ -128,16 +148,22 @@ def summarize(measurements: list[dict]) -> list[dict]:
 
 def run_scoring_bench(models: dict[str, dict], variants, repeats: int, device: str = "cpu", dtype: str = "float32",
                       memory_cap_gib: float | None = None, scores_dir: str | None = None, progress=None) -> dict:
-    """`models`: {spec: {"batch": B, "seq_len": T}}. Returns {"measurements", "summary", "score_differences"}."""
+    """`models`: {spec: {"batch": B, "seq_len": T, and optionally its own "dtype", "variants", "repeats",
+    "memory_budget_gib" (auto's budget)}}. Returns {"measurements", "summary", "score_differences"}."""
     from .isolate import run_isolated
 
     variants = check_variants(variants)
-    jobs = [(r, m, v) for r in range(repeats) for m in models for v in variants]
+    own = {m: check_variants(spec.get("variants") or variants) for m, spec in models.items()}
+    jobs = [(r, m, v) for r in range(repeats) for m in models for v in own[m]
+            if r < int(models[m].get("repeats") or repeats)]
     measurements = []
     for r, model, variant in (progress(jobs) if progress else jobs):
         out = scores_dir if (scores_dir and r == 0) else None
-        res = run_isolated("scoring", fixed_mmap=True, model=model, variant=variant, device=device, dtype=dtype,
-                           memory_cap_gib=memory_cap_gib, scores_out=out, **models[model])
+        spec = models[model]
+        res = run_isolated("scoring", fixed_mmap=True, model=model, variant=variant, device=device,
+                           dtype=spec.get("dtype") or dtype, memory_cap_gib=memory_cap_gib, scores_out=out,
+                           batch=spec["batch"], seq_len=spec["seq_len"],
+                           memory_budget_gib=spec.get("memory_budget_gib"))
         measurements.append({**res, "repeat": r})
     differences = {}
     if scores_dir and BASELINE in variants:
@@ -145,7 +171,7 @@ def run_scoring_bench(models: dict[str, dict], variants, repeats: int, device: s
 
         for model in models:
             ref = load_scores(scores_dir, f"{model}-{BASELINE}")
-            for v in variants:
+            for v in own[model]:
                 other = load_scores(scores_dir, f"{model}-{v}")
                 if ref is not None and other is not None and v != BASELINE:
                     differences[f"{model}/{v}"] = max_relative_difference(other, ref)

@@ -18,6 +18,9 @@ from .scoring import check_variants
 BENCH_SECTIONS = ("scoring", "statistics", "speed", "zeroshot", "exactness", "demo")
 # The targets, recorded with the results so the summary can say which variant meets them.
 SCORING_GOAL = {"peak_ratio": 0.6, "time_ratio": 1.0}
+# The automatic schedule (nirvana.schedule): as shipped, at most this peak and time relative to the naive scorer,
+# and its memory estimate within `prediction` of the measured peak for every variant it predicts.
+AUTO_GOAL = {"variant": "auto", "peak_ratio": 0.4, "time_ratio": 1.0, "prediction": 0.2}
 
 
 def validate(cfg: dict) -> None:
@@ -32,6 +35,10 @@ def validate(cfg: dict) -> None:
             check_model_spec(m["name"])
             if int(m["batch"]) < 1 or int(m["seq_len"]) < 2:
                 raise ValueError(f"scoring.models: batch must be ≥ 1 and seq_len ≥ 2, got {dict(m)}")
+            unknown_keys = set(m) - {"name", "batch", "seq_len", "dtype", "variants", "repeats", "memory_budget_gib"}
+            if unknown_keys:
+                raise ValueError(f"scoring.models: unknown key(s) {sorted(unknown_keys)} in {dict(m)}")
+            check_variants(m.get("variants") or [])
         if int(s["repeats"]) < 1:
             raise ValueError(f"scoring.repeats must be ≥ 1, got {s['repeats']}")
     if "statistics" in cfg["sections"] and int(cfg["statistics"]["repeats"]) < 1:
@@ -56,7 +63,7 @@ def run_section(name: str, cfg: dict) -> tuple[dict, dict]:
     if name == "scoring":
         from .scoring import run_scoring_bench
 
-        models = {m["name"]: {"batch": m["batch"], "seq_len": m["seq_len"]} for m in c["models"]}
+        models = {m["name"]: {k: v for k, v in dict(m).items() if k != "name"} for m in c["models"]}
         with tempfile.TemporaryDirectory(prefix="nirvana-bench-scores-") as scores_dir:  # for score differences
             result = run_scoring_bench(models, c["variants"], c["repeats"], c["device"], c["dtype"],
                                        scores_dir=scores_dir, progress=bar)
@@ -101,4 +108,15 @@ def scoring_goal(result: dict) -> dict:
         ok = (row["peak_ratio"] <= SCORING_GOAL["peak_ratio"] and row["time_ratio"] <= SCORING_GOAL["time_ratio"]
               and row.get("plan_identical", False))
         met.setdefault(row["model"], []).extend([row["variant"]] if ok else [])
-    return {**SCORING_GOAL, "met_by": met}
+    auto = {}
+    for model in met:
+        rows = [r for r in result["summary"] if r["model"] == model]
+        row = next((r for r in rows if r["variant"] == AUTO_GOAL["variant"] and "peak_ratio" in r), None)
+        errors = [abs(r["prediction_error"]) for r in rows if "prediction_error" in r]
+        auto[model] = {
+            "peak_and_time": None if row is None else (row["peak_ratio"] <= AUTO_GOAL["peak_ratio"]
+                                                       and row["time_ratio"] <= AUTO_GOAL["time_ratio"]
+                                                       and row.get("plan_identical", False)),
+            "prediction": (max(errors) <= AUTO_GOAL["prediction"]) if errors else None,
+        }
+    return {**SCORING_GOAL, "met_by": met, "auto": {**AUTO_GOAL, "met": auto}}

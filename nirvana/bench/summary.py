@@ -64,7 +64,8 @@ def scoring_md(doc: dict) -> list[str]:
              "Same criterion in every variant (plans at s=0.5, γ=3.36 compared with the naive one's). Peak = "
              "resident memory of a fresh process during scoring, model included; *extra* = peak minus what was "
              "resident before scoring. Medians of the repeats; ratios are to the naive scorer on the same model.", ""]
-    shapes = {m["model"]: f'{m["batch"]}×{m["seq_len"]}' for m in r["measurements"]}
+    shapes = {m["model"]: f'{m["batch"]}×{m["seq_len"]}' + ("" if m["dtype"] == "float32" else f' {m["dtype"]}')
+              for m in r["measurements"]}
     table = []
     for row in r["summary"]:
         line = {"model": row["model"], "batch": shapes.get(row["model"], ""), "variant": row["variant"]}
@@ -77,14 +78,33 @@ def scoring_md(doc: dict) -> list[str]:
                              "peak GiB": f'{row["peak_gib_median"]:.2f}', "peak × naive": _fmt(row.get("peak_ratio")),
                              "extra GiB": f'{row["extra_gib_median"]:.2f}',
                              "plan = naive": "—" if same is None else ("yes" if same else "**no**"),
-                             "max rel. score diff": "—" if diff is None else f"{diff:.1e}"})
+                             "max rel. score diff": "—" if diff is None else f"{diff:.1e}",
+                             "schedule": _schedule(row.get("schedule")),
+                             "predicted peak GiB": _fmt(row.get("predicted_peak_gib")),
+                             "prediction error": "—" if "prediction_error" not in row
+                             else f'{row["prediction_error"]:+.0%}'})
     lines += _table(table)
     goal = doc.get("goal", {})
     if goal:
         lines += ["", f'Goal: peak ≤ {goal["peak_ratio"]}× at time ≤ {goal["time_ratio"]}× of the naive scorer. '
                   + "; ".join(f'{m}: {", ".join(v) if v else "no variant meets it"}'
                               for m, v in goal.get("met_by", {}).items()) + "."]
+    auto = goal.get("auto")
+    if auto:
+        verdict = {True: "met", False: "**not met**", None: "not measured"}
+        lines += ["", f'Automatic schedule (`auto`, the default): peak ≤ {auto["peak_ratio"]}× at time ≤ '
+                  f'{auto["time_ratio"]}× of the naive scorer, and predicted peak within ±{auto["prediction"]:.0%} of '
+                  "the measured one for every variant it predicts. "
+                  + "; ".join(f'{m}: peak/time {verdict[v["peak_and_time"]]}, prediction {verdict[v["prediction"]]}'
+                              for m, v in auto.get("met", {}).items()) + "."]
     return lines
+
+
+def _schedule(s: dict | None) -> str:
+    if not s:
+        return "—"
+    parts = [f'micro {s["micro_batch_size"]}' if s["micro_batch_size"] else "one pass"]
+    return " + ".join(parts + (["checkpointing"] if s["checkpointing"] else []))
 
 
 def speed_md(doc: dict) -> list[str]:
