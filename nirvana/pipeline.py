@@ -36,6 +36,7 @@ from .calibration import (
     check_source,
     choose_calibration,
     kl_to_dense,
+    kls_to_dense,
 )
 from .models import skeleton
 from .plan import PruningPlan
@@ -190,7 +191,7 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
             source = (c.get("candidate_sources") or [c["source"]])[0]
             gamma_probe.append(build_probe(source, tokenizer, path=c.get("path"), field=c.get("field", "text"),
                                            **probe_cfg, **hub))
-        kls = [kl_to_dense(model, p, gamma_probe[0].ids, batch_size) for p in plans]
+        kls = kls_to_dense(model, plans, gamma_probe[0].ids, batch_size)  # one dense pass shared by every γ
         best = min(range(len(plans)), key=kls.__getitem__)
         for g, kl in zip(gammas, kls, strict=True):
             log.info("γ candidate %g: KL %.5f%s", g, kl, " ← chosen" if g == gammas[best] else "")

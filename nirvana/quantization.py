@@ -177,12 +177,24 @@ def load_quantized(model: nn.Module, quant_dir: str | os.PathLike) -> tuple[Quan
 
 
 def model_bytes(model: nn.Module) -> int:
-    """Bytes the model's tensors occupy in memory (torchao tensors count their int data and scales)."""
-    import io
+    """Bytes the model's state-dict tensors occupy in memory: each storage once (tied weights, views), torchao's
+    tensor subclasses through their inner tensors (int data, scales, zero points) — what `torch.save` writes, less
+    its pickle framing, without serialising anything."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.tell()
+    seen: set[int] = set()
+
+    def storage_bytes(t: torch.Tensor) -> int:
+        if is_traceable_wrapper_subclass(t):
+            names, _ = t.__tensor_flatten__()
+            return sum(storage_bytes(getattr(t, name)) for name in names)
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen:
+            return 0
+        seen.add(storage.data_ptr())
+        return storage.nbytes()
+
+    return sum(storage_bytes(t) for t in model.state_dict().values())
 
 
 def spec_from_config(quant: dict | None) -> QuantSpec | None:

@@ -31,9 +31,13 @@ def test_isolated_workers_agree_on_the_plan():
     from nirvana.bench.isolate import run_isolated
 
     out = {v: run_isolated("scoring", model="llama-tiny-shape", variant=v, batch=4, seq_len=16)
-           for v in ("naive", "ours+micro_batch")}
-    assert out["naive"]["plan_digest"] == out["ours+micro_batch"]["plan_digest"]
+           for v in ("naive", "ours+micro_batch", "auto")}
+    assert out["naive"]["plan_digest"] == out["ours+micro_batch"]["plan_digest"] == out["auto"]["plan_digest"]
     assert all(r["peak_bytes"] > r["base_bytes"] > 0 and r["seconds"] > 0 for r in out.values())
+    # every variant but naive carries the estimate for the schedule it ran
+    assert "predicted_extra_bytes" not in out["naive"]
+    assert out["ours+micro_batch"]["schedule"] == {"micro_batch_size": 1, "checkpointing": False}
+    assert all(out[v]["predicted_extra_bytes"] > 0 for v in ("ours+micro_batch", "auto"))
     with pytest.raises(RuntimeError, match="unknown scoring variant"):
         run_isolated("scoring", model="llama-tiny-shape", variant="nope", batch=4, seq_len=16)
 
@@ -52,6 +56,23 @@ def test_summary_takes_medians_and_ratios_to_naive():
     assert ours["seconds_median"] == 6 and ours["time_ratio"] == pytest.approx(0.5)
     assert ours["peak_ratio"] == pytest.approx(0.4)
     assert ours["plan_identical"] is False  # one repeat disagreed: reported, not hidden
+
+
+def test_summary_compares_the_estimate_with_the_measured_peak_and_judges_auto():
+    from nirvana.bench.sections import scoring_goal
+
+    g = 2**30
+    naive = _m("naive", 10, 10 * g)
+    auto = [{**_m("auto", 9, 4 * g), "base_bytes": g, "predicted_extra_bytes": int(3.6 * g),
+             "schedule": {"micro_batch_size": 8, "checkpointing": False}} for _ in range(3)]
+    rows = summarize([naive, *auto])
+    row = rows[1]
+    assert row["predicted_peak_gib"] == pytest.approx(4.6) and row["prediction_error"] == pytest.approx(0.15)
+    assert row["schedule"]["micro_batch_size"] == 8
+    goal = scoring_goal({"summary": rows})["auto"]["met"]["m"]
+    assert goal == {"peak_and_time": True, "prediction": True}
+    worse = summarize([naive, *[{**a, "predicted_extra_bytes": 5 * g} for a in auto]])  # predicts 6 GiB for 4
+    assert scoring_goal({"summary": worse})["auto"]["met"]["m"]["prediction"] is False
 
 
 @pytest.mark.slow  # validation checks the benchmark data is built

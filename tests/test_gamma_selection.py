@@ -93,3 +93,19 @@ def test_auto_in_a_run_records_the_chosen_gamma_and_hashes_the_grid(tmp_path):
 
     _, identity = run_identity(OmegaConf.to_container(auto, resolve=True))
     assert identity["pruner"]["gamma"] == list(AUTO_GAMMAS)
+
+
+def test_kls_of_many_plans_share_the_dense_pass_and_match_each_alone(calib_ids):
+    from nirvana.calibration import kls_to_dense
+
+    model = tiny_model("llama")
+    plans = compute_plans(model, calib_ids, "nirvana", 0.4, [1.0, 2.0, 3.36])
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    together = kls_to_dense(model, plans, calib_ids[:6, :16], batch_size=4)
+    shared = len(forwards)
+    alone = [kl_to_dense(model, p, calib_ids[:6, :16], batch_size=4) for p in plans]
+    handle.remove()
+    assert together == alone  # bit for bit
+    assert len(set(together)) == 3 and min(together) > 0
+    assert shared == 2 * (3 + 1)  # two probe batches × (one dense + three masked forwards)

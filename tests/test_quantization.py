@@ -129,3 +129,26 @@ def test_the_quantize_cli_saves_what_load_quantized_restores(pruned_checkpoint, 
     bad = subprocess.run([*cmd[:5], "quant.scheme=int2"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert bad.returncode != 0 and "unknown quantization scheme 'int2'" in bad.stderr
+
+
+@pytest.mark.parametrize("scheme", ["int8_wo", "int4_wo"])
+def test_model_bytes_counts_what_torch_save_writes(scheme, pruned_checkpoint, calib_ids):
+    import io
+
+    from nirvana.quantization import model_bytes
+
+    def saved(m):
+        buf = io.BytesIO()
+        torch.save(m.state_dict(), buf)
+        return buf.tell()
+
+    model = load_pruned(pruned_checkpoint).eval()
+    framing = 1024 * len(model.state_dict())  # torch.save: the same storages plus pickle framing per tensor
+    dense = model_bytes(model)
+    assert 0 <= saved(model) - dense < framing
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize(model, QuantSpec(scheme, group_size=32), calib_ids)
+    small = model_bytes(model)
+    assert small < dense / 2
+    assert 0 <= saved(model) - small < framing

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .sampler import Windows, draw_windows, sample_windows
-from .selection import SELECTIONS, Candidate, kl_to_dense, per_sample_candidates, select_by_kl
+from .selection import SELECTIONS, Candidate, kl_to_dense, kls_to_dense, per_sample_candidates, select_by_kl
 from .sources import (
     SOURCES,
     HubTexts,
@@ -159,7 +159,7 @@ def choose_calibration(
 
 __all__ = [
     "SELECTIONS", "Candidate", "CalibrationChoice", "Probe", "build_probe", "choose_calibration", "kl_to_dense",
-    "per_sample_candidates", "select_by_kl", "SOURCES", "HubTexts", "Windows", "build_calibration", "draw_windows",
+    "kls_to_dense", "per_sample_candidates", "select_by_kl", "SOURCES", "HubTexts", "Windows", "build_calibration", "draw_windows",
     "join_consecutive", "load_id_tensor", "load_texts", "sample_windows", "calibration_pool", "calibration_span",
     "check_source",
     "probe_span", "probe_texts",
