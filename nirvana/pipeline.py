@@ -215,7 +215,7 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
             log.info("calibration candidate %s: KL %.5f%s", cand["label"], cand["kl"], mark)
     kl = None
     if probe is not None:
-        kl = kl_to_dense(model, plan, probe.ids, (c.get("probe") or {}).get("batch_size", 16))
+        kl = kl_to_dense(model, plan, probe.ids, batch_size)
     if apply:
         apply_plan(model, plan)
     seconds = time.perf_counter() - t0

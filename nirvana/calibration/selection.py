@@ -65,7 +65,7 @@ def kls_to_dense(model: torch.nn.Module, plans: list[PruningPlan], probe_ids: to
             kl = (p_dense * (dense - pruned)).sum(dim=-1)
             totals[i] += float(kl.double().sum())
             del pruned
-        count += kl.numel()
+        count += dense.shape[:-1].numel()  # probe tokens in this batch
     for plan, total in zip(plans, totals, strict=True):
         if not math.isfinite(total):
             raise ValueError(f"the KL to the dense model is not finite ({total}) on the probe for this plan "
