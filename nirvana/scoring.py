@@ -41,6 +41,7 @@ import torch
 
 from .adapters import MODULE_KINDS, ModelAdapter, ParamSlice
 from .schedule import (
+    DEFAULT_TIME_TOLERANCE,
     SCHEDULES,
     ActivationProfile,
     Schedule,
@@ -131,7 +132,8 @@ class GradientSaliencyScorer(Scorer):
     name = "gradient"
 
     def __init__(self, include_bias: bool = False, micro_batch_size: int | None = None, checkpointing: bool = False,
-                 schedule: str = "auto", memory_budget_gib: float | None = None, time_tolerance: float = 0.1):
+                 schedule: str = "auto", memory_budget_gib: float | None = None,
+                 time_tolerance: float = DEFAULT_TIME_TOLERANCE):
         super().__init__(include_bias)
         if micro_batch_size is not None and int(micro_batch_size) < 1:
             raise ValueError(f"micro_batch_size must be >= 1 or None, got {micro_batch_size}")

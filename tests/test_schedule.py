@@ -7,6 +7,7 @@ import torch
 from nirvana.adapters import get_adapter
 from nirvana.pruning import compute_plan
 from nirvana.schedule import (
+    DEFAULT_TIME_TOLERANCE,
     ActivationProfile,
     MemoryBudgetError,
     Schedule,
@@ -114,6 +115,18 @@ def test_choice_is_the_fastest_that_fits_and_least_memory_within_the_tolerance()
     assert lenient.estimate_bytes == min(p.memory(s, 8) for s in candidate_schedules(8))
     record = lenient.record()
     assert record["estimate_gib"] == round(lenient.estimate_bytes / GIB, 3) and len(record["candidates"]) == 8
+
+
+def test_default_tolerance_trades_a_fifth_more_time_for_memory():
+    """Activations dominate and streaming the weights again is cheap (SmolLM2's case): micro-batches cost a few per
+    cent of estimated time, checkpointing 33 %; the default takes micro-batches, never the 33 % one, and a
+    tolerance of 0 keeps the single pass."""
+    p = profile_with(blocks=1000, inputs=10, grads=2000, largest=200, weight_bytes=10, params=10)
+    assert DEFAULT_TIME_TOLERANCE == 0.25
+    chosen = choose_schedule(p, 32, budget_bytes=None).schedule
+    assert chosen.micro_batch_size is not None and not chosen.checkpointing
+    assert p.time(chosen, 32) <= 1.25 * p.time(Schedule(), 32) < p.time(Schedule(checkpointing=True), 32)
+    assert choose_schedule(p, 32, budget_bytes=None, time_tolerance=0.0).schedule == Schedule()
 
 
 def test_no_schedule_fits_names_the_smallest_budget():
