@@ -239,3 +239,37 @@ def test_the_float64_referee_rescores_real_requests_in_a_fresh_process():
         assert o["continuation_tokens"] >= 1 and o["loglikelihood"] < 0
         assert o["hf_error"] == pytest.approx(abs(-1.0 - o["loglikelihood"]))
         assert o["hf-shared-prefix_error"] == pytest.approx(abs(-2.0 - o["loglikelihood"]))
+
+
+def test_units_differing_counts_each_swapped_unit_once():
+    from nirvana.bench.scoring import units_differing
+
+    a = [[[0, 1], [0, 1, 2, 3]], [[1], [4, 5]]]
+    assert units_differing(a, a) == 0
+    b = [[[0, 1], [0, 1, 2, 7]], [[0], [4, 5]]]  # one neuron and one group swapped
+    assert units_differing(a, b) == 2
+
+
+def test_reference_rescoring_arbitrates_a_low_precision_model(tmp_path):
+    """bf16 variants are compared unit by unit with the same weights upcast to float32 and re-scored."""
+    from nirvana.bench.scoring import run_scoring_bench
+
+    out = run_scoring_bench({"llama-tiny-shape": {"batch": 2, "seq_len": 16, "dtype": "bfloat16",
+                                                  "reference_dtype": "float32"}},
+                            ["naive", "auto"], repeats=1, scores_dir=str(tmp_path))
+    ref = [m for m in out["measurements"] if m["variant"] == "reference"]
+    assert len(ref) == 1 and ref[0]["dtype"] == "float32"
+    assert {m["dtype"] for m in out["measurements"] if m["variant"] != "reference"} == {"bfloat16"}
+    judged = out["against_reference"]
+    assert set(judged) == {"llama-tiny-shape/naive", "llama-tiny-shape/auto"}
+    tiny = 4 * (2 + 448)  # 4 layers × (2 KV groups + 448 neurons)
+    for v in judged.values():
+        assert v["units"] == tiny and 0 <= v["units_differing"] < tiny // 10
+        assert 0 < v["median_rel_score_diff"] < 0.05  # bf16 rounding: not zero, not garbage
+
+
+def test_reference_variant_needs_its_dtype():
+    from nirvana.bench.isolate import run_isolated
+
+    with pytest.raises(RuntimeError, match="reference_dtype"):
+        run_isolated("scoring", model="llama-tiny-shape", variant="reference", batch=2, seq_len=8)

@@ -8,6 +8,10 @@ Variants (all the same criterion — the plans are checked identical to the naiv
   ours+micro_batch    — plus exact gradient accumulation over micro-batches of B/4 rows (holds the gradients)
   auto                — nirvana.scoring.NirvanaScorer() as shipped: the schedule chosen by nirvana.schedule's
                         estimate (its cost — forwards of 3 rows — is inside the measured time)
+  reference           — a model's optional `reference_dtype` (e.g. float32 for a bf16 model): the same weights
+                        upcast and re-scored (one pass + checkpointing), the arbiter when lower-precision
+                        variants disagree with each other (their rounding, not the schedule, then decides the
+                        plan); every variant's plan is compared with it unit by unit
 Every variant but naive also records what nirvana.schedule predicted for its schedule, so the estimate is checked
 against the measured peak. Each measurement runs in a fresh process (nirvana.bench.isolate); repeats are
 interleaved across variants so that a noisy neighbour hits all of them alike; medians are reported.
@@ -19,6 +23,7 @@ import hashlib
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -31,6 +36,7 @@ VARIANTS = {
     "ours+checkpointing": {"checkpointing": True},
     "ours+micro_batch": {"micro_batch_size": "B/4"},
     "auto": {},
+    "reference": {"schedule": "manual", "checkpointing": True},  # in the model's reference_dtype
 }
 BASELINE = "naive"
 # The plan every variant must reproduce: Llama-3.1-8B's headline setting (docs/method.md §2).
@@ -53,16 +59,26 @@ def make_variant_scorer(variant: str, batch: int, memory_budget_gib: float | Non
     return NirvanaScorer(**options, memory_budget_gib=memory_budget_gib)
 
 
+def kept_units(plan) -> list[list[list[int]]]:
+    return [[list(layer.kept_groups), list(layer.kept_neurons)] for layer in plan.layers]
+
+
 def plan_digest(plan) -> str:
     """Hash of a plan's kept units: equal digests, identical plans."""
-    kept = [[layer.kept_groups, layer.kept_neurons] for layer in plan.layers]
-    return hashlib.sha256(json.dumps(kept).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(kept_units(plan)).encode()).hexdigest()[:16]
+
+
+def units_differing(a: list, b: list) -> int:
+    """Units kept by one plan and pruned by the other (`kept_units` lists of the same model), counted once."""
+    return sum(len(set(x) ^ set(y)) for la, lb in zip(a, b, strict=True) for x, y in zip(la, lb, strict=True)) // 2
 
 
 def measure_scoring(model: str, variant: str, batch: int, seq_len: int, device: str = "cpu",
                     dtype: str = "float32", seed: int = 0, memory_cap_gib: float | None = None,
-                    scores_out: str | None = None, memory_budget_gib: float | None = None) -> dict:
-    """One scoring pass of `variant` on a freshly loaded `model`; meant for a fresh process (isolate)."""
+                    scores_out: str | None = None, memory_budget_gib: float | None = None,
+                    reference_dtype: str | None = None) -> dict:
+    """One scoring pass of `variant` on a freshly loaded `model`; meant for a fresh process (isolate). The
+    `reference` variant upcasts the loaded weights to `reference_dtype` first (the same values, more precision)."""
     from ..adapters import get_adapter
     from ..models import resolve_dtype
     from ..pruning import plan_from_scores
@@ -70,7 +86,11 @@ def measure_scoring(model: str, variant: str, batch: int, seq_len: int, device: 
 
     check_variants([variant])
     t0 = time.perf_counter()
+    if variant == "reference" and not reference_dtype:
+        raise ValueError("the reference variant needs the model's reference_dtype (e.g. float32)")
     net = load_bench_model(model, device, resolve_dtype(dtype, device))
+    if variant == "reference":
+        net = net.to(resolve_dtype(reference_dtype, device))
     load_s = time.perf_counter() - t0
     with torch.no_grad():  # page in weights the loader left memory-mapped: `base` then holds the whole model
         for p in net.parameters():
@@ -79,7 +99,7 @@ def measure_scoring(model: str, variant: str, batch: int, seq_len: int, device: 
     ids = random_ids(adapter.vocab_size(), batch, seq_len, seed, device)
     set_memory_cap(device, memory_cap_gib)
     result = {"model": model, "variant": variant, "batch": batch, "seq_len": seq_len, "device": device,
-              "dtype": dtype, "threads": torch.get_num_threads(), "load_s": round(load_s, 3),
+              "dtype": reference_dtype if variant == "reference" else dtype, "threads": torch.get_num_threads(), "load_s": round(load_s, 3),
               "memory_cap_gib": memory_cap_gib, "params": sum(p.numel() for p in net.parameters())}
     if variant == BASELINE:
         record, scores = measure(lambda: full_gradient_scores(adapter, ids), device)
@@ -101,6 +121,7 @@ def measure_scoring(model: str, variant: str, batch: int, seq_len: int, device: 
         from ..score_cache import save_scores
 
         save_scores(scores_out, f"{model}-{variant}", scores)
+        Path(scores_out, f"{model}-{variant}.kept.json").write_text(json.dumps(kept_units(plan)))
     return {**result, **record, "plan_digest": plan_digest(plan), "pruned_groups": plan.pruned_groups,
             "pruned_neurons": plan.pruned_neurons}
 
@@ -111,6 +132,13 @@ def max_relative_difference(a, b) -> float:
         for x, y in zip(xs, ys, strict=True):
             worst = max(worst, float(((x - y).abs() / y.abs().clamp_min(1e-300)).max()))
     return worst
+
+
+def median_relative_difference(a, b) -> float:
+    """The typical unit's disagreement (max_relative_difference is ruled by the smallest scores)."""
+    rel = [((x.double() - y.double()).abs() / y.double().abs().clamp_min(1e-300))
+           for xs, ys in ((a.attention, b.attention), (a.mlp, b.mlp)) for x, y in zip(xs, ys, strict=True)]
+    return float(torch.cat(rel).median())
 
 
 def summarize(measurements: list[dict]) -> list[dict]:
@@ -154,8 +182,12 @@ def run_scoring_bench(models: dict[str, dict], variants, repeats: int, device: s
 
     variants = check_variants(variants)
     own = {m: check_variants(spec.get("variants") or variants) for m, spec in models.items()}
+    for m, spec in models.items():  # the arbiter runs once, after the variants it judges
+        own[m] = [v for v in own[m] if v != "reference"]
+        if spec.get("reference_dtype"):
+            own[m].append("reference")
     jobs = [(r, m, v) for r in range(repeats) for m in models for v in own[m]
-            if r < int(models[m].get("repeats") or repeats)]
+            if r < (1 if v == "reference" else int(models[m].get("repeats") or repeats))]
     measurements = []
     for r, model, variant in (progress(jobs) if progress else jobs):
         out = scores_dir if (scores_dir and r == 0) else None
@@ -163,16 +195,34 @@ def run_scoring_bench(models: dict[str, dict], variants, repeats: int, device: s
         res = run_isolated("scoring", fixed_mmap=True, model=model, variant=variant, device=device,
                            dtype=spec.get("dtype") or dtype, memory_cap_gib=memory_cap_gib, scores_out=out,
                            batch=spec["batch"], seq_len=spec["seq_len"],
-                           memory_budget_gib=spec.get("memory_budget_gib"))
+                           memory_budget_gib=spec.get("memory_budget_gib"),
+                           reference_dtype=spec.get("reference_dtype") if variant == "reference" else None)
         measurements.append({**res, "repeat": r})
-    differences = {}
-    if scores_dir and BASELINE in variants:
+    differences, against_reference = {}, {}
+    if scores_dir:
         from ..score_cache import load_scores
 
         for model in models:
-            ref = load_scores(scores_dir, f"{model}-{BASELINE}")
+            ref = load_scores(scores_dir, f"{model}-{BASELINE}") if BASELINE in own[model] else None
+            arbiter = load_scores(scores_dir, f"{model}-reference")
+            arbiter_kept = _read_kept(scores_dir, f"{model}-reference")
             for v in own[model]:
                 other = load_scores(scores_dir, f"{model}-{v}")
-                if ref is not None and other is not None and v != BASELINE:
+                if other is None or v == "reference":
+                    continue
+                if ref is not None and v != BASELINE:
                     differences[f"{model}/{v}"] = max_relative_difference(other, ref)
-    return {"measurements": measurements, "summary": summarize(measurements), "score_differences": differences}
+                if arbiter is not None:
+                    kept = _read_kept(scores_dir, f"{model}-{v}")
+                    against_reference[f"{model}/{v}"] = {
+                        "max_rel_score_diff": max_relative_difference(other, arbiter),
+                        "median_rel_score_diff": median_relative_difference(other, arbiter),
+                        "units_differing": units_differing(kept, arbiter_kept),
+                        "units": sum(x.numel() for x in (*arbiter.attention, *arbiter.mlp))}
+    return {"measurements": measurements, "summary": summarize(measurements), "score_differences": differences,
+            "against_reference": against_reference}
+
+
+def _read_kept(scores_dir: str, key: str) -> list | None:
+    path = Path(scores_dir, f"{key}.kept.json")
+    return json.loads(path.read_text()) if path.is_file() else None

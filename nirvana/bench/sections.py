@@ -35,7 +35,8 @@ def validate(cfg: dict) -> None:
             check_model_spec(m["name"])
             if int(m["batch"]) < 1 or int(m["seq_len"]) < 2:
                 raise ValueError(f"scoring.models: batch must be ≥ 1 and seq_len ≥ 2, got {dict(m)}")
-            unknown_keys = set(m) - {"name", "batch", "seq_len", "dtype", "variants", "repeats", "memory_budget_gib"}
+            unknown_keys = set(m) - {"name", "batch", "seq_len", "dtype", "variants", "repeats", "memory_budget_gib",
+                                        "reference_dtype"}
             if unknown_keys:
                 raise ValueError(f"scoring.models: unknown key(s) {sorted(unknown_keys)} in {dict(m)}")
             check_variants(m.get("variants") or [])
@@ -102,7 +103,7 @@ def run_section(name: str, cfg: dict) -> tuple[dict, dict]:
 def scoring_goal(result: dict) -> dict:
     met = {}
     for row in result["summary"]:
-        if row["variant"] == "naive" or "peak_ratio" not in row:
+        if row["variant"] in ("naive", "reference") or "peak_ratio" not in row:
             met.setdefault(row["model"], [])
             continue
         ok = (row["peak_ratio"] <= SCORING_GOAL["peak_ratio"] and row["time_ratio"] <= SCORING_GOAL["time_ratio"]

@@ -65,7 +65,7 @@ def scoring_md(doc: dict) -> list[str]:
              "resident memory of a fresh process during scoring, model included; *extra* = peak minus what was "
              "resident before scoring. Medians of the repeats; ratios are to the naive scorer on the same model.", ""]
     shapes = {m["model"]: f'{m["batch"]}×{m["seq_len"]}' + ("" if m["dtype"] == "float32" else f' {m["dtype"]}')
-              for m in r["measurements"]}
+              for m in r["measurements"] if m["variant"] != "reference"}
     table = []
     for row in r["summary"]:
         line = {"model": row["model"], "batch": shapes.get(row["model"], ""), "variant": row["variant"]}
@@ -84,6 +84,17 @@ def scoring_md(doc: dict) -> list[str]:
                              "prediction error": "—" if "prediction_error" not in row
                              else f'{row["prediction_error"]:+.0%}'})
     lines += _table(table)
+    arbiter = r.get("against_reference") or {}
+    if arbiter:
+        dtypes = {m["model"]: m["dtype"] for m in r["measurements"] if m["variant"] == "reference"}
+        lines += ["", "Against the `reference` re-scoring (the same weights upcast, one pass + checkpointing): plans "
+                  "at s=0.5, γ=3.36 compared unit by unit. Where lower-precision variants disagree with each other, "
+                  "this says whether the schedule or the rounding is to blame.", ""]
+        lines += _table([{"model": key.split("/")[0], "variant": key.split("/")[1],
+                          "reference dtype": dtypes.get(key.split("/")[0], "—"),
+                          "units differing": f'{v["units_differing"]} of {v["units"]}',
+                          "median rel. score diff": f'{v["median_rel_score_diff"]:.1e}',
+                          "max rel. score diff": f'{v["max_rel_score_diff"]:.1e}'} for key, v in arbiter.items()])
     goal = doc.get("goal", {})
     if goal:
         lines += ["", f'Goal: peak ≤ {goal["peak_ratio"]}× at time ≤ {goal["time_ratio"]}× of the naive scorer. '
