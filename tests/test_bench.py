@@ -84,7 +84,7 @@ def test_bench_config_composes():
     from nirvana.bench.sections import validate
 
     validate(OmegaConf.to_container(cfg, resolve=True))
-    assert list(cfg.sections) == ["scoring", "statistics", "speed", "zeroshot", "exactness", "demo"]
+    assert list(cfg.sections) == ["scoring", "statistics", "speed", "quant", "zeroshot", "exactness", "demo"]
 
 
 def _shrunk(tmp_path, *extra):
@@ -118,12 +118,14 @@ def test_bench_cli_shrunk_writes_sections_and_summary(tmp_path):
     ("sections=[scoring,nope]", "unknown bench section"),
     ("scoring.variants=[naive,fast]", "unknown scoring variant"),
     ("scoring.models=[{name: gpt5, batch: 1, seq_len: 8}]", "unknown benchmark model"),
+    ("sections=[scoring,quant]|quant.schemes=[int8_wo,fp3]", "unknown quantization scheme"),
+    ("sections=[scoring,quant]|quant.repeats=0", "quant.repeats"),
 ])
 def test_bench_rejects_bad_config_before_work(tmp_path, override, match):
     from experiments.bench import run_bench
 
     with pytest.raises(ValueError, match=match):
-        run_bench(_shrunk(tmp_path, override))
+        run_bench(_shrunk(tmp_path, *override.split("|")))
     assert not list(tmp_path.glob("*.json"))
 
 
@@ -241,6 +243,25 @@ def test_the_float64_referee_rescores_real_requests_in_a_fresh_process():
         assert o["hf-shared-prefix_error"] == pytest.approx(abs(-2.0 - o["loglikelihood"]))
 
 
+def test_quant_section_on_a_tiny_pruned_model(tmp_path):
+    """Every scheme on a dense and a pruned copy: sizes shrink, speeds are measured against the float model."""
+    from experiments.bench import run_bench
+
+    summary = run_bench(_shrunk(tmp_path, "sections=[quant]", "quant.model=tiny:llama", "quant.repeats=1",
+                                "quant.sparsities=[0.0,0.5]", "quant.calibration={source: pydoc, n_samples: 4, "
+                                "seq_len: 32, seed: 0}", "quant.shapes=[{batch_size: 1, prompt_len: 8, new_tokens: 2}]",
+                                f"quant.score_cache={tmp_path}/cache"))
+    rows = json.loads((tmp_path / "quant.json").read_text())["result"]["rows"]
+    assert [(r["sparsity"], r["scheme"]) for r in rows] == [
+        (s, q) for s in (0.0, 0.5) for q in ("int8_wo", "w8a8", "w8a8_smoothquant-a0.5", "int4_wo-g128")]
+    for r in rows:
+        assert r["quant_bytes"] < r["float_bytes"] and r["quant_file_bytes"] < r["float_file_bytes"]
+        assert r["prefill_tok_s"] > 0 and r["float_decode_tok_s"] > 0 and r["layers"] > 0
+    pruned = [r for r in rows if r["sparsity"] == 0.5]
+    assert pruned[0]["float_bytes"] < rows[0]["float_bytes"]  # the pruned copy really is smaller
+    assert "## Quantization" in summary.read_text()
+
+
 def test_units_differing_counts_each_swapped_unit_once():
     from nirvana.bench.scoring import units_differing
 
@@ -266,6 +287,14 @@ def test_reference_rescoring_arbitrates_a_low_precision_model(tmp_path):
     for v in judged.values():
         assert v["units"] == tiny and 0 <= v["units_differing"] < tiny // 10
         assert 0 < v["median_rel_score_diff"] < 0.05  # bf16 rounding: not zero, not garbage
+    from nirvana.bench.summary import scoring_md
+
+    text = "\n".join(scoring_md({"result": out}))
+    import re
+
+    assert "Against the `reference` re-scoring" in text and re.search(rf"\| +\d+ of {tiny} +\|", text)
+    assert re.search(r"\| +auto +\| +float32 +\|", text)
+    assert re.search(r"\| +llama-tiny-shape +\| +2×16 bfloat16 +\|", text)  # the shape column keeps the bf16 label
 
 
 def test_reference_variant_needs_its_dtype():

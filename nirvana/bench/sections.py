@@ -15,7 +15,7 @@ from ..evaluation.zeroshot import check_tasks
 from .models import check_model_spec
 from .scoring import check_variants
 
-BENCH_SECTIONS = ("scoring", "statistics", "speed", "zeroshot", "exactness", "demo")
+BENCH_SECTIONS = ("scoring", "statistics", "speed", "quant", "zeroshot", "exactness", "demo")
 # The targets, recorded with the results so the summary can say which variant meets them.
 SCORING_GOAL = {"peak_ratio": 0.6, "time_ratio": 1.0}
 # The automatic schedule (nirvana.schedule): as shipped, at most this peak and time relative to the naive scorer,
@@ -46,6 +46,14 @@ def validate(cfg: dict) -> None:
         raise ValueError(f"statistics.repeats must be ≥ 1, got {cfg['statistics']['repeats']}")
     if "speed" in cfg["sections"] and int(cfg["speed"]["repeats"]) < 1:
         raise ValueError(f"speed.repeats must be ≥ 1, got {cfg['speed']['repeats']}")
+    if "quant" in cfg["sections"]:
+        from ..quantization import QuantSpec
+
+        q = cfg["quant"]
+        for scheme in q["schemes"]:
+            QuantSpec(scheme=scheme).check()
+        if int(q["repeats"]) < 1:
+            raise ValueError(f"quant.repeats must be ≥ 1, got {q['repeats']}")
     if "zeroshot" in cfg["sections"]:
         z = cfg["zeroshot"]
         check_tasks(list(z["tasks"]), "local")
@@ -73,6 +81,11 @@ def run_section(name: str, cfg: dict) -> tuple[dict, dict]:
         from .speed import run_speed_bench
 
         return c, run_speed_bench(c["model"], c["sparsities"], c["gamma"], c["shapes"], c["repeats"],
+                                  c["calibration"], c.get("score_cache"), progress=bar)
+    if name == "quant":
+        from .quant import run_quant_bench
+
+        return c, run_quant_bench(c["model"], c["sparsities"], c["gamma"], c["schemes"], c["shapes"], c["repeats"],
                                   c["calibration"], c.get("score_cache"), progress=bar)
     if name == "statistics":
         from .statistics import run_statistics_bench

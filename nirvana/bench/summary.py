@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-SECTIONS = ("scoring", "statistics", "speed", "zeroshot", "exactness", "demo", "gpu_check")
+SECTIONS = ("scoring", "statistics", "speed", "quant", "zeroshot", "exactness", "demo", "gpu_check")
 
 
 def utc_now() -> str:
@@ -188,6 +188,24 @@ def exactness_md(doc: dict) -> list[str]:
     return lines
 
 
+def quant_md(doc: dict) -> list[str]:
+    r = doc["result"]
+    lines = ["## Quantization: size and speed vs the float model", "",
+             f'{r["model"]}, {r["threads"]} threads; dense (s=0) and NIRVANA-pruned copies, each quantized afresh. '
+             "Size = state-dict bytes in memory (file: torch.save of the whole model; embeddings and LM head stay "
+             "float). Speed-up = quantized / float tokens per second, medians of alternating repeats.", ""]
+    lines += _table([{"s": f'{x["sparsity"]:g}', "scheme": x["scheme"],
+                      "shape": f'{x["batch_size"]}×{x["prompt_len"]}+{x["new_tokens"]}',
+                      "MiB float → quant": f'{x["float_bytes"] / 2**20:.0f} → {x["quant_bytes"] / 2**20:.0f}',
+                      "file MiB": f'{x["quant_file_bytes"] / 2**20:.0f}',
+                      "per-channel layers": f'{x["per_channel_layers"]}/{x["layers"]}',
+                      "prefill tok/s (float)": f'{x["prefill_tok_s"]:.0f} ({x["float_prefill_tok_s"]:.0f})',
+                      "decode tok/s (float)": f'{x["decode_tok_s"]:.1f} ({x["float_decode_tok_s"]:.1f})',
+                      "prefill ×": f'{x["prefill_speedup"]:.2f}', "decode ×": f'{x["decode_speedup"]:.2f}'}
+                     for x in r["rows"]])
+    return lines
+
+
 def demo_md(doc: dict) -> list[str]:
     r = doc["result"]
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in r["stages"].items())
@@ -200,7 +218,7 @@ def gpu_md(doc: dict) -> list[str]:
     return ["## GPU check", "", "```json", json.dumps(r.get("summary", r), indent=2), "```"]
 
 
-RENDER = {"scoring": scoring_md, "statistics": statistics_md, "speed": speed_md, "zeroshot": zeroshot_md,
+RENDER = {"scoring": scoring_md, "statistics": statistics_md, "speed": speed_md, "quant": quant_md, "zeroshot": zeroshot_md,
           "exactness": exactness_md, "demo": demo_md, "gpu_check": gpu_md}
 
 
