@@ -22,8 +22,11 @@ Memory: the bytes a scoring pass adds to what is already resident.
                     (TRANSIENT × that block's activations) and the output target's [rows, T, chunk] logits
                     and their gradient.
 Time (relative units, used only to rank candidates): forward + backward ≈ 6·P·N FLOPs for P block parameters and
-N tokens (+ 2·P·N to recompute the blocks under checkpointing), plus, per micro-batch, β FLOP-equivalents for
-each byte of weights, which every slice streams again (forward, both backward products, gradient accumulation).
+N tokens (+ 2·P·N to recompute the blocks under checkpointing) and 4·H·N for the output head's H parameters (its
+forward and the gradient to its input; it is never scored, so no weight gradient), plus, per micro-batch, β
+FLOP-equivalents for each byte of weights — blocks and head — which every slice streams again (forward, both
+backward products, gradient accumulation). The head matters for large vocabularies: Qwen2.5-0.5B's is 0.38× its
+block parameters, and leaving it out made micro-batches look 2× cheaper than measured.
 β is a machine balance: fitted on 2 CPU cores (results/bench/scoring.json); the CUDA value is an assumption,
 not a measurement. Both constants are checked by `make bench` (predicted vs measured peak).
 """
@@ -83,8 +86,9 @@ class ActivationProfile:
     scored_grad_bytes: int  # every scored weight's gradient (held by micro-batching)
     largest_grad_bytes: int  # the largest one (what the single pass holds at a time)
     block_params: int  # parameters in the blocks (FLOP model)
-    weight_bytes: int  # all weights, streamed once per micro-batch
+    weight_bytes: int  # block and head weights, streamed once per micro-batch
     device: str = "cpu"
+    head_params: int = 0  # the output head's parameters (FLOP model)
 
     def memory(self, schedule: Schedule, batch: int) -> int:
         rows = schedule.rows(batch)
@@ -99,7 +103,7 @@ class ActivationProfile:
 
     def time(self, schedule: Schedule, batch: int) -> float:
         tokens = batch * self.seq_len
-        flops = (8 if schedule.checkpointing else 6) * self.block_params * tokens
+        flops = ((8 if schedule.checkpointing else 6) * self.block_params + 4 * self.head_params) * tokens
         beta = WEIGHT_STREAM_COST.get(self.device, WEIGHT_STREAM_COST["cpu"])
         return float(flops + beta * self.weight_bytes * (schedule.slices(batch) - 1))
 
@@ -169,9 +173,10 @@ def _saved_bytes_per_place(run: Callable[[int], object], blocks: list[torch.nn.M
 
 def measure_activations(run: Callable[[int], object], model: torch.nn.Module, blocks: list[torch.nn.Module],
                         seq_len: int, scored: Iterable[torch.Tensor], head_transient: int,
-                        device: torch.device) -> ActivationProfile:
+                        device: torch.device, head: torch.Tensor | None = None) -> ActivationProfile:
     """Profile the scorer's forward (`run(rows)`: its target on the first `rows` calibration rows of `seq_len`
-    tokens) with the gradient flags already set as the scorer will run it: forwards of 1 and 2 rows."""
+    tokens) with the gradient flags already set as the scorer will run it: forwards of 1 and 2 rows. `head`: the
+    output head's weight (time model)."""
     weights = {_storage_key(p) for p in model.parameters()}
     one = _saved_bytes_per_place(run, blocks, 1, weights)
     two = _saved_bytes_per_place(run, blocks, 2, weights)
@@ -181,11 +186,14 @@ def measure_activations(run: Callable[[int], object], model: torch.nn.Module, bl
     grad_bytes = [p.numel() * p.element_size() for p in scored]
     params = [p for block in blocks for p in block.parameters()]
     weights = {id(p): p for block in blocks for p in block.parameters()}
+    if head is not None:
+        weights[id(head)] = head
     return ActivationProfile(
         seq_len=seq_len, blocks=per_row, block_inputs=inputs, rest=max(two[1] - one[1], 0),
         head_transient=head_transient, scored_grad_bytes=sum(grad_bytes), largest_grad_bytes=max(grad_bytes, default=0),
         block_params=sum(p.numel() for p in params),
         weight_bytes=sum(p.numel() * p.element_size() for p in weights.values()), device=device.type,
+        head_params=0 if head is None else head.numel(),
     )
 
 

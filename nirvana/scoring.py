@@ -173,7 +173,8 @@ class GradientSaliencyScorer(Scorer):
             return measure_activations(
                 lambda rows: self.target(adapter, input_ids[:1].expand(rows, -1) if len(input_ids) < rows else input_ids[:rows]),
                 adapter.model, adapter.blocks(), seq_len,
-                prunable.values(), self.head_transient_bytes(adapter, seq_len), input_ids.device)
+                prunable.values(), self.head_transient_bytes(adapter, seq_len), input_ids.device,
+                head=adapter.output_head_weight())
 
     def resolve_schedule(self, adapter: ModelAdapter, input_ids: torch.Tensor) -> Schedule:
         """The schedule `score` will run on a batch of this shape: the user's, or under auto the estimate's

@@ -105,6 +105,20 @@ def test_memory_terms():
     assert p.time(Schedule(micro_batch_size=2), 8) > p.time(Schedule(), 8)
 
 
+def test_the_output_head_counts_in_time_and_in_streamed_weights(calib_ids):
+    p = profile_with()
+    with_head = ActivationProfile(**{**vars(p), "head_params": 50})
+    tokens = 8 * p.seq_len
+    assert with_head.time(Schedule(), 8) == p.time(Schedule(), 8) + 4 * 50 * tokens
+    model = tiny_model("llama")
+    adapter = get_adapter(model)
+    profile = NirvanaScorer().memory_profile(adapter, calib_ids)
+    head = model.get_output_embeddings().weight
+    assert profile.head_params == head.numel() == adapter.vocab_size() * model.config.hidden_size
+    blocks = sum(p.numel() * p.element_size() for b in adapter.blocks() for p in b.parameters())
+    assert profile.weight_bytes == blocks + head.numel() * head.element_size()
+
+
 def test_choice_is_the_fastest_that_fits_and_least_memory_within_the_tolerance():
     p = profile_with()
     fastest = choose_schedule(p, 8, budget_bytes=None, time_tolerance=0.0)

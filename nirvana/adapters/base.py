@@ -196,6 +196,11 @@ class ModelAdapter:
         head a vocabulary chunk at a time; None where logits are not that (the scorer then uses `logits`)."""
         return None
 
+    def output_head_weight(self) -> torch.Tensor | None:
+        """The LM head's weight (tied or not): every calibration forward multiplies by it."""
+        head = self.model.get_output_embeddings()
+        return None if head is None else head.weight
+
     def blocks(self) -> list[nn.Module]:
         """The transformer blocks, in execution order (what activation checkpointing wraps)."""
         raise NotImplementedError
