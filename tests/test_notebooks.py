@@ -10,7 +10,7 @@ from nirvana.plan import LayerPlan, PruningPlan
 from nirvana.reporting import notebooks as nbs
 from nirvana.results import append_rows, make_row
 
-NAMES = ["allocation", "calibration_ablation", "gamma_ablation", "method_comparison", "recovery"]
+NAMES = ["allocation", "beyond", "calibration_ablation", "gamma_ablation", "method_comparison", "recovery"]
 BASE = {"model": "tiny", "checkpoint": "ckpt", "calibration_source": "lambada_tail", "calibration_seed": 0,
         "calibration_selection": "none", "dtype": "float32", "device": "cpu"}
 PPL = "ppl/wiki_passages@128"
@@ -80,6 +80,28 @@ def allocation_fixture(root: Path) -> str:
     return str(root / "outputs" / "ablation_allocation" / "*" / "*" / "pruning_plan.json")
 
 
+def beyond_rows():
+    """The beyond sweep's NIRVANA auto (γ and draw candidates) and FLAP with KL calibration; Table 2's official."""
+    rows, table2 = [], []
+    for s in (0.2, 0.4):
+        r = run(f"auto{s}", pruner="nirvana:auto", sparsity=s, gamma=2.0, calibration_selection="kl")
+        rows += [make_row(r, "calibration", "kl/gamma_candidate", s + abs(g - 2) / 10,
+                          extra={"gamma": g, "chosen": g == 2.0}) for g in (1.0, 2.0, 3.36)]
+        rows += [make_row(r, "calibration", "kl/candidate", s + k / 10, extra={"label": f"seed={k}", "chosen": k == 0})
+                 for k in range(3)]
+        f = run(f"flapkl{s}", pruner="flap:kl", sparsity=s, calibration_selection="kl")
+        rows += [make_row(f, "calibration", "kl/candidate", s + k / 20, extra={"label": f"seed={k}", "chosen": k == 1})
+                 for k in range(3)]
+        for x, ppl, kl in ((r, 40 + 50 * s, s), (f, 38 + 60 * s, s + 0.05)):
+            rows += [make_row(x, "wiki_passages", PPL, ppl, seq_len=128), make_row(x, "calibration", "kl/probe", kl),
+                     make_row(x, "average", "mean_task_metric", 0.5 - s / 4), make_row(x, "pruning", "kept_fraction", 1 - s)]
+        for pruner, gamma in (("nirvana", 3.36), ("flap", None)):
+            o = run(f"{pruner}{s}", pruner=pruner, sparsity=s, gamma=gamma)
+            table2 += [make_row(o, "wiki_passages", PPL, 45 + 70 * s, seq_len=128),
+                       make_row(o, "calibration", "kl/probe", s + 0.1)]
+    return rows, table2
+
+
 def recovery_rows():
     r = run("rec1", pruner="nirvana", sparsity=0.4, gamma=3.36)
     extra = {"recovery": "lora_offline", "data_source": "local", "steps": 6}
@@ -100,6 +122,9 @@ def fixture_results(tmp_path_factory):
     append_rows(results / "rows" / "ablation_calibration.jsonl", calibration_rows())
     append_rows(results / "demo" / "rows.jsonl", method_rows())
     append_rows(results / "rows" / "recovery.jsonl", recovery_rows())
+    beyond, table2 = beyond_rows()
+    append_rows(results / "rows" / "beyond_tiny.jsonl", beyond)
+    append_rows(results / "rows" / "table2_tiny.jsonl", table2)
     plans = allocation_fixture(root)
     return root, results, plans
 
