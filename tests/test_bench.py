@@ -189,6 +189,9 @@ def test_gpu_check_runs_on_cpu_with_a_small_shape(tmp_path):
     assert doc["plan_identical_to_naive"] is True
     assert [r["variant"] for r in doc["scoring"]] == ["ours+checkpointing", "ours", "naive", "naive (no cap)"]
     assert all(s["prefill_flop_ratio"] < 1 for s in doc["speed"])
+    quant = doc["quantization"]  # every scheme on the pruned model; on CPU torchao runs them all
+    assert [q["scheme"] for q in quant] == ["int8_wo", "w8a8", "w8a8_smoothquant-a0.5", "int4_wo-g128"]
+    assert all("error" not in q and q["size_ratio"] < 1 and q["decode_tok_s"] > 0 for q in quant), quant
     zs = doc["zeroshot"]  # the two lm-eval classes on the same 22 requests, fp32: the same answers
     assert zs["requests"] == 22 and zs["max_abs_loglikelihood_difference"] < 1e-4 and zs["same_greedy"] is True
 

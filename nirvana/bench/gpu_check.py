@@ -10,7 +10,9 @@ Nothing is downloaded: the weights are random (memory and speed depend on shapes
   4. plan from our scores; the pruned model's parameter count must equal the plan's count, which must equal
      the dense count minus the removed units' parameters; plan vs the naive scores' plan;
   5. dense vs pruned prefill and decode throughput and their FLOP ratios;
-  6. zero-shot scoring speed on the dense model: lm-eval's `hf` vs our `hf-shared-prefix` on requests shaped
+  6. each quantization scheme (nirvana.quantization, torchao) applied afresh to the pruned model: size and prefill/
+     decode speed against the unquantized pruned model; a scheme torchao cannot run here is recorded, not fatal;
+  7. zero-shot scoring speed on the dense model: lm-eval's `hf` vs our `hf-shared-prefix` on requests shaped
      like the nine-task mix (nirvana.bench.zeroshot.backend_speed), with a tokenizer trained on the standard
      library's text — the CPU benchmark's measurement, without its assets.
 """
@@ -72,6 +74,32 @@ def timed_scoring(name: str, fn, device: str, cap_gib: float | None) -> tuple[di
     return record, scores
 
 
+QUANT_SCHEMES = ("int8_wo", "w8a8", "w8a8_smoothquant", "int4_wo")
+QUANT_SHAPE = {"batch_size": 1, "prompt_len": 512, "new_tokens": 64}
+
+
+def quantization_step(pruned: torch.nn.Module, calibration_ids: torch.Tensor, repeats: int) -> list[dict]:
+    """Every scheme on a fresh copy of the pruned model, timed alternately against it (step 6)."""
+    from ..quantization import QuantSpec, model_bytes, quantize
+
+    out = []
+    for scheme in QUANT_SCHEMES:
+        spec, copied = QuantSpec(scheme=scheme), None
+        try:
+            copied = copy.deepcopy(pruned)
+            quantize(copied, spec, calibration_ids if scheme == "w8a8_smoothquant" else None)
+            speed = compare_speed(copied, pruned, repeats=repeats, **QUANT_SHAPE)
+            out.append({"scheme": spec.label(), **QUANT_SHAPE, "size_ratio": model_bytes(copied) / model_bytes(pruned),
+                        **{k: speed[k] for k in ("prefill_tok_s", "decode_tok_s", "dense_prefill_tok_s",
+                                                 "dense_decode_tok_s", "prefill_speedup", "decode_speedup")}})
+        except Exception as e:  # a scheme torchao lacks on this device/dtype is a finding, not a crash
+            out.append({"scheme": spec.label(), "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+        log.info("quantization %s", out[-1])
+        del copied
+        _free(str(next(pruned.parameters()).device))
+    return out
+
+
 def run_check(args) -> dict:
     t_start = time.perf_counter()
     dtype = resolve_dtype(args.dtype, args.device)
@@ -131,6 +159,7 @@ def run_check(args) -> dict:
         except torch.OutOfMemoryError as e:
             speed.append({**shape, "oom": True, "error": str(e).splitlines()[0][:200]})
         log.info("speed %s", speed[-1])
+    quant = quantization_step(model, ids, args.speed_repeats)
     try:
         from ..tiny import tiny_tokenizer
 
@@ -153,12 +182,15 @@ def run_check(args) -> dict:
         "calibration": [args.batch, args.seq_len], "weights_gib": weights_gib, "closed_form": closed_form,
         "scoring": scoring, "plan_digest": digest, "naive_plan_digest": naive_digest,
         "plan_identical_to_naive": None if naive_digest is None else digest == naive_digest,
-        "parameters": params, "speed": speed, "zeroshot": zeroshot, "checks": ok, "seconds": round(time.perf_counter() - t_start, 1),
+        "parameters": params, "speed": speed, "quantization": quant, "zeroshot": zeroshot, "checks": ok, "seconds": round(time.perf_counter() - t_start, 1),
         "summary": {**ok, "scoring": {r["variant"]: ("OOM" if r["oom"] else f'{r["peak_gib"]:.2f} GiB, {r["seconds"]} s')
                                       for r in scoring},
                     "kept_fraction": round(params["kept_fraction"], 4),
                     "speedups": {f'bs{s["batch_size"]}': {k: round(s[k], 3) for k in
                                  ("prefill_speedup", "decode_speedup", "prefill_efficiency", "decode_efficiency")}
                                  for s in speed if not s.get("oom")},
+                    "quantization": {q["scheme"]: ("error" if "error" in q else
+                                                   {k: round(q[k], 3) for k in ("size_ratio", "prefill_speedup",
+                                                                                "decode_speedup")}) for q in quant},
                     "zeroshot_ratio": None if zeroshot.get("oom") else round(zeroshot["ratio"], 2)},
     }
