@@ -32,6 +32,7 @@ from .calibration import (
     PROBE_KEYS,
     SELECTIONS,
     SOURCES,
+    KLMemo,
     build_probe,
     check_source,
     choose_calibration,
@@ -181,6 +182,7 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
         if skipped:
             log.warning("γ %s cannot meet sparsity %s with the global allocation: not tried", skipped, recipe.sparsity)
     gamma_probe: list = []  # built on first use: the same fixed probe every run of this source uses
+    memo = KLMemo()  # a plan rated once on a probe is not rated again (the chosen draw's plan, the final plan)
 
     def plan_for(ids, extra=None) -> PruningPlan:
         plans = compute_plans(model, ids, recipe.pruner, recipe.sparsity, gammas, model_name=recipe.model_name,
@@ -191,7 +193,7 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
             source = (c.get("candidate_sources") or [c["source"]])[0]
             gamma_probe.append(build_probe(source, tokenizer, path=c.get("path"), field=c.get("field", "text"),
                                            **probe_cfg, **hub))
-        kls = kls_to_dense(model, plans, gamma_probe[0].ids, batch_size)  # one dense pass shared by every γ
+        kls = kls_to_dense(model, plans, gamma_probe[0].ids, batch_size, memo)  # one dense pass shared by every γ
         best = min(range(len(plans)), key=kls.__getitem__)
         for g, kl in zip(gammas, kls, strict=True):
             log.info("γ candidate %g: KL %.5f%s", g, kl, " ← chosen" if g == gammas[best] else "")
@@ -202,7 +204,7 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
 
     ids, record, probe = None, {"selection": "none", "source": None, "seed": None}, None
     if recipe.pruner not in CALIBRATION_FREE:
-        choice = choose_calibration(model, tokenizer, plan_for, want_probe=recipe.measure_kl, **c)
+        choice = choose_calibration(model, tokenizer, plan_for, want_probe=recipe.measure_kl, kl_memo=memo, **c)
         ids, record, probe = choice.ids, choice.record, choice.probe
     elif recipe.measure_kl and c.get("source") != "tensor":  # no calibration, but the same probe as every run
         probe = build_probe(c["source"], tokenizer, path=c.get("path"), field=c.get("field", "text"), **probe_cfg,
@@ -215,7 +217,7 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
             log.info("calibration candidate %s: KL %.5f%s", cand["label"], cand["kl"], mark)
     kl = None
     if probe is not None:
-        kl = kl_to_dense(model, plan, probe.ids, batch_size)
+        kl = kl_to_dense(model, plan, probe.ids, batch_size, memo)
     if apply:
         apply_plan(model, plan)
     seconds = time.perf_counter() - t0

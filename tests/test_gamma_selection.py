@@ -109,3 +109,51 @@ def test_kls_of_many_plans_share_the_dense_pass_and_match_each_alone(calib_ids):
     assert together == alone  # bit for bit
     assert len(set(together)) == 3 and min(together) > 0
     assert shared == 2 * (3 + 1)  # two probe batches × (one dense + three masked forwards)
+
+
+def test_a_plan_rated_once_is_not_rated_again(calib_ids, tokenizer):
+    """KLMemo: the same plan on the same probe costs no forward the second time, with the same number; a plan
+    with other kept units or another probe is measured. In a joint (calibration × γ) selection the memo saves the
+    draws' re-ratings and the final plan's: probe forwards = draws × (G + 1) per batch, nothing more."""
+    from nirvana.calibration import KLMemo, kls_to_dense
+
+    model = tiny_model("llama")
+    plans = compute_plans(model, calib_ids, "nirvana", 0.4, [1.0, 3.36])
+    probe = calib_ids[:6, :16]
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    memo = KLMemo()
+    first = kls_to_dense(model, plans, probe, 4, memo)
+    n_first = len(forwards)
+    again = kls_to_dense(model, plans[::-1], probe, 4, memo)
+    assert again == first[::-1] and len(forwards) == n_first  # no forward at all
+    other_probe = kls_to_dense(model, plans[:1], calib_ids[:6, 16:32], 4, memo)
+    assert len(forwards) > n_first and other_probe[0] != first[0]
+    handle.remove()
+    assert first == kls_to_dense(model, plans, probe, 4)  # the memo changes no number
+
+    cal = {**CAL, "selection": "kl", "candidates": 2}
+    recipe = PruneRecipe("nirvana", 0.3, options={"gamma": [1.0, 3.36]}, calibration=cal, measure_kl=True)
+
+    def run(memo_on: bool):
+        import nirvana.pipeline as pipeline
+
+        fresh, count = tiny_model("llama"), []
+        handle = fresh.register_forward_pre_hook(lambda *_: count.append(1))
+        with pytest.MonkeyPatch.context() as mp:
+            if not memo_on:
+                mp.setattr(pipeline, "KLMemo", lambda: None)
+            outcome = prune(fresh, tokenizer, recipe, apply=False)
+        handle.remove()
+        return outcome, len(count)
+
+    with_memo, n_with = run(True)
+    without, n_without = run(False)
+    assert with_memo.kl_probe == without.kl_probe and with_memo.plan.same_decision(without.plan)
+    assert with_memo.plan.extra["gamma_choice"] == without.plan.extra["gamma_choice"]
+    # with the memo, full-model forwards on the probe (scoring runs the inner model, not counted here) are each
+    # draw's γ ratings, dense + 2 plans per batch, and nothing else; saved per batch: each draw's re-rating of its
+    # best plan (dense + plan), the final plan_for's γ ratings (dense + 2 plans) and the final KL (dense + plan)
+    probe_batches = -(-CAL["probe"]["n_samples"] // CAL["probe"]["batch_size"])
+    assert n_with == 2 * (1 + 2) * probe_batches
+    assert n_without - n_with == (2 * 2 + 3 + 2) * probe_batches

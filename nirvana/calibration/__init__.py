@@ -9,7 +9,15 @@ from dataclasses import dataclass
 import torch
 
 from .sampler import Windows, draw_windows, sample_windows
-from .selection import SELECTIONS, Candidate, kl_to_dense, kls_to_dense, per_sample_candidates, select_by_kl
+from .selection import (
+    SELECTIONS,
+    Candidate,
+    KLMemo,
+    kl_to_dense,
+    kls_to_dense,
+    per_sample_candidates,
+    select_by_kl,
+)
 from .sources import (
     SOURCES,
     HubTexts,
@@ -101,6 +109,7 @@ def choose_calibration(
     join: int = 1,
     field: str = "text",
     want_probe: bool = False,
+    kl_memo: KLMemo | None = None,
     **hub,
 ) -> CalibrationChoice:
     """The calibration batch to prune with, and a record of how it was chosen (for plans and result rows).
@@ -143,14 +152,14 @@ def choose_calibration(
     if selection == "none":
         return CalibrationChoice(pool[0].ids, {**record, "source": source, "seed": seed}, fixed)
     if selection == "kl":
-        best = select_by_kl(model, pool, fixed.ids, plan_for, batch_size)
+        best = select_by_kl(model, pool, fixed.ids, plan_for, batch_size, memo=kl_memo)
         record.update(candidates=[c.record() for c in pool], chosen=pool[best].label,
                       source=pool[best].source, seed=pool[best].seed)
         return CalibrationChoice(pool[best].ids, record, fixed)
     singles = per_sample_candidates(pool)
     if len(singles) < n_samples:
         raise ValueError(f"kl_per_sample needs ≥ {n_samples} distinct candidate windows, the pool has {len(singles)}")
-    select_by_kl(model, singles, fixed.ids, plan_for, batch_size, desc="KL per sample")
+    select_by_kl(model, singles, fixed.ids, plan_for, batch_size, desc="KL per sample", memo=kl_memo)
     best = sorted(range(len(singles)), key=lambda i: singles[i].kl)[:n_samples]
     record.update(candidates=[c.record() for c in singles], chosen=[singles[i].label for i in best], source=source,
                   seed=seed)
@@ -158,7 +167,7 @@ def choose_calibration(
 
 
 __all__ = [
-    "SELECTIONS", "Candidate", "CalibrationChoice", "Probe", "build_probe", "choose_calibration", "kl_to_dense",
+    "SELECTIONS", "Candidate", "CalibrationChoice", "KLMemo", "Probe", "build_probe", "choose_calibration", "kl_to_dense",
     "kls_to_dense", "per_sample_candidates", "select_by_kl", "SOURCES", "HubTexts", "Windows", "build_calibration", "draw_windows",
     "join_consecutive", "load_id_tensor", "load_texts", "sample_windows", "calibration_pool", "calibration_span",
     "check_source",

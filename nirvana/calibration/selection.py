@@ -19,6 +19,8 @@ Cost: (#candidates) × (one scoring pass + two probe forwards), one model in mem
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,12 +48,41 @@ class Candidate:
         return {"label": self.label, "source": self.source, "seed": self.seed, "kl": self.kl}
 
 
+class KLMemo:
+    """KLs already measured in one pruning job, by (kept units, probe, batch size): a plan met again — the chosen
+    γ's plan when selection rates its calibration draw, the final plan after selection — costs no forward.
+    Valid only while the model's weights do not change (one `pipeline.prune` call)."""
+
+    def __init__(self):
+        self.values: dict[tuple[str, str, int], float] = {}
+
+    @staticmethod
+    def key(plan: PruningPlan, probe_ids: torch.Tensor, batch_size: int) -> tuple[str, str, int]:
+        """What the masked model's output depends on: the kept units and any compensation biases."""
+        h = hashlib.sha256(json.dumps([[list(layer.kept_groups), list(layer.kept_neurons)]
+                                       for layer in plan.layers]).encode())
+        for index, biases in sorted((plan.output_bias or {}).items()):
+            for kind, bias in sorted(biases.items()):
+                h.update(f"{index}:{kind}".encode())
+                h.update(torch.as_tensor(bias).detach().cpu().contiguous().numpy().tobytes())
+        probe = hashlib.sha256(probe_ids.cpu().contiguous().numpy().tobytes()).hexdigest()
+        return h.hexdigest(), f"{probe}:{tuple(probe_ids.shape)}", batch_size
+
+
 @torch.no_grad()
 def kls_to_dense(model: torch.nn.Module, plans: list[PruningPlan], probe_ids: torch.Tensor,
-                 batch_size: int = 16) -> list[float]:
+                 batch_size: int = 16, memo: KLMemo | None = None) -> list[float]:
     """`kl_to_dense` of several plans in one pass over the probe: each batch's dense log-probabilities are
     computed once and shared (G plans: G + 1 forwards per batch instead of 2G — what choosing γ among G costs);
-    each plan's number is the one it gets alone, bit for bit (same batches, same order)."""
+    each plan's number is the one it gets alone, bit for bit (same batches, same order). With a `memo`, plans
+    measured before on this probe are read from it (all of them: no forward at all)."""
+    if memo is not None:
+        keys = [KLMemo.key(plan, probe_ids, batch_size) for plan in plans]
+        todo = [i for i, k in enumerate(keys) if k not in memo.values]
+        if todo:
+            fresh = kls_to_dense(model, [plans[i] for i in todo], probe_ids, batch_size)
+            memo.values.update({keys[i]: kl for i, kl in zip(todo, fresh, strict=True)})
+        return [memo.values[k] for k in keys]
     adapter = get_adapter(model)
     device = next(model.parameters()).device
     totals, count = [0.0] * len(plans), 0
@@ -73,9 +104,10 @@ def kls_to_dense(model: torch.nn.Module, plans: list[PruningPlan], probe_ids: to
     return [total / count for total in totals]
 
 
-def kl_to_dense(model: torch.nn.Module, plan: PruningPlan, probe_ids: torch.Tensor, batch_size: int = 16) -> float:
+def kl_to_dense(model: torch.nn.Module, plan: PruningPlan, probe_ids: torch.Tensor, batch_size: int = 16,
+                memo: KLMemo | None = None) -> float:
     """Mean over probe tokens of KL(P_dense ‖ P_plan), both from the same in-memory model."""
-    return kls_to_dense(model, [plan], probe_ids, batch_size)[0]
+    return kls_to_dense(model, [plan], probe_ids, batch_size, memo)[0]
 
 
 def select_by_kl(
@@ -85,11 +117,12 @@ def select_by_kl(
     plan_for: Callable[[torch.Tensor], PruningPlan],
     batch_size: int = 16,
     desc: str = "KL selection",
+    memo: KLMemo | None = None,
 ) -> int:
     """Fill each candidate's `kl` and return the index of the lowest (first one on ties)."""
     bar = tqdm(candidates, desc=desc)
     for c in bar:
-        c.kl = kl_to_dense(model, plan_for(c.ids), probe_ids, batch_size)
+        c.kl = kl_to_dense(model, plan_for(c.ids), probe_ids, batch_size, memo)
         bar.set_postfix(last=c.label, kl=f"{c.kl:.4f}")
     return min(range(len(candidates)), key=lambda i: candidates[i].kl)
 
