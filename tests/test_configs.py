@@ -118,3 +118,18 @@ def test_every_committed_run_id_is_one_a_shipped_sweep_computes(path):
                     point = compose(config_name="run", overrides=[*base, *map("=".join, zip(params, values))])
                     computed.add(run_identity(OmegaConf.to_container(point, resolve=True))[0])
     assert {r["run_id"] for r in rows} <= computed
+
+
+def test_schedule_options_never_change_a_run_id():
+    """Memory options choose how scores are computed, not which: the same run whatever the budget or tolerance;
+    a real option (sparsity) still does."""
+    from nirvana.evaluation.protocol import run_identity
+
+    def run_id(*overrides):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="run", overrides=["pruner=nirvana", *overrides])
+        return run_identity(OmegaConf.to_container(cfg, resolve=True))[0]
+
+    base = run_id()
+    assert run_id("pruner.time_tolerance=0.0", "pruner.memory_budget_gib=3", "pruner.schedule=manual") == base
+    assert run_id("sparsity=0.45") != base

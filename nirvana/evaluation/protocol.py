@@ -28,7 +28,10 @@ from . import zeroshot as zs_mod
 BOOKKEEPING = ("job", "hydra")
 # Pruner options added after results were published: hashed only when set away from this value, so adding one
 # to the configs leaves every earlier run id (and the committed rows that carry it) valid.
-LATER_OPTIONS = {"bias_compensation": False, "schedule": "auto", "memory_budget_gib": None, "time_tolerance": 0.1}
+LATER_OPTIONS = {"bias_compensation": False}
+# How the scores are computed, never which (nirvana.schedule): they choose memory and time, so a run's id does not
+# depend on them (nor on the machine's free memory) and a default changed later orphans no published row.
+SCHEDULE_OPTIONS = ("schedule", "memory_budget_gib", "time_tolerance")
 # A dense run is the same whatever pruning a sweep would have applied.
 PRUNING_KEYS = ("pruner", "sparsity", "gamma", "calibration", "measure_kl")
 
@@ -43,7 +46,8 @@ def run_identity(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         for k in PRUNING_KEYS:
             identity.pop(k, None)
     elif isinstance(identity.get("pruner"), dict):
-        pruner = {k: v for k, v in identity["pruner"].items() if k not in LATER_OPTIONS or v != LATER_OPTIONS[k]}
+        pruner = {k: v for k, v in identity["pruner"].items()
+                  if k not in SCHEDULE_OPTIONS and (k not in LATER_OPTIONS or v != LATER_OPTIONS[k])}
         if pruner.get("gamma") == "auto":  # `auto` names a list that lives in code: hash the list itself
             pruner["gamma"] = list(AUTO_GAMMAS)
         identity["pruner"] = pruner
