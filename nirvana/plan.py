@@ -168,8 +168,10 @@ class PruningPlan:
                 plan.output_bias.setdefault(int(i), {})[kind] = t
         return plan
 
+    def kept_units(self) -> list[list[list[int]]]:
+        """Per layer, [kept groups, kept neurons]: the plan's whole decision, as plain JSON-able lists."""
+        return [[list(x.kept_groups), list(x.kept_neurons)] for x in self.layers]
+
     def same_decision(self, other: PruningPlan) -> bool:
         """True when both plans keep exactly the same units."""
-        return [(x.kept_groups, x.kept_neurons) for x in self.layers] == [
-            (x.kept_groups, x.kept_neurons) for x in other.layers
-        ]
+        return self.kept_units() == other.kept_units()

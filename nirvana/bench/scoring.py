@@ -59,17 +59,13 @@ def make_variant_scorer(variant: str, batch: int, memory_budget_gib: float | Non
     return NirvanaScorer(**options, memory_budget_gib=memory_budget_gib)
 
 
-def kept_units(plan) -> list[list[list[int]]]:
-    return [[list(layer.kept_groups), list(layer.kept_neurons)] for layer in plan.layers]
-
-
 def plan_digest(plan) -> str:
     """Hash of a plan's kept units: equal digests, identical plans."""
-    return hashlib.sha256(json.dumps(kept_units(plan)).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(plan.kept_units()).encode()).hexdigest()[:16]
 
 
 def units_differing(a: list, b: list) -> int:
-    """Units kept by one plan and pruned by the other (`kept_units` lists of the same model), counted once."""
+    """Units kept by one plan and pruned by the other (`PruningPlan.kept_units` lists of one model), counted once."""
     return sum(len(set(x) ^ set(y)) for la, lb in zip(a, b, strict=True) for x, y in zip(la, lb, strict=True)) // 2
 
 
@@ -121,24 +117,26 @@ def measure_scoring(model: str, variant: str, batch: int, seq_len: int, device: 
         from ..score_cache import save_scores
 
         save_scores(scores_out, f"{model}-{variant}", scores)
-        Path(scores_out, f"{model}-{variant}.kept.json").write_text(json.dumps(kept_units(plan)))
+        Path(scores_out, f"{model}-{variant}.kept.json").write_text(json.dumps(plan.kept_units()))
     return {**result, **record, "plan_digest": plan_digest(plan), "pruned_groups": plan.pruned_groups,
             "pruned_neurons": plan.pruned_neurons}
 
 
+def relative_differences(a, b) -> list[torch.Tensor]:
+    """|a − b| / |b| per unit, one tensor per layer and module kind (b: the reference scores)."""
+    return [(x.double() - y.double()).abs() / y.double().abs().clamp_min(1e-300)
+            for xs, ys in ((a.attention, b.attention), (a.mlp, b.mlp)) for x, y in zip(xs, ys, strict=True)]
+
+
 def max_relative_difference(a, b) -> float:
-    worst = 0.0
-    for xs, ys in ((a.attention, b.attention), (a.mlp, b.mlp)):
-        for x, y in zip(xs, ys, strict=True):
-            worst = max(worst, float(((x - y).abs() / y.abs().clamp_min(1e-300)).max()))
-    return worst
+    return max((float(r.max()) for r in relative_differences(a, b)), default=0.0)
 
 
 def median_relative_difference(a, b) -> float:
     """The typical unit's disagreement (max_relative_difference is ruled by the smallest scores)."""
-    rel = [((x.double() - y.double()).abs() / y.double().abs().clamp_min(1e-300))
-           for xs, ys in ((a.attention, b.attention), (a.mlp, b.mlp)) for x, y in zip(xs, ys, strict=True)]
-    return float(torch.cat(rel).median())
+    return float(torch.cat(relative_differences(a, b)).median())
+
+
 
 
 def summarize(measurements: list[dict]) -> list[dict]:

@@ -54,19 +54,22 @@ class KLMemo:
     Valid only while the model's weights do not change (one `pipeline.prune` call)."""
 
     def __init__(self):
-        self.values: dict[tuple[str, str, int], float] = {}
+        self.values: dict[tuple[str, str], float] = {}  # (plan_key, probe_key) → KL
 
     @staticmethod
-    def key(plan: PruningPlan, probe_ids: torch.Tensor, batch_size: int) -> tuple[str, str, int]:
+    def plan_key(plan: PruningPlan) -> str:
         """What the masked model's output depends on: the kept units and any compensation biases."""
-        h = hashlib.sha256(json.dumps([[list(layer.kept_groups), list(layer.kept_neurons)]
-                                       for layer in plan.layers]).encode())
+        h = hashlib.sha256(json.dumps(plan.kept_units()).encode())
         for index, biases in sorted((plan.output_bias or {}).items()):
             for kind, bias in sorted(biases.items()):
                 h.update(f"{index}:{kind}".encode())
                 h.update(torch.as_tensor(bias).detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    @staticmethod
+    def probe_key(probe_ids: torch.Tensor, batch_size: int) -> str:
         probe = hashlib.sha256(probe_ids.cpu().contiguous().numpy().tobytes()).hexdigest()
-        return h.hexdigest(), f"{probe}:{tuple(probe_ids.shape)}", batch_size
+        return f"{probe}:{tuple(probe_ids.shape)}:{batch_size}"
 
 
 @torch.no_grad()
@@ -77,7 +80,8 @@ def kls_to_dense(model: torch.nn.Module, plans: list[PruningPlan], probe_ids: to
     each plan's number is the one it gets alone, bit for bit (same batches, same order). With a `memo`, plans
     measured before on this probe are read from it (all of them: no forward at all)."""
     if memo is not None:
-        keys = [KLMemo.key(plan, probe_ids, batch_size) for plan in plans]
+        probe = KLMemo.probe_key(probe_ids, batch_size)  # hashed once for all the plans
+        keys = [(KLMemo.plan_key(plan), probe) for plan in plans]
         todo = [i for i, k in enumerate(keys) if k not in memo.values]
         if todo:
             fresh = kls_to_dense(model, [plans[i] for i in todo], probe_ids, batch_size)
