@@ -80,22 +80,18 @@ QUANT_SHAPE = {"batch_size": 1, "prompt_len": 512, "new_tokens": 64}
 
 def quantization_step(pruned: torch.nn.Module, calibration_ids: torch.Tensor, repeats: int) -> list[dict]:
     """Every scheme on a fresh copy of the pruned model, timed alternately against it (step 6)."""
-    from ..quantization import QuantSpec, model_bytes, quantize
+    from ..quantization import QuantSpec
+    from .quant import measure_scheme
 
     out = []
     for scheme in QUANT_SCHEMES:
-        spec, copied = QuantSpec(scheme=scheme), None
+        spec = QuantSpec(scheme=scheme)
         try:
-            copied = copy.deepcopy(pruned)
-            quantize(copied, spec, calibration_ids if scheme == "w8a8_smoothquant" else None)
-            speed = compare_speed(copied, pruned, repeats=repeats, **QUANT_SHAPE)
-            out.append({"scheme": spec.label(), **QUANT_SHAPE, "size_ratio": model_bytes(copied) / model_bytes(pruned),
-                        **{k: speed[k] for k in ("prefill_tok_s", "decode_tok_s", "dense_prefill_tok_s",
-                                                 "dense_decode_tok_s", "prefill_speedup", "decode_speedup")}})
+            row = measure_scheme(pruned, spec, calibration_ids, repeats, QUANT_SHAPE)
+            out.append({**row, "size_ratio": row["quant_bytes"] / row["float_bytes"]})
         except Exception as e:  # a scheme torchao lacks on this device/dtype is a finding, not a crash
             out.append({"scheme": spec.label(), "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
         log.info("quantization %s", out[-1])
-        del copied
         _free(str(next(pruned.parameters()).device))
     return out
 

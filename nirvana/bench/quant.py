@@ -25,14 +25,36 @@ def state_dict_file_bytes(model: torch.nn.Module) -> int:
         return path.stat().st_size
 
 
+def measure_scheme(base: torch.nn.Module, spec, calibration_ids: torch.Tensor, repeats: int, shape: dict,
+                   file_bytes: bool = False) -> dict:
+    """Quantize a fresh copy of `base` with `spec` (SmoothQuant's ranges from `calibration_ids`) and time it
+    against `base`: what each scheme's row records; `file_bytes` adds both models' torch.save sizes."""
+    from ..evaluation.speed import compare_speed
+    from ..quantization import model_bytes, quantize
+
+    t0 = time.perf_counter()
+    quantized = copy.deepcopy(base)
+    decisions = quantize(quantized, spec, calibration_ids)
+    quantize_s = time.perf_counter() - t0
+    speed = compare_speed(quantized, base, repeats=repeats, **shape)
+    row = {"scheme": spec.label(), **shape, "repeats": repeats, "layers": len(decisions),
+           "per_channel_layers": sum(d.endswith("per_channel") for d in decisions.values()),
+           "float_bytes": model_bytes(base), "quant_bytes": model_bytes(quantized), "quantize_s": quantize_s,
+           "prefill_tok_s": speed["prefill_tok_s"], "decode_tok_s": speed["decode_tok_s"],
+           "float_prefill_tok_s": speed["dense_prefill_tok_s"], "float_decode_tok_s": speed["dense_decode_tok_s"],
+           "prefill_speedup": speed["prefill_speedup"], "decode_speedup": speed["decode_speedup"]}
+    if file_bytes:
+        row |= {"float_file_bytes": state_dict_file_bytes(base), "quant_file_bytes": state_dict_file_bytes(quantized)}
+    return row
+
+
 def run_quant_bench(name_or_path: str, sparsities, gamma: float, schemes, shapes: list[dict], repeats: int,
                     calibration: dict, score_cache: str | None = None, progress=None) -> dict:
     """`sparsities`: 0 means the dense model; `schemes`: conf/quant names (their defaults: group 128, α 0.5)."""
     from ..calibration import build_calibration
-    from ..evaluation.speed import compare_speed
     from ..models import load_model
     from ..pruning import compute_plan
-    from ..quantization import QuantSpec, model_bytes, quantize
+    from ..quantization import QuantSpec
     from ..surgery import apply_plan
 
     specs = [QuantSpec(scheme=s) for s in schemes]
@@ -53,21 +75,6 @@ def run_quant_bench(name_or_path: str, sparsities, gamma: float, schemes, shapes
             else:
                 plan = compute_plan(dense, ids, "nirvana", sparsity=sparsity, gamma=gamma, score_cache=score_cache)
                 floats[sparsity] = apply_plan(copy.deepcopy(dense), plan)
-        base = floats[sparsity]
-        t0 = time.perf_counter()
-        quantized = copy.deepcopy(base)
-        decisions = quantize(quantized, spec, ids if spec.scheme == "w8a8_smoothquant" else None)
-        quantize_s = time.perf_counter() - t0
-        speed = compare_speed(quantized, base, repeats=repeats, **shape)
-        rows.append({
-            "sparsity": sparsity, "scheme": spec.label(), **shape, "repeats": repeats,
-            "layers": len(decisions), "per_channel_layers": sum(d.endswith("per_channel") for d in decisions.values()),
-            "float_bytes": model_bytes(base), "quant_bytes": model_bytes(quantized),
-            "float_file_bytes": state_dict_file_bytes(base), "quant_file_bytes": state_dict_file_bytes(quantized),
-            "quantize_s": quantize_s,
-            "prefill_tok_s": speed["prefill_tok_s"], "decode_tok_s": speed["decode_tok_s"],
-            "float_prefill_tok_s": speed["dense_prefill_tok_s"], "float_decode_tok_s": speed["dense_decode_tok_s"],
-            "prefill_speedup": speed["prefill_speedup"], "decode_speedup": speed["decode_speedup"],
-        })
-        del quantized
+        rows.append({"sparsity": sparsity,
+                     **measure_scheme(floats[sparsity], spec, ids, repeats, shape, file_bytes=True)})
     return {"model": name_or_path, "threads": torch.get_num_threads(), "rows": rows}
