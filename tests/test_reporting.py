@@ -121,3 +121,64 @@ def test_quantized_runs_are_their_own_methods_in_tables():
     assert method_label("nirvana", 3.36, "float32") == method_label("nirvana", 3.36) == "nirvana (γ=3.36)"
     assert method_label("nirvana", 3.36, "w8a8") == "nirvana (γ=3.36) [w8a8]"
     assert method_label("flap", None, "int4_wo-g128") == "flap [int4_wo-g128]"
+
+
+def test_each_method_is_paired_with_the_reference_the_table_asks_for():
+    from nirvana.reporting.tables import reference_of
+
+    methods = ["dense", "dense [w8a8]", "nirvana (γ=3.36)", "nirvana (γ=3.36) [w8a8]", "nirvana:auto", "flap",
+               "flap [w8a8]", "flap:kl"]
+    # NIRVANA by default, quantized the same way as the method (never a float NIRVANA for a w8a8 FLAP)
+    assert reference_of("flap", methods) == "nirvana (γ=3.36)"
+    assert reference_of("flap [w8a8]", methods) == "nirvana (γ=3.36) [w8a8]"
+    assert reference_of("nirvana:auto", methods) == "nirvana (γ=3.36)"
+    assert reference_of("nirvana (γ=3.36)", methods) is None
+    # float: each quantized model with its own unquantized model; float models have no reference
+    assert reference_of("flap [w8a8]", methods, "float") == "flap"
+    assert reference_of("dense [w8a8]", methods, "float") == "dense"
+    assert reference_of("flap", methods, "float") is None
+    # another pruner by its label: the goal comparison of the beyond table
+    assert reference_of("nirvana:auto", methods, "flap:kl") == "flap:kl"
+    assert reference_of("flap:kl", methods, "flap:kl") is None
+
+
+def _quantized(rows: list[dict], scheme: str, shift: int) -> list[dict]:
+    """The fixture's runs as if quantized: the same items, `shift` of FLAP's correct arc_easy answers now wrong."""
+    out = []
+    for r in rows:
+        r = {**r, "run_id": r["run_id"] + scheme, "dtype": scheme, "extra": dict(r["extra"] or {})}
+        if r["pruner"] == "flap" and r["task"] == "arc_easy" and r["metric"] == "acc":
+            items = list(r["extra"]["items"])
+            for i in [i for i, v in enumerate(items) if v == 1][:shift]:
+                items[i] = 0.0
+            r["extra"]["items"], r["value"] = items, float(np.mean(items))
+        out.append(r)
+    return out
+
+
+def test_quantized_models_are_paired_with_their_float_twins(tmp_path):
+    append_rows(tmp_path / "rows.jsonl", fixture_rows() + _quantized(fixture_rows(), "w8a8", shift=20))
+    long = tables.long_table(read_rows(tmp_path / "rows.jsonl"), against="float")
+    long = long.set_index(["method", "sparsity", "column"])
+    # 20 of 200 arc_easy items lost by quantization: -0.1 on the task, -0.05 on the mean of two tasks
+    assert long.loc[("flap [w8a8]", 0.2, "arc_easy"), "delta"] == pytest.approx(-0.1)
+    assert long.loc[("flap [w8a8]", 0.2, "avg"), "delta"] == pytest.approx(-0.05)
+    assert long.loc[("flap [w8a8]", 0.2, "avg"), "reference"] == "flap"
+    # the other models are quantized losslessly here: exactly no difference, and the float models have none
+    assert long.loc[("dense [w8a8]", 0.0, "wiki_passages@128"), "delta"] == 1.0
+    assert long.loc[("nirvana (γ=3.36) [w8a8]", 0.4, "avg"), "delta"] == 0.0
+    assert long.loc[("flap", 0.2, "avg"), "delta"] != long.loc[("flap", 0.2, "avg"), "delta"]  # nan
+
+
+def test_report_writes_one_set_of_tables_per_reference_and_refuses_unknown_ones(tmp_path, rows):
+    append_rows(tmp_path / "rows.jsonl", fixture_rows() + _quantized(fixture_rows(), "int8_wo", shift=10))
+    written = build_report([str(tmp_path / "rows.jsonl")], tmp_path / "out", references=["float", "flap"])
+    names = {p.name for p in written}
+    assert {"table2_summary.md", "table2_vs_flap_summary.md", "paired_differences.png",
+            "paired_differences_vs_flap.png"} <= names
+    assert "Δ vs float (points)" in (tmp_path / "out" / "table2_summary.md").read_text()
+    vs_flap = (tmp_path / "out" / "table2_vs_flap_summary.md").read_text()
+    assert "Δ vs flap (points)" in vs_flap and "+5.0 [" in vs_flap  # NIRVANA 0.05 above FLAP at 0.2, in points
+    with pytest.raises(ValueError, match=r"reference 'flap:kl': no such method.*'flap', 'nirvana'"):
+        build_report([str(tmp_path / "rows.jsonl")], tmp_path / "bad", references=["flap:kl"])
+    assert not (tmp_path / "bad").exists()  # refused before anything was written

@@ -60,15 +60,18 @@ def metrics_vs_sparsity(rows: pd.DataFrame, path: str | Path, model: str | None 
     return _save(fig, path)
 
 
-def paired_differences(rows: pd.DataFrame, path: str | Path, model: str | None = None) -> Path:
-    """Each method's paired difference to NIRVANA at the same sparsity (Δ mean accuracy; perplexity ratio), with
-    95 % intervals: the question the table answers, as a forest plot."""
-    long = tables.long_table(rows, model)
-    panels = [(tables.AVG_COLUMN, "Δ zero-shot mean vs NIRVANA", 0.0)]
-    panels += [(c, f"{c}: ppl ÷ NIRVANA's", 1.0) for c in sorted(c for c in long["column"].unique() if "@" in c)]
+def paired_differences(rows: pd.DataFrame, path: str | Path, model: str | None = None,
+                       against: str = tables.REFERENCE) -> Path:
+    """Each method's paired difference to its reference (`tables.reference_of`; NIRVANA by default) at the same
+    sparsity (Δ mean accuracy; perplexity ratio), with 95 % intervals: the question the table answers, as a
+    forest plot."""
+    long = tables.long_table(rows, model, against)
+    name = tables.reference_name(against)
+    panels = [(tables.AVG_COLUMN, f"Δ zero-shot mean vs {name}", 0.0)]
+    panels += [(c, f"{c}: ppl ÷ {name}'s", 1.0) for c in sorted(c for c in long["column"].unique() if "@" in c)]
     panels = [p for p in panels if long[(long["column"] == p[0])]["delta"].notna().any()]
     if not panels:
-        raise NoData("no paired differences to plot (no NIRVANA rows, or no per-item results)")
+        raise NoData(f"no paired differences to plot (no {name} rows, or no per-item results)")
     cells = forest_cells(long, [column for column, _, _ in panels])
     y_of = {cell: len(cells) - 1 - i for i, cell in enumerate(cells)}  # one row per cell, the same in every panel
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 + 3.4 * len(panels), 0.9 + 0.32 * len(cells)),

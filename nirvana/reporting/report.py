@@ -1,9 +1,11 @@
 """Tables and figures from result rows (never from models) — what `experiments.report` writes.
 
-<out>/table2.{md,csv,tex} and table2_paired.md (nirvana.reporting.tables: values, 95 % intervals, paired
-differences to NIRVANA, provenance), table2_vs_paper.md when paper numbers exist, and figures:
-metrics_vs_sparsity.png (error bars), paired_differences.png, allocation_<pruner>_s<s>.png (from saved plans),
-gamma_ablation.png and kl_vs_perplexity.png when the rows hold such sweeps.
+<out>/table2.{md,csv,tex}, table2_paired.md and table2_summary.md (nirvana.reporting.tables: values, 95 %
+intervals, paired differences to the first reference — NIRVANA unless `references` says otherwise —, provenance),
+the same as table2_vs_<reference>.* for each further reference (`flap:kl`, or `float`: each quantized model vs
+its unquantized twin), table2_vs_paper.md when paper numbers exist, and figures: metrics_vs_sparsity.png (error
+bars), paired_differences[_vs_<reference>].png, allocation_<pruner>_s<s>.png (from saved plans), gamma_ablation.png
+and kl_vs_perplexity.png when the rows hold such sweeps.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def build_report(rows_files: list[str], out: str | Path, model: str | None = None, paper: str | None = None,
-                 plans: list[str] | None = None, command: str | None = None) -> list[Path]:
+                 plans: list[str] | None = None, command: str | None = None,
+                 references: list[str] | None = None) -> list[Path]:
     out = Path(out)
     rows = read_rows(rows_files)
     if rows.empty:
@@ -27,11 +30,18 @@ def build_report(rows_files: list[str], out: str | Path, model: str | None = Non
     models = sorted(rows["model"].dropna().unique())
     if model is None and len(models) > 1:
         raise ValueError(f"rows hold several models {models}: pick one with --model")
+    methods = tables.cells(rows, model)["method"].unique()
+    for against in references or []:  # the default (NIRVANA) may be absent: then the tables have no Δ columns
+        tables.check_reference(methods, against)
+    references = references or [tables.REFERENCE]
     prov = tables.provenance(rows)
     if prov["dirty"]:
         log.warning("rows from a dirty work tree (%s): the report marks them; do not commit them as results",
                     ", ".join(prov["dirty"]))
-    written = tables.write_table(rows, out, model, command=command)
+    written = []
+    for i, against in enumerate(references):
+        name = "table2" if i == 0 else f"table2_vs_{_slug(against)}"
+        written += tables.write_table(rows, out, model, name=name, command=command, against=against)
     paper_rows = tables.read_paper(paper) if paper else None
     if paper_rows is not None:
         long = tables.with_paper(tables.table2(rows, model), paper_rows, model)
@@ -39,7 +49,13 @@ def build_report(rows_files: list[str], out: str | Path, model: str | None = Non
         path.write_text(tables.markdown(long, floatfmt=".4f") if not long.empty else "no overlapping cells\n")
         written.append(path)
     written.append(figures.metrics_vs_sparsity(rows, out / "metrics_vs_sparsity.png", model))
-    for optional in (figures.paired_differences, figures.gamma_ablation, figures.kl_vs_perplexity):
+    for i, against in enumerate(references):
+        try:
+            name = "paired_differences" if i == 0 else f"paired_differences_vs_{_slug(against)}"
+            written.append(figures.paired_differences(rows, out / f"{name}.png", model, against))
+        except figures.NoData:
+            pass  # no rows of that reference
+    for optional in (figures.gamma_ablation, figures.kl_vs_perplexity):
         try:
             written.append(optional(rows, out / f"{optional.__name__}.png"))
         except figures.NoData:
@@ -53,3 +69,7 @@ def build_report(rows_files: list[str], out: str | Path, model: str | None = Non
             drawn.add(name)
             written.append(figures.allocation(plan, out / name))
     return written
+
+
+def _slug(against: str) -> str:
+    return against.replace(":", "-")

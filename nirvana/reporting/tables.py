@@ -1,11 +1,13 @@
-"""The paper's Table 2 layout from tidy rows, with intervals and paired differences to NIRVANA.
+"""The paper's Table 2 layout from tidy rows, with intervals and paired differences to a reference method.
 
 One line per (method, sparsity); columns: the achieved sparsity, parameters kept, each task's official metric
 (nirvana.evaluation.zeroshot.TASK_METRICS), their mean, and each perplexity under its protocol name
 (`wiki_passages@128`). Every statistic comes from the per-item results stored in the rows (docs/protocol.md):
 - the mean over tasks and each perplexity with a 95 % bootstrap interval (nirvana.reporting.stats);
-- each method's paired difference to NIRVANA at the same sparsity, on the same items: Δ mean accuracy, and the
-  perplexity ratio, each with its interval; a difference whose interval excludes 0 (ratio: 1) is marked `*`;
+- each method's paired difference to its reference at the same sparsity, on the same items: Δ mean accuracy, and
+  the perplexity ratio, each with its interval; a difference whose interval excludes 0 (ratio: 1) is marked `*`.
+  The reference (`reference_of`) is NIRVANA by default, any other pruner's label (`flap:kl`), or `float`: a
+  quantized model's own unquantized twin — the question each table asks;
 - a † where the two remove different shares of parameters (achieved sparsities more than a point apart): an
   unequal comparison, whatever its sign.
 When the same cell was measured more than once, the newest row wins (`nirvana.results.latest`). If the user
@@ -25,7 +27,8 @@ from ..results import latest
 from . import stats
 
 METHOD_ORDER = ["dense", "nirvana", "magnitude", "random", "taylor", "wanda_sp", "flap"]
-REFERENCE = "nirvana"  # the method every other one is paired against
+REFERENCE = "nirvana"  # the method every other one is paired against, unless a table names another
+FLOAT_REFERENCE = "float"  # pair each quantized model with the same model unquantized
 AVG_COLUMN, KEPT_COLUMN, ACHIEVED_COLUMN = "avg", "params_kept", "achieved_sparsity"
 UNEQUAL = 0.01  # achieved sparsities further apart than this make an unequal comparison
 
@@ -97,8 +100,9 @@ def _interval(row) -> stats.Interval:
     return stats.Interval(row["value"], math.nan, math.nan)
 
 
-def long_table(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
-    """One line per (method, sparsity, column): value, interval, and the paired difference to NIRVANA."""
+def long_table(rows: pd.DataFrame, model: str | None = None, against: str = REFERENCE) -> pd.DataFrame:
+    """One line per (method, sparsity, column): value, interval, and the paired difference to the reference
+    (`reference_of`), with the reference's label in `reference`."""
     df = cells(rows, model)
     out = []
     for (method, sparsity), group in df.groupby(["method", "sparsity"], sort=False):
@@ -113,24 +117,48 @@ def long_table(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
                         "hi": iv.hi, "n": r["n"], "limit": r["limit"], "run_id": r["run_id"],
                         "git_hash": r["git_hash"]})
     long = pd.DataFrame(out)
-    return _with_paired(long, df)
+    return _with_paired(long, df, against).assign(
+        reference=lambda x: [reference_of(m, x["method"].unique(), against) for m in x["method"]])
 
 
-def _reference(methods) -> str | None:
-    refs = sorted(m for m in methods if m.split(" ")[0] == REFERENCE)
-    return refs[0] if refs else None
+def _split_scheme(method: str) -> tuple[str, str | None]:
+    """`nirvana (γ=3.36) [w8a8]` → (`nirvana (γ=3.36)`, `w8a8`); a float model's label has no scheme."""
+    if method.endswith("]") and " [" in method:
+        base, scheme = method.rsplit(" [", 1)
+        return base, scheme[:-1]
+    return method, None
 
 
-def _with_paired(long: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+def reference_of(method: str, methods, against: str = REFERENCE) -> str | None:
+    """The method that `method` is paired with (None: itself the reference, or none present). `against` is a
+    pruner's label (`nirvana`, `flap:kl`: that pruner's model under the same quantization scheme, the first by
+    label if several γ are present) or `float` (a quantized model's unquantized twin)."""
+    base, scheme = _split_scheme(method)
+    if against == FLOAT_REFERENCE:
+        return base if scheme is not None and base in set(methods) else None
+    refs = sorted(m for m in methods if _split_scheme(m)[1] == scheme and m.split(" ")[0] == against)
+    return refs[0] if refs and refs[0] != method else None
+
+
+def check_reference(methods, against: str) -> None:
+    """Refuse a reference that no row can serve (a typo would otherwise give a table without comparisons)."""
+    methods = list(methods)
+    if against == FLOAT_REFERENCE:
+        if not any(_split_scheme(m)[1] for m in methods):
+            raise ValueError("reference float: no quantized models in the rows to pair with their float twins")
+    elif not any(m.split(" ")[0] == against for m in methods):
+        present = sorted({m.split(" ")[0] for m in methods})
+        raise ValueError(f"reference {against!r}: no such method in the rows; present: {present} (or float)")
+
+
+def _with_paired(long: pd.DataFrame, df: pd.DataFrame, against: str = REFERENCE) -> pd.DataFrame:
     long = long.assign(delta=math.nan, delta_lo=math.nan, delta_hi=math.nan, significant=False, unequal=False)
-    ref = _reference(long["method"].unique())
-    if ref is None:
-        return long
+    methods = long["method"].unique()
     rows = {(r["method"], r["sparsity"], r["column"]): r for _, r in df.iterrows()}
     for i, line in long.iterrows():
         method, s, column = line["method"], line["sparsity"], line["column"]
-        other = rows.get((ref, s, column))
-        if method == ref or other is None or s == 0:
+        ref = reference_of(method, methods, against)
+        if ref is None or rows.get((ref, s, column)) is None:
             continue
         iv = _paired(rows, method, ref, s, column)
         if iv is not None:
@@ -188,9 +216,13 @@ def _with_interval(value, lo, hi) -> str:
     return f"{_num(value)} [{_num(lo)}, {_num(hi)}]"
 
 
-def display_table(long: pd.DataFrame) -> pd.DataFrame:
-    """The table as people read it: intervals on the mean and the perplexities, Δ to NIRVANA, marks."""
-    ref = _reference(long["method"].unique())
+def _compared(g: pd.DataFrame) -> bool:
+    """Whether a (method, sparsity) block of the long table has a reference to be compared with."""
+    return "reference" in g and g["reference"].notna().any()
+
+
+def display_table(long: pd.DataFrame, against: str = REFERENCE) -> pd.DataFrame:
+    """The table as people read it: intervals on the mean and the perplexities, Δ to the reference, marks."""
     lines = []
     for key in _order(long.groupby(["method", "sparsity"]).groups):
         g = long[(long["method"] == key[0]) & (long["sparsity"] == key[1])].set_index("column")
@@ -208,8 +240,8 @@ def display_table(long: pd.DataFrame) -> pd.DataFrame:
                 continue
             r = g.loc[column]
             line[f"{column} [95% CI]"] = _with_interval(r["value"], r["lo"], r["hi"])
-            if ref is not None and key[0] != ref and key[1] != 0:
-                label = f"Δ{column} vs {REFERENCE}" if column == AVG_COLUMN else f"{column} ÷ {REFERENCE}"
+            if _compared(g):
+                label = f"Δ{column} vs {against}" if column == AVG_COLUMN else f"{column} ÷ {against}"
                 cell = _with_interval(r["delta"], r["delta_lo"], r["delta_hi"])
                 line[label] = cell + (" *" if r["significant"] else "") + (" †" if unequal else "") \
                     if not pd.isna(r["delta"]) else "–"
@@ -218,11 +250,11 @@ def display_table(long: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(lines, columns=columns).fillna("")
 
 
-def summary_table(long: pd.DataFrame, seq_len: int = 512) -> pd.DataFrame:
+def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE) -> pd.DataFrame:
     """The headline view: parameters kept, the zero-shot average (in points) and every perplexity at `seq_len`,
-    each with its 95 % interval and the paired comparison to NIRVANA (* the interval excludes no difference;
+    each with its 95 % interval and the paired comparison to the reference (* the interval excludes no difference;
     † achieved sparsities differ by more than 1 point)."""
-    ref, lines = _reference(long["method"].unique()), []
+    lines, name = [], reference_name(against)
 
     def pct(x):
         return "" if pd.isna(x) else f"{100 * x:.1f}"
@@ -232,27 +264,31 @@ def summary_table(long: pd.DataFrame, seq_len: int = 512) -> pd.DataFrame:
 
     for key in _order(long.groupby(["method", "sparsity"]).groups):
         g = long[(long["method"] == key[0]) & (long["sparsity"] == key[1])].set_index("column")
-        compared = ref is not None and key[0] != ref and key[1] != 0
+        compared = _compared(g)
         mark = " †" if bool(g["unequal"].any()) else ""
         line = {"method": key[0], "sparsity": f"{key[1]:g}",
                 "params kept %": pct(g.loc[KEPT_COLUMN, "value"]) if KEPT_COLUMN in g.index else ""}
         if AVG_COLUMN in g.index:
             r = g.loc[AVG_COLUMN]
             line["zero-shot avg % [95% CI]"] = f"{pct(r['value'])} [{pct(r['lo'])}, {pct(r['hi'])}]"
-            line["Δ vs NIRVANA (points)"] = "" if not compared or pd.isna(r["delta"]) else \
+            line[f"Δ vs {name} (points)"] = "" if not compared or pd.isna(r["delta"]) else \
                 f"{pts(r['delta'])} [{pts(r['delta_lo'])}, {pts(r['delta_hi'])}]" + (" *" if r["significant"] else "") + mark
         for column in sorted(c for c in g.index if c.endswith(f"@{seq_len}")):
             r = g.loc[column]
             line[f"ppl {column}"] = f"{r['value']:.1f} [{r['lo']:.1f}, {r['hi']:.1f}]"
-            line[f"{column} ÷ NIRVANA"] = "" if not compared or pd.isna(r["delta"]) else \
+            line[f"{column} ÷ {name}"] = "" if not compared or pd.isna(r["delta"]) else \
                 f"{r['delta']:.2f}× [{r['delta_lo']:.2f}, {r['delta_hi']:.2f}]" + (" *" if r["significant"] else "") + mark
         lines.append(line)
     columns = list(dict.fromkeys(k for line in sorted(lines, key=len, reverse=True) for k in line))
     return pd.DataFrame(lines, columns=columns).fillna("")
 
 
+def reference_name(against: str) -> str:
+    return {REFERENCE: "NIRVANA", FLOAT_REFERENCE: "float"}.get(against, against)
+
+
 def paired_task_table(long: pd.DataFrame) -> pd.DataFrame:
-    """Δ accuracy to NIRVANA per task (rows: method, sparsity), with intervals and marks."""
+    """Δ accuracy to the reference per task (rows: method, sparsity), with intervals and marks."""
     sub = long[long["column"].isin(list(TASK_METRICS) + [AVG_COLUMN]) & long["delta"].notna()]
     if sub.empty:
         return pd.DataFrame()
@@ -277,33 +313,41 @@ def provenance(rows: pd.DataFrame) -> dict:
 
 
 def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = None, name: str = "table2",
-                command: str | None = None) -> list[Path]:
+                command: str | None = None, against: str = REFERENCE) -> list[Path]:
     """<name>.md (values, intervals, paired differences, provenance), <name>.csv (long: every interval),
-    <name>.tex (the values), <name>_paired.md (Δ per task), <name>_summary.md (the headline view, at 512 tokens)."""
+    <name>.tex (the values), <name>_paired.md (Δ per task), <name>_summary.md (the headline view, at 512 tokens);
+    all paired with `against` (`reference_of`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    long = long_table(rows, model)
+    long = long_table(rows, model, against)
     prov = provenance(rows if model is None else rows[rows["model"] == model])
     lines = []
     if prov["dirty"]:
         lines.append(f"> **Warning**: rows from a dirty work tree ({', '.join(prov['dirty'])}): not a clean result.\n")
     if command:
         lines.append(f"Produced by `{command}`.\n")
-    lines.append(markdown(display_table(long)))
+    lines.append(markdown(display_table(long, against)))
     lines.append(f"Commits: {', '.join(prov['commits'])}; lm-eval {', '.join(prov['lm_eval'])}; {prov['runs']} runs; "
                  f"limits: {', '.join(prov['limits']) or 'none'}. Intervals: 95 % seeded bootstrap over items "
-                 "(tasks resampled within themselves) or windows; Δ and ÷ are paired with NIRVANA at the same "
-                 "sparsity on the same items; * the interval excludes 0 (for ÷: 1); † the two remove shares of "
+                 "(tasks resampled within themselves) or windows; Δ and ÷ are paired with "
+                 f"{_pairing_phrase(against)} at the same sparsity on the same items; * the interval excludes 0 (for ÷: 1); † the two remove shares of "
                  f"parameters more than {UNEQUAL:.0%} apart (achieved column).\n")
     paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.tex", out / f"{name}_paired.md"]
     paths[0].write_text("\n".join(lines))
     long.to_csv(paths[1], index=False, float_format="%.6g")
     paths[2].write_text(table2(rows, model).to_latex(float_format=_num))
     paired = paired_task_table(long)
-    paths[3].write_text(markdown(paired) if not paired.empty else "no paired differences (no NIRVANA rows)\n")
+    paths[3].write_text(markdown(paired) if not paired.empty else f"no paired differences (no {against} rows)\n")
     paths.append(out / f"{name}_summary.md")
-    paths[4].write_text(markdown(summary_table(long), numparse=False))
+    paths[4].write_text(markdown(summary_table(long, against=against), numparse=False))
     return paths
+
+
+def _pairing_phrase(against: str) -> str:
+    if against == FLOAT_REFERENCE:
+        return "each quantized model's unquantized twin"
+    name = reference_name(against)
+    return f"{name} (for a quantized model, {name} quantized the same way)"
 
 
 def with_paper(ours: pd.DataFrame, paper: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
