@@ -26,7 +26,7 @@ SETUP_STAMP  := $(VENV)/.setup-done
 ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets test test-fast demo reproduce-table2 reproduce-beyond reproduce-quant report-demo notebooks bench gpu-check lint clean-assets
+.PHONY: help setup assets test test-fast demo reproduce-table2 reproduce-beyond reproduce-quant reproduce-recovery report-demo notebooks bench gpu-check lint clean-assets
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-20s %s\n", $$1, $$2}'
@@ -84,7 +84,13 @@ reproduce-quant: $(SETUP_STAMP) ## quantization after pruning (offline SmolLM2; 
 	$(MAKE) --no-print-directory assets
 	$(PY) -m experiments.run -m experiment=quant_offline hydra/launcher=$(LAUNCHER) $(ARGS)
 	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/quant_smollm2_135m.jsonl \
-		--out results/tables/quant --model smollm2_135m --command "make reproduce-quant" --reference float nirvana
+		--out results/tables/quant --model smollm2_135m --command "make reproduce-quant" --reference base nirvana
+
+reproduce-recovery: $(SETUP_STAMP) ## the recovery claim (offline SmolLM2): NIRVANA, FLAP, Taylor at 40 % + the same LoRA budget → results/tables/recovery
+	$(MAKE) --no-print-directory assets
+	$(PY) -m experiments.run -m experiment=recovery_offline hydra/launcher=$(LAUNCHER) $(ARGS)
+	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/recovery_smollm2_135m.jsonl \
+		--out results/tables/recovery --model smollm2_135m --command "make reproduce-recovery" --reference base nirvana
 
 notebooks: $(SETUP_STAMP) ## execute every analysis notebook headless on result rows (RESULTS=dir PLANS='glob') → outputs/notebooks
 	$(PY) -m experiments.notebooks --results $(RESULTS) $(if $(PLANS),--plans '$(PLANS)') --out outputs/notebooks

@@ -20,13 +20,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from nirvana import recovery as rec
 from nirvana.atomic import write_json
 from nirvana.checkpoint import check_save_dir, save_pruned
 from nirvana.evaluation import protocol
 from nirvana.models import load_from_config
+from nirvana.recovery import RecoveryStage
 from nirvana.requirements import check_requirements
-from nirvana.results import append_rows, iter_rows, make_row, record_run, recorded
+from nirvana.results import append_rows, iter_rows, record_run, recorded
 
 log = logging.getLogger("experiments.recover")
 
@@ -34,13 +34,11 @@ log = logging.getLogger("experiments.recover")
 def run_recover(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     t_start = time.perf_counter()
     c = OmegaConf.to_container(cfg, resolve=True)
-    job, m, data = c["job"], c["model"], c["recovery"]["data"]
+    job, m, stage = c["job"], c["model"], RecoveryStage.from_config(c["recovery"])
     protocol.validate_eval(c["eval"], m.get("path"))  # everything checkable without a model, first
-    protocol.check_disjoint(None, c["eval"], c["allow_overlap"])
-    settings = rec.LoraSettings.from_dict(c["recovery"])
-    rec.check_source(data)
-    if data["source"] == "alpaca":
-        check_requirements(hub=True, what=f"recovery on {data['dataset']} (recovery.data.source=alpaca)")
+    protocol.check_disjoint(None, c["eval"], c["allow_overlap"], stage.training_sets)
+    if stage.needs_hub:
+        check_requirements(hub=True, what=f"recovery on {stage.data['dataset']} (recovery.data.source=alpaca)")
     run_id, identity = protocol.run_identity(c)
     if not job["force"] and recorded(run_id, job["results_file"]):
         log.info("run %s already has rows in %s; skipped (job.force=true recomputes)", run_id, job["results_file"])
@@ -49,7 +47,7 @@ def run_recover(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     save_dir = Path(job["save_dir"] or work_dir / "checkpoint")  # the default lives in the run's own work folder
     check_save_dir(job["save_dir"], job["overwrite"])
     write_json(work_dir / "config.json", identity)
-    train_ex, val_ex = rec.split_train_val(rec.load_examples(**data), settings.val_set_size, settings.seed)
+    examples = stage.examples()
     texts = protocol.load_eval_texts(c["eval"])  # before the model: a missing dataset must not cost a load
 
     model, tokenizer = load_from_config(m)
@@ -61,27 +59,15 @@ def run_recover(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     if not before:
         before = staged(protocol.evaluation_rows(c["eval"], run, model, tokenizer, texts, job["progress"]), "before")
         append_rows(before_file, before)
-    merged, result, info = rec.recover(model, tokenizer, train_ex, val_ex, settings, work_dir, job["progress"],
+    merged, result, record = stage.run(model, tokenizer, examples, work_dir, run["checkpoint"], plan, job["progress"],
                                        save_every=job["save_every"], keep_last=job["keep_last"])
-
-    data_record = {k: v for k, v in data.items() if v is not None}
-    record = rec.recovery_record(settings, result, data_record, run["checkpoint"], info)
-    if plan is not None:
-        plan.extra["recovery"] = record
     save_pruned(merged, plan, save_dir, tokenizer, overwrite=job["overwrite"] or not job["save_dir"])
     write_json(save_dir / "recovery.json", record | {"history": result.history, "val_history": result.val_history})
 
     after_run = {**run, "checkpoint": str(save_dir.resolve())}
     after = staged(protocol.evaluation_rows(c["eval"], after_run, merged, tokenizer, texts, job["progress"]), "after")
-    extra = {"recovery": c["recovery"]["name"], "data_source": data["source"], "steps": result.steps}
-    rows = before + after + [
-        make_row(after_run, "recovery", "train_loss", result.train_loss, n=result.steps,
-                 extra=extra | {"first_loss": result.first_loss, "history": result.history}),
-        make_row(after_run, "recovery", "train_seconds", result.seconds, n=result.steps,
-                 extra=extra | {"resumed_from": result.resumed_from})]
-    if result.val_loss is not None:
-        rows.append(make_row(after_run, "recovery", "val_loss", result.val_loss, n=result.n_val,
-                             extra=extra | {"best_step": result.best_step, "val_history": result.val_history}))
+    extra = {"recovery": stage.name, "data_source": stage.data["source"], "steps": result.steps}
+    rows = before + after + protocol.recovery_rows(after_run, result, extra)
     record_run(rows, out_dir, job["results_file"])
     seconds = time.perf_counter() - t_start
     write_json(work_dir / "summary.json", {"run_id": run_id, "checkpoint": str(save_dir), "rows": len(rows),

@@ -4,7 +4,7 @@
     python -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl --out results/tables/smollm2_135m \\
         --model smollm2_135m --paper results/paper/table2.csv
     python -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/quant_smollm2_135m.jsonl \
-        --out results/tables/quant --model smollm2_135m --reference float nirvana
+        --out results/tables/quant --model smollm2_135m --reference base nirvana
 
 What is written, and how intervals and paired differences are computed: nirvana/reporting/report.py.
 """
@@ -26,8 +26,8 @@ def main(argv=None) -> None:
     ap.add_argument("--paper", default="results/paper/table2.csv", help="paper numbers (optional file)")
     ap.add_argument("--plans", nargs="*", default=[], help="pruning_plan.json files for allocation figures")
     ap.add_argument("--reference", nargs="+", default=None, metavar="METHOD",
-                    help="what each method is paired with: a pruner's label (default nirvana; e.g. flap:kl) or float "
-                         "(quantized vs unquantized); the first makes table2.*, each further one table2_vs_<it>.*")
+                    help="what each method is paired with: a pruner's label (default nirvana; e.g. flap:kl) or base "
+                         "(quantized/recovered vs the pruned model they came from); the first makes table2.*, each further one table2_vs_<it>.*")
     ap.add_argument("--command", default=None, help="the command that produced the rows (quoted in the table)")
     args = ap.parse_args(argv)
     command = args.command or "python -m experiments.report " + shlex.join(sys.argv[1:] if argv is None else argv)

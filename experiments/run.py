@@ -1,4 +1,4 @@
-"""One experiment run — calibrate, prune, (quantize,) evaluate — ending in tidy result rows.
+"""One experiment run — calibrate, prune, (recover with LoRA,) (quantize,) evaluate — ending in tidy result rows.
 
     python -m experiments.run model=smollm2_135m pruner=nirvana sparsity=0.2 eval=quick
     python -m experiments.run -m experiment=demo        # a sweep defined in conf/experiment/demo.yaml
@@ -26,6 +26,7 @@ from nirvana.loggers import make_logger
 from nirvana.models import load_from_config, read_config
 from nirvana.pipeline import PruneRecipe, check_recipe, prune
 from nirvana.quantization import quantize_stage, spec_from_config
+from nirvana.recovery import RecoveryStage
 from nirvana.requirements import check_requirements, is_hub_model
 from nirvana.results import record_run, recorded
 
@@ -40,15 +41,17 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = Non
     job, m = c["job"], c["model"]
     recipe = None if c["pruner"]["name"] == "dense" else PruneRecipe.from_config(c)
     quant = spec_from_config(c.get("quant"))  # conf/quant; absent: the model stays in float
+    recovery = RecoveryStage.from_config(c.get("recovery"))  # conf/recovery; absent: no fine-tuning
     # Everything checkable without a model first: typos and missing GPUs/hub fail in a second.
-    req = job["requires"]
-    check_requirements(gpu=req["gpu"], hub=req["hub"] or is_hub_model(m["name_or_path"]),
-                       what="this experiment" if req["gpu"] or req["hub"] else f"model {m['name']}")
+    req, hub_data = job["requires"], recovery is not None and recovery.needs_hub
+    check_requirements(gpu=req["gpu"], hub=req["hub"] or hub_data or is_hub_model(m["name_or_path"]),
+                       what="this experiment" if req["gpu"] or req["hub"] or hub_data else f"model {m['name']}")
     protocol.validate_eval(c["eval"])
     if recipe is not None:
         check_recipe(recipe, read_config(m["name_or_path"], m.get("trust_remote_code")))
     calibrated = recipe is not None or (quant is not None and quant.scheme == "w8a8_smoothquant")
-    data = protocol.check_disjoint(c["calibration"] if calibrated else None, c["eval"], c["allow_overlap"])
+    data = protocol.check_disjoint(c["calibration"] if calibrated else None, c["eval"], c["allow_overlap"],
+                                   recovery.training_sets if recovery else None)
     run_id, identity = protocol.run_identity(c)
     if job["preflight"]:
         log.info("preflight ok: %s (%s), run id %s", m["name"], m["name_or_path"], run_id)
@@ -58,27 +61,33 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = Non
         log.info("%s (%s, %s, s=%s) already complete in %s; skipped (job.force=true recomputes)", run_id,
                  m["name"], c["pruner"]["name"], c["sparsity"], job["results_file"])
         return []
-    texts = protocol.load_eval_texts(c["eval"])
+    texts, examples = protocol.load_eval_texts(c["eval"]), (recovery.examples() if recovery else None)
     logger = make_logger(**job["logger"])
     logger.log_config(identity)
 
     model, tokenizer = load_from_config(m)
     run = {"run_id": run_id, "model": m["name"], "checkpoint": m["name_or_path"], "pruner": "dense",
            "sparsity": 0.0, "gamma": None, **protocol.placement_columns(model)}
-    rows = []
+    rows, plan = [], None
     if recipe is not None:
         outcome = prune(model, tokenizer, recipe)
         out_dir.mkdir(parents=True, exist_ok=True)
         if outcome.calibration_ids is not None:
             with atomic_file(out_dir / "calibration.pt", "wb") as fh:
                 torch.save(outcome.calibration_ids, fh)
-        outcome.plan.save(out_dir)
+        plan = outcome.plan
         run.update(recipe.row_columns(outcome))
-        rows += protocol.pruning_rows(run, outcome.plan, outcome)
-        if job["save_checkpoint"]:
-            run["checkpoint"] = str(save_pruned(model, outcome.plan, out_dir / "checkpoint", tokenizer).resolve())
+        rows += protocol.pruning_rows(run, plan, outcome)
     else:
         rows += protocol.pruning_rows(run, None)
+    if recovery is not None:  # records itself in the plan's extra["recovery"]
+        model, result, _ = recovery.run(model, tokenizer, examples, out_dir / "recovery", run["checkpoint"], plan,
+                                        progress=job["progress"])
+        rows += protocol.recovery_rows(run, result, {"data_source": recovery.data["source"]})
+    if plan is not None:
+        plan.save(out_dir)
+        if job["save_checkpoint"]:
+            run["checkpoint"] = str(save_pruned(model, plan, out_dir / "checkpoint", tokenizer).resolve())
     if quant is not None:
         result = quantize_stage(model, tokenizer, quant, c["calibration"],
                                 outcome.calibration_ids if recipe is not None else None)
@@ -86,9 +95,8 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = Non
         rows = [{**r, "dtype": run["dtype"]} for r in rows] + protocol.quantization_rows(run, quant, result)
     rows += protocol.evaluation_rows(c["eval"], run, model, tokenizer, texts, job["progress"])
     protocol.mark_overlaps(rows, data)
-    for r in rows:
-        r["extra"] = {**r["extra"], "sweep": sweep}
-
+    marks = {"sweep": sweep} | ({"recovery": recovery.name} if recovery else {})  # a recovered model's label
+    rows = [{**r, "extra": {**r["extra"], **marks}} for r in rows]
     record_run(rows, out_dir, job["results_file"])
     logger.log_rows(rows)
     logger.finish()

@@ -291,3 +291,40 @@ def test_t5_recovery_trains_the_decoder_on_responses_merges_and_reloads(calib_id
         a = merged(input_ids=ids, decoder_input_ids=ids[:, :8]).logits
         b = reloaded(input_ids=ids, decoder_input_ids=ids[:, :8]).logits
     torch.testing.assert_close(a, b)
+
+
+def test_a_run_prunes_recovers_and_evaluates_with_rows_that_say_so(passages_file, tmp_path):
+    from test_evidence import TINY, cfg
+
+    from experiments.run import run_experiment
+
+    recovery = ["recovery=lora_offline", f"recovery.data.files=[{passages_file}]", "recovery.max_steps=3",
+                "recovery.val_set_size=4", f"recovery.cutoff={CUTOFF}", "recovery.lr=1e-2", "recovery.warmup_steps=0",
+                "recovery.eval_every=null"]
+    common = [*TINY, "pruner=nirvana", "sparsity=0.3", f"job.results_file={tmp_path / 'r.jsonl'}"]
+    rows = run_experiment(cfg(*common, *recovery, "job.save_checkpoint=true"), tmp_path / "run")
+    plain = run_experiment(cfg(*common), tmp_path / "plain")
+    assert rows[0]["run_id"] != plain[0]["run_id"]  # recovery is part of what the numbers depend on
+    assert {r["extra"]["recovery"] for r in rows} == {"lora_offline"}
+    assert not any("recovery" in r["extra"] for r in plain)
+    assert {"train_loss", "train_seconds", "val_loss"} <= {r["metric"] for r in rows if r["task"] == "recovery"}
+    # the same plan before and after: recovery changes weights, never which units are kept
+    def kept(rs):
+        return {r["metric"]: r["value"] for r in rs if r["task"] == "pruning" and r["metric"] != "prune_seconds"}
+
+    assert kept(rows) == kept(plain) and "params_after" in kept(rows)
+    ppl = {r["run_id"]: r["value"] for r in rows + plain if r["metric"].startswith("ppl/")}
+    assert len(set(ppl.values())) == 2 and all(math.isfinite(v) for v in ppl.values())  # it changed the model
+    saved = PruningPlan.load(tmp_path / "run" / "checkpoint")
+    assert saved.extra["recovery"]["steps"] == 3 and saved.extra["recovery"]["data"]["source"] == "local"
+
+
+def test_recovery_training_text_must_not_be_evaluated():
+    from test_evidence import cfg
+
+    from experiments.run import run_experiment
+
+    bad = cfg("model=tiny_llama", "pruner=dense", "recovery=lora_offline", "recovery.data.files=[lambada_head]",
+              "eval=ppl", "eval.perplexity.datasets=[lambada_head]")
+    with pytest.raises(ValueError, match=r"recovery training: lambada_head .* overlaps"):
+        run_experiment(bad, "/nonexistent")

@@ -133,10 +133,10 @@ def test_each_method_is_paired_with_the_reference_the_table_asks_for():
     assert reference_of("flap [w8a8]", methods) == "nirvana (γ=3.36) [w8a8]"
     assert reference_of("nirvana:auto", methods) == "nirvana (γ=3.36)"
     assert reference_of("nirvana (γ=3.36)", methods) is None
-    # float: each quantized model with its own unquantized model; float models have no reference
-    assert reference_of("flap [w8a8]", methods, "float") == "flap"
-    assert reference_of("dense [w8a8]", methods, "float") == "dense"
-    assert reference_of("flap", methods, "float") is None
+    # base: each quantized model with the model it came from; models used as pruned have no base
+    assert reference_of("flap [w8a8]", methods, "base") == "flap"
+    assert reference_of("dense [w8a8]", methods, "base") == "dense"
+    assert reference_of("flap", methods, "base") is None
     # another pruner by its label: the goal comparison of the beyond table
     assert reference_of("nirvana:auto", methods, "flap:kl") == "flap:kl"
     assert reference_of("flap:kl", methods, "flap:kl") is None
@@ -158,7 +158,7 @@ def _quantized(rows: list[dict], scheme: str, shift: int) -> list[dict]:
 
 def test_quantized_models_are_paired_with_their_float_twins(tmp_path):
     append_rows(tmp_path / "rows.jsonl", fixture_rows() + _quantized(fixture_rows(), "w8a8", shift=20))
-    long = tables.long_table(read_rows(tmp_path / "rows.jsonl"), against="float")
+    long = tables.long_table(read_rows(tmp_path / "rows.jsonl"), against="base")
     long = long.set_index(["method", "sparsity", "column"])
     # 20 of 200 arc_easy items lost by quantization: -0.1 on the task, -0.05 on the mean of two tasks
     assert long.loc[("flap [w8a8]", 0.2, "arc_easy"), "delta"] == pytest.approx(-0.1)
@@ -172,13 +172,30 @@ def test_quantized_models_are_paired_with_their_float_twins(tmp_path):
 
 def test_report_writes_one_set_of_tables_per_reference_and_refuses_unknown_ones(tmp_path, rows):
     append_rows(tmp_path / "rows.jsonl", fixture_rows() + _quantized(fixture_rows(), "int8_wo", shift=10))
-    written = build_report([str(tmp_path / "rows.jsonl")], tmp_path / "out", references=["float", "flap"])
+    written = build_report([str(tmp_path / "rows.jsonl")], tmp_path / "out", references=["base", "flap"])
     names = {p.name for p in written}
     assert {"table2_summary.md", "table2_vs_flap_summary.md", "paired_differences.png",
             "paired_differences_vs_flap.png"} <= names
-    assert "Δ vs float (points)" in (tmp_path / "out" / "table2_summary.md").read_text()
+    assert "Δ vs base (points)" in (tmp_path / "out" / "table2_summary.md").read_text()
     vs_flap = (tmp_path / "out" / "table2_vs_flap_summary.md").read_text()
     assert "Δ vs flap (points)" in vs_flap and "+5.0 [" in vs_flap  # NIRVANA 0.05 above FLAP at 0.2, in points
     with pytest.raises(ValueError, match=r"reference 'flap:kl': no such method.*'flap', 'nirvana'"):
         build_report([str(tmp_path / "rows.jsonl")], tmp_path / "bad", references=["flap:kl"])
     assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+def test_recovered_models_get_their_own_label_and_pair_with_the_model_they_came_from(tmp_path):
+    from nirvana.reporting.tables import method_label
+
+    assert method_label("flap", None, "float32", "lora_offline") == "flap [lora_offline]"
+    assert method_label("nirvana", 3.36, "int8_wo", "lora") == "nirvana (γ=3.36) [lora+int8_wo]"
+    recovered = [{**r, "run_id": r["run_id"] + "r", "extra": {**(r["extra"] or {}), "recovery": "lora_offline"}}
+                 for r in fixture_rows()]
+    append_rows(tmp_path / "rows.jsonl", fixture_rows() + recovered)
+    rows = read_rows(tmp_path / "rows.jsonl")
+    base = tables.long_table(rows, against="base").set_index(["method", "sparsity", "column"])
+    assert base.loc[("flap [lora_offline]", 0.4, "avg"), "reference"] == "flap"
+    vs_nirvana = tables.long_table(rows).set_index(["method", "sparsity", "column"])
+    # recovered FLAP is compared with recovered NIRVANA (the same budget), not with NIRVANA as pruned
+    assert vs_nirvana.loc[("flap [lora_offline]", 0.2, "avg"), "reference"] == "nirvana (γ=3.36) [lora_offline]"
+    assert vs_nirvana.loc[("flap [lora_offline]", 0.2, "avg"), "delta"] == pytest.approx(-0.05)

@@ -19,7 +19,7 @@ from ..calibration import calibration_span, probe_span
 from ..pipeline import method_name
 from ..plan import PLAN_FILENAME, PruningPlan
 from ..results import make_row, make_run_id
-from ..texts import Span
+from ..texts import OFFLINE_SETS, Span
 from . import perplexity as ppl_mod
 from . import speed as speed_mod
 from . import zeroshot as zs_mod
@@ -91,10 +91,15 @@ def eval_spans(e: dict[str, Any]) -> dict[str, Span]:
     return spans
 
 
-def check_disjoint(calibration: dict[str, Any] | None, e: dict[str, Any], allow_overlap: bool = False) -> dict:
-    """Calibration and KL-probe items never overlap evaluated items, nor each other (docs/protocol.md). Raises
-    before any model is loaded, naming both sets, unless `allow_overlap`; returns the record rows keep."""
+def check_disjoint(calibration: dict[str, Any] | None, e: dict[str, Any], allow_overlap: bool = False,
+                   training: list[str] | None = None) -> dict:
+    """Calibration, KL-probe and recovery-training items (`training`: registered text sets) never overlap
+    evaluated items, and calibration never overlaps the probe (docs/protocol.md). Raises before any model is
+    loaded, naming both sets, unless `allow_overlap`; returns the record rows keep."""
     used: dict[str, Span] = {}
+    for name in training or []:  # a registered text set has a span; a plain file's items are unknown
+        if name in OFFLINE_SETS:
+            used[f"recovery training: {name}"] = OFFLINE_SETS[name].span
     if calibration and calibration.get("source") not in (None, "tensor"):
         c = calibration
         documents = (c.get("probe") or {}).get("documents", 200)
@@ -106,8 +111,8 @@ def check_disjoint(calibration: dict[str, Any] | None, e: dict[str, Any], allow_
         used[f"KL probe of {probe_src}"] = probe_span(probe_src, documents, **hub)
     evaluated = eval_spans(e)
     overlaps = [(a, used[a], b, span) for a in used for b, span in evaluated.items() if used[a].overlaps(span)]
-    overlaps += [(a, used[a], b, used[b]) for a in used for b in used
-                 if a < b and a.startswith("calibration") != b.startswith("calibration") and used[a].overlaps(used[b])]
+    overlaps += [(a, used[a], b, used[b]) for a in used if a.startswith("calibration") for b in used
+                 if b.startswith("KL probe") and used[a].overlaps(used[b])]  # training may share calibration text
     described = [f"{a} = {sa} overlaps {b} = {sb}" for a, sa, b, sb in overlaps]
     if described and not allow_overlap:
         raise ValueError("calibration/probe data overlaps what is evaluated: " + "; ".join(described)
@@ -191,6 +196,19 @@ def pruning_rows(run: dict[str, Any], plan: PruningPlan | None, outcome=None) ->
                              extra={"gamma": cand["gamma"], "chosen": cand["gamma"] == gammas["chosen"]}))
     if outcome.kl_probe is not None:
         rows.append(make_row(run, "calibration", "kl/probe", outcome.kl_probe, extra={"probe": outcome.probe}))
+    return rows
+
+
+def recovery_rows(run: dict[str, Any], result, extra: dict[str, Any]) -> list[dict]:
+    """How LoRA recovery went (nirvana.recovery.RecoveryResult): the final training loss with its curve, the
+    seconds it took, and the validation loss where there was a validation set."""
+    rows = [make_row(run, "recovery", "train_loss", result.train_loss, n=result.steps,
+                     extra=extra | {"first_loss": result.first_loss, "history": result.history}),
+            make_row(run, "recovery", "train_seconds", result.seconds, n=result.steps,
+                     extra=extra | {"resumed_from": result.resumed_from})]
+    if result.val_loss is not None:
+        rows.append(make_row(run, "recovery", "val_loss", result.val_loss, n=result.n_val,
+                             extra=extra | {"best_step": result.best_step, "val_history": result.val_history}))
     return rows
 
 

@@ -6,8 +6,8 @@ One line per (method, sparsity); columns: the achieved sparsity, parameters kept
 - the mean over tasks and each perplexity with a 95 % bootstrap interval (nirvana.reporting.stats);
 - each method's paired difference to its reference at the same sparsity, on the same items: Δ mean accuracy, and
   the perplexity ratio, each with its interval; a difference whose interval excludes 0 (ratio: 1) is marked `*`.
-  The reference (`reference_of`) is NIRVANA by default, any other pruner's label (`flap:kl`), or `float`: a
-  quantized model's own unquantized twin — the question each table asks;
+  The reference (`reference_of`) is NIRVANA by default, any other pruner's label (`flap:kl`), or `base`: the
+  same pruned model before quantization or recovery — the question each table asks;
 - a † where the two remove different shares of parameters (achieved sparsities more than a point apart): an
   unequal comparison, whatever its sign.
 When the same cell was measured more than once, the newest row wins (`nirvana.results.latest`). If the user
@@ -28,7 +28,7 @@ from . import stats
 
 METHOD_ORDER = ["dense", "nirvana", "magnitude", "random", "taylor", "wanda_sp", "flap"]
 REFERENCE = "nirvana"  # the method every other one is paired against, unless a table names another
-FLOAT_REFERENCE = "float"  # pair each quantized model with the same model unquantized
+BASE_REFERENCE = "base"  # pair each quantized or recovered model with the same pruned model without that
 AVG_COLUMN, KEPT_COLUMN, ACHIEVED_COLUMN = "avg", "params_kept", "achieved_sparsity"
 UNEQUAL = 0.01  # achieved sparsities further apart than this make an unequal comparison
 
@@ -36,11 +36,13 @@ UNEQUAL = 0.01  # achieved sparsities further apart than this make an unequal co
 FLOAT_DTYPES = (None, "float32", "bfloat16", "float16")
 
 
-def method_label(pruner: str, gamma, dtype: str | None = None) -> str:
-    """The table's name of a run: its pruner (with variant), NIRVANA's with its γ, a quantized model's with its
-    scheme (the rows' dtype, e.g. `nirvana (γ=3.36) [w8a8]`)."""
+def method_label(pruner: str, gamma, dtype: str | None = None, recovery: str | None = None) -> str:
+    """The table's name of a run: its pruner (with variant), NIRVANA's with its γ, then in brackets what was done
+    after pruning: LoRA recovery (the rows' extra.recovery) and quantization (their dtype), e.g.
+    `nirvana (γ=3.36) [w8a8]`, `flap [lora_offline]`."""
     label = pruner if pruner != "nirvana" or gamma is None or pd.isna(gamma) else f"nirvana (γ={gamma:g})"
-    return label if dtype in FLOAT_DTYPES or pd.isna(dtype) else f"{label} [{dtype}]"
+    stages = [x for x in (recovery, None if dtype in FLOAT_DTYPES or pd.isna(dtype) else dtype) if x]
+    return f"{label} [{'+'.join(stages)}]" if stages else label
 
 
 def cell_column(row: pd.Series) -> str | None:
@@ -65,7 +67,8 @@ def cells(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
         raise ValueError(f"no rows for model {model!r}; models present: {sorted(rows['model'].dropna().unique())}")
     df = df.assign(column=df.apply(cell_column, axis=1)).dropna(subset=["column"])
     dtypes = df["dtype"] if "dtype" in df else [None] * len(df)
-    df = df.assign(method=[method_label(p, g, d) for p, g, d in zip(df["pruner"], df["gamma"], dtypes)])
+    recovered = [e.get("recovery") if isinstance(e, dict) else None for e in df["extra"]]
+    df = df.assign(method=[method_label(*x) for x in zip(df["pruner"], df["gamma"], dtypes, recovered)])
     df = latest(df, ["method", "sparsity", "column"])
     known = set(zip(df[df["column"] == KEPT_COLUMN]["method"], df[df["column"] == KEPT_COLUMN]["sparsity"]))
     unknown = sorted({(m, s) for m, s in zip(df["method"], df["sparsity"]) if (m, s) not in known and m != "dense"})
@@ -121,8 +124,8 @@ def long_table(rows: pd.DataFrame, model: str | None = None, against: str = REFE
         reference=lambda x: [reference_of(m, x["method"].unique(), against) for m in x["method"]])
 
 
-def _split_scheme(method: str) -> tuple[str, str | None]:
-    """`nirvana (γ=3.36) [w8a8]` → (`nirvana (γ=3.36)`, `w8a8`); a float model's label has no scheme."""
+def _split_stages(method: str) -> tuple[str, str | None]:
+    """`nirvana (γ=3.36) [w8a8]` → (`nirvana (γ=3.36)`, `w8a8`); a model used as pruned has no stages."""
     if method.endswith("]") and " [" in method:
         base, scheme = method.rsplit(" [", 1)
         return base, scheme[:-1]
@@ -131,24 +134,25 @@ def _split_scheme(method: str) -> tuple[str, str | None]:
 
 def reference_of(method: str, methods, against: str = REFERENCE) -> str | None:
     """The method that `method` is paired with (None: itself the reference, or none present). `against` is a
-    pruner's label (`nirvana`, `flap:kl`: that pruner's model under the same quantization scheme, the first by
-    label if several γ are present) or `float` (a quantized model's unquantized twin)."""
-    base, scheme = _split_scheme(method)
-    if against == FLOAT_REFERENCE:
+    pruner's label (`nirvana`, `flap:kl`: that pruner's model after the same stages — recovery, quantization —,
+    the first by label if several γ are present) or `base` (the same pruned model without those stages)."""
+    base, scheme = _split_stages(method)
+    if against == BASE_REFERENCE:
         return base if scheme is not None and base in set(methods) else None
-    refs = sorted(m for m in methods if _split_scheme(m)[1] == scheme and m.split(" ")[0] == against)
+    refs = sorted(m for m in methods if _split_stages(m)[1] == scheme and m.split(" ")[0] == against)
     return refs[0] if refs and refs[0] != method else None
 
 
 def check_reference(methods, against: str) -> None:
     """Refuse a reference that no row can serve (a typo would otherwise give a table without comparisons)."""
     methods = list(methods)
-    if against == FLOAT_REFERENCE:
-        if not any(_split_scheme(m)[1] for m in methods):
-            raise ValueError("reference float: no quantized models in the rows to pair with their float twins")
+    if against == BASE_REFERENCE:
+        if not any(_split_stages(m)[1] for m in methods):
+            raise ValueError("reference base: no quantized or recovered models in the rows to pair with the "
+                             "models they came from")
     elif not any(m.split(" ")[0] == against for m in methods):
         present = sorted({m.split(" ")[0] for m in methods})
-        raise ValueError(f"reference {against!r}: no such method in the rows; present: {present} (or float)")
+        raise ValueError(f"reference {against!r}: no such method in the rows; present: {present} (or base)")
 
 
 def _with_paired(long: pd.DataFrame, df: pd.DataFrame, against: str = REFERENCE) -> pd.DataFrame:
@@ -284,7 +288,7 @@ def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
 
 
 def reference_name(against: str) -> str:
-    return {REFERENCE: "NIRVANA", FLOAT_REFERENCE: "float"}.get(against, against)
+    return {REFERENCE: "NIRVANA", BASE_REFERENCE: "base"}.get(against, against)
 
 
 def paired_task_table(long: pd.DataFrame) -> pd.DataFrame:
@@ -344,10 +348,10 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = Non
 
 
 def _pairing_phrase(against: str) -> str:
-    if against == FLOAT_REFERENCE:
-        return "each quantized model's unquantized twin"
+    if against == BASE_REFERENCE:
+        return "the same pruned model before quantization or recovery (base)"
     name = reference_name(against)
-    return f"{name} (for a quantized model, {name} quantized the same way)"
+    return f"{name} (for a quantized or recovered model, {name} after the same stages)"
 
 
 def with_paper(ours: pd.DataFrame, paper: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
