@@ -199,3 +199,26 @@ def test_recovered_models_get_their_own_label_and_pair_with_the_model_they_came_
     # recovered FLAP is compared with recovered NIRVANA (the same budget), not with NIRVANA as pruned
     assert vs_nirvana.loc[("flap [lora_offline]", 0.2, "avg"), "reference"] == "nirvana (γ=3.36) [lora_offline]"
     assert vs_nirvana.loc[("flap [lora_offline]", 0.2, "avg"), "delta"] == pytest.approx(-0.05)
+
+
+def test_stage_gains_say_whether_recovery_helped_a_method_more_than_nirvana(tmp_path):
+    """Recovered FLAP gets 20 of 200 arc_easy items right that it missed; recovered NIRVANA changes nothing."""
+    recovered = []
+    for r in fixture_rows():
+        r = {**r, "run_id": r["run_id"] + "r", "extra": {**(r["extra"] or {}), "recovery": "lora"}}
+        if r["pruner"] == "flap" and r["task"] == "arc_easy" and r["metric"] == "acc":
+            items = list(r["extra"]["items"])
+            for i in [i for i, v in enumerate(items) if v == 0][:20]:
+                items[i] = 1.0
+            r["extra"]["items"], r["value"] = items, float(np.mean(items))
+        recovered.append(r)
+    append_rows(tmp_path / "rows.jsonl", fixture_rows() + recovered)
+    gains = tables.stage_gains(read_rows(tmp_path / "rows.jsonl"), seq_len=128).set_index(["method", "sparsity"])
+    assert gains.loc[("flap [lora]", "0.2"), "compared with"] == "flap"
+    assert gains.loc[("flap [lora]", "0.2"), "zero-shot Δ after − before (points)"].startswith("+5.0 [")
+    assert gains.loc[("flap [lora]", "0.2"), "Δ − NIRVANA's Δ (points)"].startswith("+5.0 [")  # NIRVANA gained 0
+    assert gains.loc[("flap [lora]", "0.2"), "Δ − NIRVANA's Δ (points)"].endswith("*")
+    assert gains.loc[("nirvana (γ=3.36) [lora]", "0.2"), "zero-shot Δ after − before (points)"] == "+0.0 [+0.0, +0.0]"
+    assert gains.loc[("flap [lora]", "0.4"), "wiki_passages@128 after ÷ before"] == "1.00× [1.00, 1.00]"
+    assert ("dense", "0") not in gains.index  # nothing was done to it
+    assert tables.stage_gains(pd.DataFrame(fixture_rows()), seq_len=128).empty  # no stages: no table

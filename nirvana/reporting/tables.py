@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..evaluation.zeroshot import AVERAGE_TASK, TASK_METRICS
@@ -175,20 +176,45 @@ def _with_paired(long: pd.DataFrame, df: pd.DataFrame, against: str = REFERENCE)
     return long
 
 
-def _paired(rows, method, ref, s, column) -> stats.Interval | None:
-    mine, theirs = rows[(method, s, column)], rows[(ref, s, column)]
-    if column in TASK_METRICS:
-        a, b = _items(mine), _items(theirs)
-        return stats.paired_difference({column: a}, {column: b}) if a and b and len(a) == len(b) else None
-    if column == AVG_COLUMN:
-        a = {t: _items(rows[(method, s, t)]) for t in TASK_METRICS if (method, s, t) in rows}
-        b = {t: _items(rows[(ref, s, t)]) for t in TASK_METRICS if (ref, s, t) in rows}
-        ok = a and sorted(a) == sorted(b) and all(a[t] and b[t] and len(a[t]) == len(b[t]) for t in a)
-        return stats.paired_difference(a, b) if ok else None
-    if "@" in column:
-        (x, tx), (y, ty) = _windows(mine), _windows(theirs)
-        return stats.perplexity_ratio(x, y, tx) if x and y and len(x) == len(y) and tx == ty else None
+def _evidence(rows, method, s, column):
+    """What a cell is computed from: {task: items} for a task or the mean over tasks, (window NLLs, tokens per
+    window) for a perplexity; None where the rows do not carry it."""
+    if column in TASK_METRICS or column == AVG_COLUMN:
+        tasks = [column] if column in TASK_METRICS else list(TASK_METRICS)
+        items = {t: _items(rows[(method, s, t)]) for t in tasks if (method, s, t) in rows}
+        return items if items and all(items.values()) else None
+    if "@" in column and (method, s, column) in rows:
+        nll, tokens = _windows(rows[(method, s, column)])
+        return (np.asarray(nll, dtype=float), tokens) if nll and tokens else None
     return None
+
+
+def _same_items(a, b) -> bool:
+    if a is None or b is None or isinstance(a, dict) != isinstance(b, dict):
+        return False
+    if isinstance(a, dict):
+        return sorted(a) == sorted(b) and all(len(a[t]) == len(b[t]) for t in a)
+    return len(a[0]) == len(b[0]) and a[1] == b[1]
+
+
+def _compare(a, b) -> stats.Interval | None:
+    """a vs b on the same items: the difference of the mean over tasks, or the perplexity ratio (None: not paired)."""
+    if not _same_items(a, b):
+        return None
+    return stats.paired_difference(a, b) if isinstance(a, dict) else stats.perplexity_ratio(a[0], b[0], a[1])
+
+
+def _minus(a, b):
+    """Item by item a − b, in the evidence's own form: what a stage changed on each item (None: not paired)."""
+    if not _same_items(a, b):
+        return None
+    if isinstance(a, dict):
+        return {t: (np.asarray(a[t], dtype=float) - np.asarray(b[t], dtype=float)).tolist() for t in a}
+    return a[0] - b[0], a[1]
+
+
+def _paired(rows, method, ref, s, column) -> stats.Interval | None:
+    return _compare(_evidence(rows, method, s, column), _evidence(rows, ref, s, column))
 
 
 def _order(keys) -> list:
@@ -287,6 +313,57 @@ def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
     return pd.DataFrame(lines, columns=columns).fillna("")
 
 
+def _points(iv: stats.Interval | None, null: float = 0.0) -> str:
+    if iv is None:
+        return "–"
+    mark = " *" if iv.lo > null or iv.hi < null else ""
+    return f"{100 * iv.value:+.1f} [{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]{mark}"
+
+
+def _ratio(iv: stats.Interval | None) -> str:
+    if iv is None:
+        return "–"
+    mark = " *" if iv.lo > 1 or iv.hi < 1 else ""
+    return f"{iv.value:.2f}× [{iv.lo:.2f}, {iv.hi:.2f}]{mark}"
+
+
+def stage_gains(rows: pd.DataFrame, model: str | None = None, against: str = REFERENCE,
+                seq_len: int = 512) -> pd.DataFrame:
+    """What a stage after pruning (recovery, quantization) did to each model — zero-shot mean after − before
+    (points) and perplexity after ÷ before at `seq_len`, paired on the same items — and whether it did more
+    for that model than for the reference's model given the same stage: the difference of the two gains
+    (perplexity: the ratio of the two ratios), from item-by-item gains resampled together. * the interval
+    excludes no difference. Empty when no model has both a stage and its base in the rows."""
+    df = cells(rows, model)
+    by_cell = {(r["method"], r["sparsity"], r["column"]): r for _, r in df.iterrows()}
+    methods = df["method"].unique()
+    columns = [AVG_COLUMN] + sorted(c for c in df["column"].unique() if c.endswith(f"@{seq_len}"))
+    name, lines = reference_name(against), []
+    for method, s in _order(set(zip(df["method"], df["sparsity"]))):
+        base = reference_of(method, methods, BASE_REFERENCE)
+        if base is None or not any((base, s, c) in by_cell for c in columns):
+            continue
+        ref = reference_of(method, methods, against) if against != BASE_REFERENCE else None
+        ref_base = reference_of(ref, methods, BASE_REFERENCE) if ref else None
+        line = {"method": method, "sparsity": f"{s:g}", "compared with": base}
+        for column in columns:
+            mine, before = _evidence(by_cell, method, s, column), _evidence(by_cell, base, s, column)
+            gain = _compare(mine, before)
+            theirs = _minus(_evidence(by_cell, ref, s, column), _evidence(by_cell, ref_base, s, column)) \
+                if ref and ref_base else None
+            versus = _compare(_minus(mine, before), theirs)
+            if column == AVG_COLUMN:
+                line["zero-shot Δ after − before (points)"] = _points(gain)
+                if against != BASE_REFERENCE:
+                    line[f"Δ − {name}'s Δ (points)"] = _points(versus)
+            else:
+                line[f"{column} after ÷ before"] = _ratio(gain)
+                if against != BASE_REFERENCE:
+                    line[f"{column} ÷ {name}'s ratio"] = _ratio(versus)
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
 def reference_name(against: str) -> str:
     return {REFERENCE: "NIRVANA", BASE_REFERENCE: "base"}.get(against, against)
 
@@ -344,6 +421,10 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = Non
     paths[3].write_text(markdown(paired) if not paired.empty else f"no paired differences (no {against} rows)\n")
     paths.append(out / f"{name}_summary.md")
     paths[4].write_text(markdown(summary_table(long, against=against), numparse=False))
+    gains = stage_gains(rows, model, against)
+    if not gains.empty:  # quantized or recovered models next to the models they came from
+        paths.append(out / f"{name}_gains.md")
+        paths[5].write_text(markdown(gains, numparse=False))
     return paths
 
 
