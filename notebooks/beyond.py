@@ -43,6 +43,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from nirvana.paths import REPO_ROOT
+from nirvana.reporting import tables
 from nirvana.results import read_rows
 
 RESULTS = Path(os.environ.get("NIRVANA_RESULTS", REPO_ROOT / "results"))
@@ -126,9 +127,7 @@ plt.show()
 # sparsity (at a fixed sparsity a lower KL should mean a lower perplexity if the KL is a good selection target).
 
 # %%
-kl = rows[rows["metric"] == "kl/probe"][["run_id", "pruner", "sparsity", "value"]]
-ppl = rows[rows["metric"] == PPL][["run_id", "value"]]
-joined = kl.merge(ppl, on="run_id", suffixes=("_kl", "_ppl"))
+joined = tables.kl_perplexity_pairs(rows, PPL)
 fig, ax = plt.subplots(figsize=(5.2, 3.8))
 for pruner, g in joined.groupby("pruner"):
     ax.scatter(g["value_kl"], g["value_ppl"], label=pruner, s=26)

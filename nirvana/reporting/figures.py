@@ -143,19 +143,11 @@ def gamma_ablation(rows: pd.DataFrame, path: str | Path, metric: str | None = No
 
 
 def kl_vs_perplexity(rows: pd.DataFrame, path: str | Path, ppl_metric: str | None = None) -> Path:
-    """Each pruned run's KL to the dense model against its perplexity, for the runs measured on the most common
-    probe (KLs on different probes do not compare)."""
-    kl = rows[rows["metric"] == "kl/probe"]
-    probe = kl["extra"].map(lambda e: (e.get("probe") or {}).get("sha256") if isinstance(e, dict) else None)
-    if probe.notna().any():
-        kl = kl[probe == probe.mode().iloc[0]]
-    ppl = rows[rows["metric"].astype(str).str.startswith("ppl/")]
-    if ppl_metric is None and not ppl.empty:
-        ppl_metric = sorted(ppl["metric"].unique())[0]
-    joined = kl[["run_id", "value", "calibration_source", "calibration_seed", "calibration_selection"]].merge(
-        ppl[ppl["metric"] == ppl_metric][["run_id", "value"]], on="run_id", suffixes=("_kl", "_ppl"))
+    """Each pruned run's KL to the dense model against its perplexity (`tables.kl_perplexity_pairs`), by calibration."""
+    joined = tables.kl_perplexity_pairs(rows, ppl_metric)
     if joined.empty:
         raise NoData("no runs with both a kl/probe row and a perplexity row")
+    ppl_metric = ppl_metric or sorted(m for m in rows["metric"].unique() if str(m).startswith("ppl/"))[0]
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     for (source, selection), g in joined.groupby(["calibration_source", "calibration_selection"], dropna=False):
         label = "no calibration data" if pd.isna(source) else f"{source} ({selection})"  # magnitude, random

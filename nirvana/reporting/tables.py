@@ -428,6 +428,22 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = Non
     return paths
 
 
+def kl_perplexity_pairs(rows: pd.DataFrame, ppl_metric: str | None = None) -> pd.DataFrame:
+    """One line per pruned run measured on the most common probe (KLs on different probes do not compare): its
+    columns, `value_kl` (kl/probe) and `value_ppl` (`ppl_metric`, default the first perplexity metric)."""
+    kl = rows[rows["metric"] == "kl/probe"]
+    probe = kl["extra"].map(lambda e: (e.get("probe") or {}).get("sha256") if isinstance(e, dict) else None)
+    if probe.notna().any():
+        kl = kl[probe == probe.mode().iloc[0]]
+    ppl = rows[rows["metric"].astype(str).str.startswith("ppl/")]
+    if ppl_metric is None and not ppl.empty:
+        ppl_metric = sorted(ppl["metric"].unique())[0]
+    columns = ["run_id", "value", "pruner", "sparsity", "calibration_source", "calibration_seed",
+               "calibration_selection"]
+    return kl[columns].merge(ppl[ppl["metric"] == ppl_metric][["run_id", "value"]], on="run_id",
+                             suffixes=("_kl", "_ppl"))
+
+
 def _pairing_phrase(against: str) -> str:
     if against == BASE_REFERENCE:
         return "the same pruned model before quantization or recovery (base)"
