@@ -41,6 +41,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import display
 
 from nirvana.paths import REPO_ROOT
 from nirvana.reporting import tables
@@ -142,3 +143,16 @@ plt.show()
 for s, g in joined.groupby("sparsity"):
     rho = g["value_kl"].corr(g["value_ppl"], method="spearman") if len(g) > 2 else float("nan")
     print(f"s={s:g}: {len(g)} runs, Spearman ρ(KL, perplexity) = {rho:.2f}")
+
+# %% [markdown]
+# ## Plan stability across calibration draws
+# Runs that chose among calibration draws record how alike the draws' plans are: the mean pairwise IoU of the
+# kept units (`plan_iou/attention`, `plan_iou/mlp`; 1 = every draw keeps the same units).
+
+# %%
+iou = rows[rows["metric"].astype(str).str.startswith("plan_iou/")]
+if iou.empty:
+    print("no plan_iou rows (none of these runs chose among calibration draws, or they predate the measurement)")
+else:
+    iou = iou.assign(kind=iou["metric"].str.removeprefix("plan_iou/"), draws=iou["n"])
+    display(iou.pivot_table(index=["pruner", "sparsity", "draws"], columns="kind", values="value").round(3))

@@ -89,6 +89,10 @@ def test_one_fixed_probe_across_pruners_and_a_candidates_kl_is_the_runs(tmp_path
     assert probe_a["extra"]["probe"]["span"] == "pydoc[-10:]"
     chosen = next(r for r in a if r["metric"] == "kl/candidate" and r["extra"]["chosen"])
     assert chosen["value"] == probe_a["value"]  # the same plan on the same probe: the same number
+    iou = {r["metric"]: r for r in a if r["metric"].startswith("plan_iou/")}
+    assert set(iou) == {"plan_iou/attention", "plan_iou/mlp"}  # plan stability across the 2 draws
+    assert all(0 < r["value"] <= 1 and r["n"] == 2 and r["extra"]["pairs"] == 1 for r in iou.values())
+    assert not any(r["metric"].startswith("plan_iou/") for r in b)  # one calibration draw: nothing to compare
 
 
 def test_achieved_sparsity_is_recorded_and_matched_mode_reaches_the_request(calib_ids):

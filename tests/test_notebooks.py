@@ -95,6 +95,8 @@ def beyond_rows():
         for x, ppl, kl in ((r, 40 + 50 * s, s), (f, 38 + 60 * s, s + 0.05)):
             rows += [make_row(x, "wiki_passages", PPL, ppl, seq_len=128), make_row(x, "calibration", "kl/probe", kl),
                      make_row(x, "average", "mean_task_metric", 0.5 - s / 4), make_row(x, "pruning", "kept_fraction", 1 - s)]
+            rows += [make_row(x, "calibration", f"plan_iou/{kind}", 0.9 - s, n=3, extra={"min": 0.8 - s, "pairs": 3})
+                     for kind in ("attention", "mlp")]
         for pruner, gamma in (("nirvana", 3.36), ("flap", None)):
             o = run(f"{pruner}{s}", pruner=pruner, sparsity=s, gamma=gamma)
             table2 += [make_row(o, "wiki_passages", PPL, 45 + 70 * s, seq_len=128),

@@ -9,6 +9,7 @@ from nirvana.calibration import (
     draw_windows,
     kl_to_dense,
     load_texts,
+    plan_stability,
     select_by_kl,
 )
 from nirvana.pruning import compute_plan
@@ -84,6 +85,9 @@ def test_choose_calibration_records_candidates_and_keeps_probe_disjoint(selectio
     if selection == "kl":
         assert len(kls) == 3
         assert record["chosen"] == min(record["candidates"], key=lambda c: c["kl"])["label"]
+        st = record["stability"]  # how alike the three draws' plans are
+        assert st["draws"] == 3 and st["pairs"] == 3
+        assert all(0.0 < st[k]["min"] <= st[k]["mean"] <= 1.0 for k in ("attention", "mlp"))
     else:
         chosen = set(record["chosen"])
         assert len(chosen) == 3
@@ -137,3 +141,17 @@ def test_hub_failure_names_offline_alternatives(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(RuntimeError, match="offline, use calibration=lambada_tail"):
         load_texts("wikitext2")
+
+
+def test_plan_stability_is_the_mean_and_min_pairwise_iou_of_kept_units(calib_ids):
+    model = tiny_model("llama")
+    a = compute_plan(model, calib_ids[:4], "nirvana", sparsity=0.4, gamma=1.0)
+    b = compute_plan(model, calib_ids[4:8], "nirvana", sparsity=0.4, gamma=1.0)
+    assert plan_stability([a]) is None
+    same = plan_stability([a, a])
+    assert same["attention"] == same["mlp"] == {"mean": 1.0, "min": 1.0} and same["pairs"] == 1
+    three = plan_stability([a, a, b])
+    iou = a.kept_iou(b)
+    for kind in ("attention", "mlp"):
+        assert three[kind]["mean"] == pytest.approx((1.0 + 2 * iou[kind]) / 3)
+        assert three[kind]["min"] == pytest.approx(iou[kind])

@@ -16,6 +16,7 @@ from .selection import (
     kl_to_dense,
     kls_to_dense,
     per_sample_candidates,
+    plan_stability,
     select_by_kl,
 )
 from .sources import (
@@ -154,7 +155,8 @@ def choose_calibration(
     if selection == "kl":
         best = select_by_kl(model, pool, fixed.ids, plan_for, batch_size, memo=kl_memo)
         record.update(candidates=[c.record() for c in pool], chosen=pool[best].label,
-                      source=pool[best].source, seed=pool[best].seed)
+                      source=pool[best].source, seed=pool[best].seed,
+                      stability=plan_stability([c.plan for c in pool]))
         return CalibrationChoice(pool[best].ids, record, fixed)
     singles = per_sample_candidates(pool)
     if len(singles) < n_samples:
@@ -168,7 +170,7 @@ def choose_calibration(
 
 __all__ = [
     "SELECTIONS", "Candidate", "CalibrationChoice", "KLMemo", "Probe", "build_probe", "choose_calibration", "kl_to_dense",
-    "kls_to_dense", "per_sample_candidates", "select_by_kl", "SOURCES", "HubTexts", "Windows", "build_calibration", "draw_windows",
+    "kls_to_dense", "per_sample_candidates", "plan_stability", "select_by_kl", "SOURCES", "HubTexts", "Windows", "build_calibration", "draw_windows",
     "join_consecutive", "load_id_tensor", "load_texts", "sample_windows", "calibration_pool", "calibration_span",
     "check_source",
     "probe_span", "probe_texts",

@@ -43,6 +43,7 @@ class Candidate:
     ids: torch.Tensor
     texts: list[str] = field(repr=False, default_factory=list)
     kl: float | None = None
+    plan: PruningPlan | None = field(repr=False, default=None)  # the plan this draw induces (set by select_by_kl)
 
     def record(self) -> dict:
         return {"label": self.label, "source": self.source, "seed": self.seed, "kl": self.kl}
@@ -126,9 +127,21 @@ def select_by_kl(
     """Fill each candidate's `kl` and return the index of the lowest (first one on ties)."""
     bar = tqdm(candidates, desc=desc)
     for c in bar:
-        c.kl = kl_to_dense(model, plan_for(c.ids), probe_ids, batch_size, memo)
+        c.plan = plan_for(c.ids)
+        c.kl = kl_to_dense(model, c.plan, probe_ids, batch_size, memo)
         bar.set_postfix(last=c.label, kl=f"{c.kl:.4f}")
     return min(range(len(candidates)), key=lambda i: candidates[i].kl)
+
+
+def plan_stability(plans: list[PruningPlan]) -> dict | None:
+    """How much the decision depends on the calibration draw: the IoU of kept units (PruningPlan.kept_iou) over
+    every pair of the draws' plans, per module kind — mean and min (None: fewer than two plans)."""
+    pairs = [a.kept_iou(b) for i, a in enumerate(plans) for b in plans[i + 1:]]
+    if not pairs:
+        return None
+    out = {kind: {"mean": sum(p[kind] for p in pairs) / len(pairs), "min": min(p[kind] for p in pairs)}
+           for kind in ("attention", "mlp")}
+    return out | {"draws": len(plans), "pairs": len(pairs)}
 
 
 def per_sample_candidates(candidates: list[Candidate]) -> list[Candidate]:

@@ -190,6 +190,10 @@ def pruning_rows(run: dict[str, Any], plan: PruningPlan | None, outcome=None) ->
         rows.append(make_row(run, "calibration", "kl/candidate", cand["kl"],
                              extra={"label": cand["label"], "chosen": cand["label"] in chosen,
                                     "probe": record.get("probe")}))
+    stability = record.get("stability")  # selection=kl: how alike the draws' plans are
+    for kind in ("attention", "mlp") if stability else ():
+        rows.append(make_row(run, "calibration", f"plan_iou/{kind}", stability[kind]["mean"], n=stability["draws"],
+                             extra={"min": stability[kind]["min"], "pairs": stability["pairs"]}))
     gammas = plan.extra.get("gamma_choice")  # gamma=auto: each γ's plan on the chosen calibration
     for cand in (gammas or {}).get("candidates", []):
         rows.append(make_row(run, "calibration", "kl/gamma_candidate", cand["kl"],
