@@ -114,6 +114,9 @@ def check_recipe(recipe: PruneRecipe, config=None) -> None:
     allocator = recipe.options.get("allocator")
     c = recipe.calibration
     choosing_gamma = len(gammas) > 1
+    slack = recipe.options.get("gamma_sparsity_slack")
+    if slack is not None and (isinstance(slack, bool) or not isinstance(slack, int | float) or not 0 <= slack < 1):
+        raise ValueError(f"gamma_sparsity_slack must be null or a number in [0, 1), got {slack!r}")
     if choosing_gamma:
         if recipe.pruner not in SCORERS or allocator not in (None, "global"):
             raise ValueError(f"gamma={recipe.gamma!r} chooses the γ of NIRVANA's global allocation by KL; pruner "
@@ -155,6 +158,17 @@ def check_recipe(recipe: PruneRecipe, config=None) -> None:
         uniform_fractions(layers, recipe.sparsity, gamma, in_range, o.get("ratio", "matched"))
 
 
+def eligible_gammas(plans: list[PruningPlan], sparsity: float, slack: float | None) -> list[int]:
+    """Which γ candidates' plans may win the KL choice: all (slack None), else those removing at least
+    sparsity − slack — a plan that removes less has a lower KL for that reason alone (the keep-one-group guard
+    can leave part of a γ's attention budget unspent). None within the slack: the ones that remove the most."""
+    if slack is None:
+        return list(range(len(plans)))
+    within = [i for i, p in enumerate(plans) if p.achieved_sparsity >= sparsity - slack]
+    most = max(p.achieved_sparsity for p in plans)
+    return within or [i for i, p in enumerate(plans) if p.achieved_sparsity == most]
+
+
 def feasible_gammas(layers, sparsity: float, gammas: list[float]) -> list[float]:
     """The candidates whose global allocation can meet `sparsity` (large γ cannot at high sparsity)."""
     return [g for g in gammas if sparsity < largest_feasible_sparsity(layers, g)]
@@ -169,7 +183,8 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
     γ cost K scoring passes and K·G probe forwards. The plan records every γ's KL (`extra.gamma_choice`)."""
     check_recipe(recipe)
     t0 = time.perf_counter()
-    options = {k: v for k, v in recipe.options.items() if k != "gamma"}
+    options = {k: v for k, v in recipe.options.items() if k not in ("gamma", "gamma_sparsity_slack")}
+    slack = recipe.options.get("gamma_sparsity_slack")
     gammas = gamma_candidates(recipe.gamma if recipe.gamma is not None else 1.0)
     c = dict(recipe.calibration)
     probe_cfg = {k: v for k, v in (c.get("probe") or {}).items() if k in PROBE_KEYS}
@@ -194,12 +209,13 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
             gamma_probe.append(build_probe(source, tokenizer, path=c.get("path"), field=c.get("field", "text"),
                                            **probe_cfg, **hub))
         kls = kls_to_dense(model, plans, gamma_probe[0].ids, batch_size, memo)  # one dense pass shared by every γ
-        best = min(range(len(plans)), key=kls.__getitem__)
+        best = min(eligible_gammas(plans, recipe.sparsity, slack), key=kls.__getitem__)
         for g, kl in zip(gammas, kls, strict=True):
             log.info("γ candidate %g: KL %.5f%s", g, kl, " ← chosen" if g == gammas[best] else "")
         plan = plans[best]
-        plan.extra["gamma_choice"] = {"chosen": gammas[best], "infeasible": skipped,
-                                      "candidates": [{"gamma": g, "kl": kl} for g, kl in zip(gammas, kls, strict=True)]}
+        plan.extra["gamma_choice"] = {"chosen": gammas[best], "infeasible": skipped, "slack": slack,
+                                      "candidates": [{"gamma": g, "kl": kl, "achieved": p.achieved_sparsity}
+                                                     for g, kl, p in zip(gammas, kls, plans, strict=True)]}
         return plan
 
     ids, record, probe = None, {"selection": "none", "source": None, "seed": None}, None

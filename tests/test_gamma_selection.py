@@ -157,3 +157,35 @@ def test_a_plan_rated_once_is_not_rated_again(calib_ids, tokenizer):
     probe_batches = -(-CAL["probe"]["n_samples"] // CAL["probe"]["batch_size"])
     assert n_with == 2 * (1 + 2) * probe_batches
     assert n_without - n_with == (2 * 2 + 3 + 2) * probe_batches
+
+
+def test_a_sparsity_slack_keeps_gammas_that_remove_less_from_winning(tokenizer, calib_ids):
+    from types import SimpleNamespace
+
+    from nirvana.pipeline import eligible_gammas
+
+    plans = [SimpleNamespace(achieved_sparsity=a) for a in (0.38, 0.395, 0.40)]
+    assert eligible_gammas(plans, 0.4, None) == [0, 1, 2]
+    assert eligible_gammas(plans, 0.4, 0.01) == [1, 2] and eligible_gammas(plans, 0.4, 0.0) == [2]
+    assert eligible_gammas(plans[:2], 0.4, 0.0) == [1]  # none within: the one that removes the most
+    model = tiny_model("llama")
+    free = PruneRecipe("nirvana", 0.3, options={"gamma": [0.5, 1.0, 3.36]}, calibration=CAL)
+    held = PruneRecipe("nirvana", 0.3, options={"gamma": [0.5, 1.0, 3.36], "gamma_sparsity_slack": 0.0},
+                       calibration=CAL)
+    choice = prune(model, tokenizer, held, apply=False).plan.extra["gamma_choice"]
+    most = max(c["achieved"] for c in choice["candidates"])
+    winner = next(c for c in choice["candidates"] if c["gamma"] == choice["chosen"])
+    assert choice["slack"] == 0.0 and (winner["achieved"] >= 0.3 or winner["achieved"] == most)
+    free_choice = prune(model, tokenizer, free, apply=False).plan.extra["gamma_choice"]
+    assert [c["kl"] for c in free_choice["candidates"]] == [c["kl"] for c in choice["candidates"]]  # same plans
+    with pytest.raises(ValueError, match="gamma_sparsity_slack"):
+        check_recipe(PruneRecipe("nirvana", 0.3, options={"gamma": "auto", "gamma_sparsity_slack": 2},
+                                 calibration=CAL))
+
+
+def test_the_slack_option_leaves_every_earlier_run_id_unchanged():
+    from omegaconf import OmegaConf
+
+    ids = [run_identity(OmegaConf.to_container(cfg(*TINY, "gamma=auto", *extra), resolve=True))[0]
+           for extra in ([], ["pruner.gamma_sparsity_slack=null"], ["pruner.gamma_sparsity_slack=0.01"])]
+    assert ids[0] == ids[1] != ids[2]

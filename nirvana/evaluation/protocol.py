@@ -28,7 +28,7 @@ from . import zeroshot as zs_mod
 BOOKKEEPING = ("job", "hydra")
 # Pruner options added after results were published: hashed only when set away from this value, so adding one
 # to the configs leaves every earlier run id (and the committed rows that carry it) valid.
-LATER_OPTIONS = {"bias_compensation": False}
+LATER_OPTIONS = {"bias_compensation": False, "gamma_sparsity_slack": None}
 # How the scores are computed, never which (nirvana.schedule): they choose memory and time, so a run's id does not
 # depend on them (nor on the machine's free memory) and a default changed later orphans no published row.
 SCHEDULE_OPTIONS = ("schedule", "memory_budget_gib", "time_tolerance")
