@@ -1,6 +1,7 @@
 """Every analysis notebook executes headless (nbclient) on small fixture rows and plans, with a figure and a
 table; the committed .ipynb files match their percent-format .py sources."""
 
+import math
 import random
 from pathlib import Path
 
@@ -100,8 +101,32 @@ def beyond_rows():
         for pruner, gamma in (("nirvana", 3.36), ("flap", None)):
             o = run(f"{pruner}{s}", pruner=pruner, sparsity=s, gamma=gamma)
             table2 += [make_row(o, "wiki_passages", PPL, 45 + 70 * s, seq_len=128),
-                       make_row(o, "calibration", "kl/probe", s + 0.1)]
+                       make_row(o, "calibration", "kl/probe", s + 0.1), make_row(o, "pruning", "kept_fraction", 1 - s),
+                       *evaluated(o, accuracy=0.5 - s / 4, nll=4.0 + s)]
     return rows, table2
+
+
+def evaluated(r, accuracy, nll, extra=None):
+    """Table 2's zero-shot mean and 512-token perplexity of run `r`, with per-item and per-window evidence."""
+    rng, extra = random.Random(f"{r['run_id']}{accuracy}"), extra or {}
+    items = [float(rng.random() < accuracy) for _ in range(40)]
+    windows = [nll + rng.uniform(-0.3, 0.3) for _ in range(8)]
+    return [make_row(r, "arc_easy", "acc", sum(items) / len(items), limit=40, extra=extra | {"items": items}),
+            make_row(r, "average", "mean_task_metric", sum(items) / len(items), limit=40, extra=extra),
+            make_row(r, "wiki_passages", "ppl/wiki_passages@512", math.exp(sum(windows) / 8), seq_len=512,
+                     extra=extra | {"window_nll": windows, "window_tokens": 511})]
+
+
+def recovery_sweep_rows():
+    """The recovery sweep: NIRVANA and FLAP at 0.4 (their unrecovered rows are beyond_rows' Table 2 rows)."""
+    rows, extra = [], {"recovery": "lora_offline"}
+    for pruner, gamma, gain in (("nirvana", 3.36, 0.1), ("flap", None, 0.05)):
+        r = run(f"{pruner}0.4lora", pruner=pruner, sparsity=0.4, gamma=gamma)
+        rows += [make_row(r, "pruning", "kept_fraction", 0.6, extra=extra),
+                 *evaluated(r, accuracy=0.4 + gain, nll=4.4 - 4 * gain, extra=extra),
+                 make_row(r, "recovery", "train_loss", 3.1, n=6,
+                          extra=extra | {"history": [[i, 4 - i / 6, 1e-4] for i in range(1, 7)], "first_loss": 4.0})]
+    return rows
 
 
 def recovery_rows():
@@ -127,6 +152,7 @@ def fixture_results(tmp_path_factory):
     beyond, table2 = beyond_rows()
     append_rows(results / "rows" / "beyond_tiny.jsonl", beyond)
     append_rows(results / "rows" / "table2_tiny.jsonl", table2)
+    append_rows(results / "rows" / "recovery_tiny.jsonl", recovery_sweep_rows())
     plans = allocation_fixture(root)
     return root, results, plans
 
@@ -160,3 +186,4 @@ def test_every_notebook_executes_on_fixture_rows(fixture_results):
 def test_a_notebook_without_rows_is_skipped_with_its_command(tmp_path):
     [outcome] = nbs.execute_all(str(tmp_path / "empty"), None, None, only=["recovery"], timeout=60)
     assert outcome.status == "skipped" and "python -m experiments.recover" in outcome.message
+    assert "make reproduce-recovery" in outcome.message
