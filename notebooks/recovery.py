@@ -101,7 +101,7 @@ for model in models:
     pairs = [(b, m) for b, m in pairs if b and b != m]
     for ax, column in ((acc_ax, tables.AVG_COLUMN), (ppl_ax, f"wiki_passages@{SEQ_LEN}")):
         cells = long[long["column"] == column].set_index(["method", "sparsity"])
-        for i, (b, m) in enumerate(pairs):
+        for b, m in pairs:
             for s in sorted(set(long.loc[long["method"] == m, "sparsity"])):
                 if (b, s) not in cells.index or (m, s) not in cells.index:
                     continue
