@@ -222,3 +222,20 @@ def test_stage_gains_say_whether_recovery_helped_a_method_more_than_nirvana(tmp_
     assert gains.loc[("flap [lora]", "0.4"), "wiki_passages@128 after ÷ before"] == "1.00× [1.00, 1.00]"
     assert ("dense", "0") not in gains.index  # nothing was done to it
     assert tables.stage_gains(pd.DataFrame(fixture_rows()), seq_len=128).empty  # no stages: no table
+
+
+def test_ratio_panels_label_more_than_one_tick_whatever_the_spread():
+    """8-bit vs float ratios (0.998 … 1.003) on a log axis showed one label, "1"; failed prunes span decades."""
+    import matplotlib.pyplot as plt
+
+    from nirvana.reporting.figures import ratio_axis
+
+    for values, scale in (([0.998, 1.0, 1.003], "linear"), ([0.4, 1.0, 6000.0], "log"), ([0.3, 1.0, 3.0], "log")):
+        fig, ax = plt.subplots()
+        ax.errorbar(values, range(len(values)), fmt="o")
+        ratio_axis(ax, values)
+        fig.canvas.draw()
+        lo, hi = ax.get_xlim()
+        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+        assert ax.get_xscale() == scale and len(labels) >= 2, (values, labels)
+        plt.close(fig)

@@ -84,18 +84,26 @@ def paired_differences(rows: pd.DataFrame, path: str | Path, model: str | None =
                         color="tab:red" if r["significant"] else "tab:grey")
         ax.axvline(null, color="black", lw=0.8)
         if null == 1.0:
-            ax.set_xscale("log")
-            # ratios span a decade or two: plain numbers at 1-2-5 steps, no crowded minor labels
-            lo, hi = ax.get_xlim()
-            steps = (1.0, 2.0, 5.0) if hi / lo < 300 else (1.0,)  # 1-2-5 within two decades, else powers of 10
-            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=steps))
-            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ratio_axis(ax, pd.concat([sub["delta"], sub["delta_lo"], sub["delta_hi"]]).dropna().tolist() + [null])
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, axis="x")
     axes[0][0].set_yticks(list(y_of.values()), [f"{m} @ {s:g}" for m, s in y_of], fontsize=7)
     axes[0][0].set_ylim(-0.6, len(cells) - 0.4)
     return _save(fig, path)
+
+
+def ratio_axis(ax, values: list[float]) -> None:
+    """An x axis for ratios: log at 1-2-5 steps when they span a decade or two, powers of 10 beyond; linear when
+    all lie within a factor 1.5 (8-bit vs float: 0.998 … 1.003), where a log axis would label only "1"."""
+    if max(values) / min(values) < 1.5:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.4g}"))
+        return
+    ax.set_xscale("log")
+    steps = (1.0, 2.0, 5.0) if max(values) / min(values) < 300 else (1.0,)
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=steps))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def forest_cells(long: pd.DataFrame, columns: list[str]) -> list[tuple[str, float]]:
