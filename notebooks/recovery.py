@@ -69,7 +69,7 @@ single = read_rows(ROWS_FILE)
 if sweep.empty and single.empty:
     raise FileNotFoundError(f"no result rows in {RESULTS / 'rows'}/recovery*.jsonl: produce them with `{COMMAND}`")
 table2 = read_all("table2_*.jsonl")
-models = sorted(sweep["model"].unique()) if not sweep.empty else []
+models = sorted(sweep["model"].unique())  # read_rows keeps its columns when nothing was read
 unrecovered = table2[table2["model"].isin(models)]
 print(f"recovery sweep: {sweep['run_id'].nunique()} runs, models {models}; "
       f"single checkpoints: {single['run_id'].nunique()} runs")

@@ -95,12 +95,13 @@ def paired_differences(rows: pd.DataFrame, path: str | Path, model: str | None =
 def ratio_axis(ax, values: list[float]) -> None:
     """An x axis for ratios: log at 1-2-5 steps when they span a decade or two, powers of 10 beyond; linear when
     all lie within a factor 1.5 (8-bit vs float: 0.998 … 1.003), where a log axis would label only "1"."""
-    if max(values) / min(values) < 1.5:
+    spread = max(values) / min(values)
+    if spread < 1.5:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.4g}"))
         return
     ax.set_xscale("log")
-    steps = (1.0, 2.0, 5.0) if max(values) / min(values) < 300 else (1.0,)
+    steps = (1.0, 2.0, 5.0) if spread < 300 else (1.0,)
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=steps))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
