@@ -18,6 +18,8 @@ ARGS     ?=
 # notebooks: where the result rows (and optionally plans) are
 RESULTS  ?= results
 PLANS    ?=
+# sweep-status: a sweep's name (conf/experiment/<name>.yaml)
+EXPERIMENT ?= demo
 # The offline models have no hub: the same sweep on offline text and tasks (Qwen: its own block, conf/experiment)
 TABLE2_EXPERIMENT = $(if $(filter smollm2_135m,$(MODEL)),table2_offline,$(if $(filter qwen2.5_coder_0.5b,$(MODEL)),table2_offline_qwen,table2))
 OFFLINE_TABLE2    = $(filter table2_offline%,$(TABLE2_EXPERIMENT))
@@ -26,7 +28,7 @@ SETUP_STAMP  := $(VENV)/.setup-done
 ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets test test-fast demo reproduce-table2 reproduce-beyond reproduce-quant reproduce-recovery report-demo notebooks bench gpu-check lint clean-assets
+.PHONY: help setup assets test test-fast demo reproduce-table2 reproduce-beyond reproduce-quant reproduce-recovery sweep-status report-demo notebooks bench gpu-check lint clean-assets
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-20s %s\n", $$1, $$2}'
@@ -91,6 +93,13 @@ reproduce-recovery: $(SETUP_STAMP) ## the recovery claim (offline SmolLM2): NIRV
 	$(PY) -m experiments.run -m experiment=recovery_offline hydra/launcher=$(LAUNCHER) $(ARGS)
 	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/recovery_smollm2_135m.jsonl \
 		--out results/tables/recovery --model smollm2_135m --command "make reproduce-recovery" --reference base nirvana
+
+# A run id in the results file means the run finished (rows are written in one batch at its end).
+sweep-status: SHELL := /bin/bash
+sweep-status: $(SETUP_STAMP) ## which runs of a sweep are complete and which a launch would still run, loading no model (EXPERIMENT=beyond | quant_offline | table2_offline | …)
+	@set -o pipefail; $(PY) -m experiments.run -m experiment=$(EXPERIMENT) job.preflight=true $(ARGS) \
+		| sed -n 's/.*preflight ok: run //p' \
+		| awk '!seen[$$1]++ { print; m++; if (/— to run/) n++ } END { printf "%d of %d runs still to run\n", n, m }'
 
 notebooks: $(SETUP_STAMP) ## execute every analysis notebook headless on result rows (RESULTS=dir PLANS='glob') → outputs/notebooks
 	$(PY) -m experiments.notebooks --results $(RESULTS) $(if $(PLANS),--plans '$(PLANS)') --out outputs/notebooks

@@ -24,7 +24,7 @@ from nirvana.checkpoint import save_pruned
 from nirvana.evaluation import protocol
 from nirvana.loggers import make_logger
 from nirvana.models import load_from_config, read_config
-from nirvana.pipeline import PruneRecipe, check_recipe, prune
+from nirvana.pipeline import PruneRecipe, check_recipe, method_name, prune
 from nirvana.quantization import quantize_stage, spec_from_config
 from nirvana.recovery import RecoveryStage
 from nirvana.requirements import check_requirements, is_hub_model
@@ -53,8 +53,11 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = Non
     data = protocol.check_disjoint(c["calibration"] if calibrated else None, c["eval"], c["allow_overlap"],
                                    recovery.training_sets if recovery else None)
     run_id, identity = protocol.run_identity(c)
-    if job["preflight"]:
-        log.info("preflight ok: %s (%s), run id %s", m["name"], m["name_or_path"], run_id)
+    if job["preflight"]:  # with -m: one line per run of the sweep, saying what a real launch would do
+        state = ("complete, would be skipped" if recorded(run_id, job["results_file"]) and not job["force"]
+                 else "to run")
+        log.info("preflight ok: run %s %s (%s) — %s (%s)", run_id, m["name"], run_label(c, recipe, quant, recovery),
+                 state, job["results_file"])
         return []
     done_in = sweep if job["force"] else None  # with force, only what this very sweep finished counts as done
     if (not job["force"] or sweep) and recorded(run_id, job["results_file"], done_in):
@@ -105,6 +108,19 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = Non
                                           "seconds": round(seconds, 1)})
     log.info(protocol.summary_line(run, rows, seconds, job["results_file"]))
     return rows
+
+
+def run_label(c: dict, recipe: PruneRecipe | None, quant, recovery) -> str:
+    """What a run is, in the words of its rows: method, sparsity, γ, and the stages after pruning."""
+    if recipe is None:
+        parts = ["dense"]
+    else:
+        parts = [method_name(recipe.pruner, recipe.variant), f"s={recipe.sparsity:g}"]
+        if recipe.gamma is not None:
+            parts.append(f"γ={recipe.gamma}")
+    parts += [f"recovery={recovery.name}"] if recovery is not None else []
+    parts += [f"quant={quant.label()}"] if quant is not None else []
+    return " ".join(parts)
 
 
 @hydra.main(config_path="../conf", config_name="run", version_base="1.3")

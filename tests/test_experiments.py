@@ -116,6 +116,23 @@ def test_preflight_stops_before_loading_when_gpu_or_hub_is_missing(tmp_path, mon
         run_experiment(cfg("experiment=table2", "job.preflight=true"), tmp_path)
 
 
+def test_preflight_says_what_a_launch_would_do_without_loading_a_model(tmp_path, monkeypatch, caplog):
+    import experiments.run as run_mod
+
+    monkeypatch.setattr(run_mod, "load_from_config", lambda *a, **k: pytest.fail("model loaded"))
+    results = tmp_path / "rows.jsonl"
+    c = cfg(*PPL_ONLY, "pruner=wanda_sp_matched", "sparsity=0.3", f"job.results_file={results}", "job.preflight=true")
+    run_id = run_identity(OmegaConf.to_container(c, resolve=True))[0]
+    with caplog.at_level("INFO", logger="experiments.run"):
+        assert run_experiment(c, tmp_path / "run") == []
+    assert f"run {run_id} tiny_llama (wanda_sp:matched s=0.3" in caplog.text and "— to run" in caplog.text
+    append_rows(results, [{**fixture_rows()[0], "run_id": run_id}])  # the run has finished since
+    caplog.clear()
+    with caplog.at_level("INFO", logger="experiments.run"):
+        run_experiment(c, tmp_path / "run")
+    assert "complete, would be skipped" in caplog.text and "to run" not in caplog.text
+
+
 def test_wandb_logger_runs_offline_without_an_account(tmp_path, monkeypatch):
     from nirvana.loggers import NullLogger, WandbLogger, make_logger
 

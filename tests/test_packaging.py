@@ -1,6 +1,8 @@
 """Set-up files agree with each other: pyproject, environment.yml, Makefile."""
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -39,3 +41,15 @@ def test_makefile_installs_torch_first_from_a_variable():
     text = (ROOT / "Makefile").read_text()
     assert re.search(r"^TORCH_SPEC\s*\?=\s*torch==", text, re.M)
     assert text.index("$(TORCH_SPEC)") < text.index('pip install -e ".[dev]"')
+
+
+def test_make_sweep_status_lists_each_run_once_and_counts_what_is_left(tmp_path):
+    # the recovery sweep: three runs; none is in an empty results file
+    out = subprocess.run(
+        ["make", "-s", "-o", ".venv/.setup-done", "sweep-status", f"PY={sys.executable}",
+         "EXPERIMENT=recovery_offline", f"ARGS=job.results_file={tmp_path / 'rows.jsonl'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "3 of 3 runs still to run"
+    assert [line.split(" (")[1].split()[0] for line in lines[:-1]] == ["nirvana", "flap", "taylor"]
