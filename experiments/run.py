@@ -3,10 +3,9 @@
     python -m experiments.run model=smollm2_135m pruner=nirvana sparsity=0.2 eval=quick
     python -m experiments.run -m experiment=demo        # a sweep defined in conf/experiment/demo.yaml
 
-Resume: the run id hashes what changes the numbers (nirvana.evaluation.protocol.run_identity). A run's rows are
-appended to `job.results_file` in ONE atomic batch at the very end, so an id present there means the run
-finished; a rerun of a sweep skips those (`job.force=true` recomputes) and a killed run leaves nothing partial.
-The run folder holds the resolved config (.hydra/), plan, calibration ids, rows and a summary.
+Resume: the run id hashes what changes the numbers (protocol.run_identity); a run's rows reach `job.results_file`
+in ONE atomic batch at its very end, so a rerun of a sweep skips every id there (`job.force=true` recomputes) and a
+killed run leaves nothing partial. The run folder holds the resolved config (.hydra/), plan, calibration, rows.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from nirvana.checkpoint import save_pruned
 from nirvana.evaluation import protocol
 from nirvana.loggers import make_logger
 from nirvana.models import load_from_config, read_config
-from nirvana.pipeline import PruneRecipe, check_recipe, method_name, prune
+from nirvana.pipeline import PruneRecipe, check_recipe, prune
 from nirvana.quantization import quantize_stage, spec_from_config
 from nirvana.recovery import RecoveryStage
 from nirvana.requirements import check_requirements, is_hub_model
@@ -53,11 +52,9 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = Non
     data = protocol.check_disjoint(c["calibration"] if calibrated else None, c["eval"], c["allow_overlap"],
                                    recovery.training_sets if recovery else None)
     run_id, identity = protocol.run_identity(c)
-    if job["preflight"]:  # with -m: one line per run of the sweep, saying what a real launch would do
-        state = ("complete, would be skipped" if recorded(run_id, job["results_file"]) and not job["force"]
-                 else "to run")
-        log.info("preflight ok: run %s %s (%s) — %s (%s)", run_id, m["name"], run_label(c, recipe, quant, recovery),
-                 state, job["results_file"])
+    if job["preflight"]:  # with -m: one line per run of a sweep, saying what a launch would do with it
+        log.info("preflight ok: run %s %s (%s) — %s", run_id, m["name"], protocol.run_label(recipe, quant, recovery),
+                 "to run" if job["force"] or not recorded(run_id, job["results_file"]) else "complete, would be skipped")
         return []
     done_in = sweep if job["force"] else None  # with force, only what this very sweep finished counts as done
     if (not job["force"] or sweep) and recorded(run_id, job["results_file"], done_in):
@@ -108,19 +105,6 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = Non
                                           "seconds": round(seconds, 1)})
     log.info(protocol.summary_line(run, rows, seconds, job["results_file"]))
     return rows
-
-
-def run_label(c: dict, recipe: PruneRecipe | None, quant, recovery) -> str:
-    """What a run is, in the words of its rows: method, sparsity, γ, and the stages after pruning."""
-    if recipe is None:
-        parts = ["dense"]
-    else:
-        parts = [method_name(recipe.pruner, recipe.variant), f"s={recipe.sparsity:g}"]
-        if recipe.gamma is not None:
-            parts.append(f"γ={recipe.gamma}")
-    parts += [f"recovery={recovery.name}"] if recovery is not None else []
-    parts += [f"quant={quant.label()}"] if quant is not None else []
-    return " ".join(parts)
 
 
 @hydra.main(config_path="../conf", config_name="run", version_base="1.3")

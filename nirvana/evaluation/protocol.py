@@ -284,6 +284,17 @@ def evaluation_rows(e: dict[str, Any], run: dict[str, Any], model, tokenizer, te
     return rows
 
 
+def run_label(recipe, quant=None, recovery=None) -> str:
+    """What a run is, in the words of its rows (`recipe`: a pipeline.PruneRecipe, None for the dense model):
+    method, sparsity, γ, and the stages after pruning."""
+    parts = ["dense"] if recipe is None else [method_name(recipe.pruner, recipe.variant), f"s={recipe.sparsity:g}"]
+    if recipe is not None and recipe.gamma is not None:
+        parts.append(f"γ={recipe.gamma}")
+    parts += [f"recovery={recovery.name}"] if recovery is not None else []
+    parts += [f"quant={quant.label()}"] if quant is not None else []
+    return " ".join(parts)
+
+
 def summary_line(run: dict[str, Any], rows: list[dict], seconds: float, results_file) -> str:
     """The one line every run ends with: its id, model, headline numbers and where the rows went."""
     parts = [f"{r['metric']}={r['value']:.4g}" for r in rows if r["metric"].startswith("ppl/")]
