@@ -7,6 +7,7 @@ o/down), so the pruned model is an ordinary, smaller dense model: no masks, real
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -82,6 +83,21 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
         add_output_biases(adapter, plan.output_bias)
     adapter.record_layer_widths()
     return model
+
+
+def cut_copy(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """A copy of `model` cut to `plan` that shares every tensor the cut leaves alone (embeddings, norms, head, the
+    units' parent modules' other weights): it costs only the kept slices (`cut_copy_bytes`), and `model` stays
+    dense. Its logits are the masked model's (nirvana.masking) up to float summation order, at the pruned cost."""
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return apply_plan(copy.deepcopy(model, memo=shared), plan)  # surgery replaces tensors, never writes into them
+
+
+def cut_copy_bytes(model: nn.Module, plan: PruningPlan) -> int:
+    """Memory `cut_copy(model, plan)` adds: the kept attention/MLP parameters (and compensation biases), at the
+    model's element size — an upper bound (a layer the plan leaves whole is shared, not copied)."""
+    kept = plan.params_after - (plan.params_before - plan.prunable_params)
+    return kept * next(model.parameters()).element_size()
 
 
 def add_output_biases(adapter: ModelAdapter, biases: dict[int, dict[str, torch.Tensor]]) -> None:

@@ -84,7 +84,7 @@ def test_bench_config_composes():
     from nirvana.bench.sections import validate
 
     validate(OmegaConf.to_container(cfg, resolve=True))
-    assert list(cfg.sections) == ["scoring", "statistics", "speed", "quant", "zeroshot", "exactness", "demo"]
+    assert list(cfg.sections) == ["scoring", "statistics", "kl", "speed", "quant", "zeroshot", "exactness", "demo"]
 
 
 def _shrunk(tmp_path, *extra):
@@ -305,3 +305,16 @@ def test_reference_variant_needs_its_dtype():
 
     with pytest.raises(RuntimeError, match="reference_dtype"):
         run_isolated("scoring", model="llama-tiny-shape", variant="reference", batch=2, seq_len=8)
+
+
+def test_kl_bench_times_cut_copies_against_masks_on_the_same_plans(tmp_path):
+    from experiments.bench import run_bench
+
+    run_bench(_shrunk(tmp_path, "sections=[kl]", "kl.model=tiny:llama", "kl.sparsities=[0.4]", "kl.repeats=1",
+                      "kl.probe={n_samples: 4, seq_len: 16, documents: 20}", "kl.calibration={source: pydoc, n_samples: 4, seq_len: 32, seed: 0}",
+                      f"kl.score_cache={tmp_path}/cache"))
+    result = json.loads((tmp_path / "kl.json").read_text())["result"]
+    (row,) = result["summary"]
+    assert row["plans"] == len(result["runs"][0]["gammas"]) > 1 and row["probe_tokens"] == 4 * 16
+    assert row["same_choice"] and row["max_abs_kl_difference"] < 1e-4 and row["speedup"] > 0
+    assert "## KL selection" in (tmp_path / "SUMMARY.md").read_text()

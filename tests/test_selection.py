@@ -155,3 +155,40 @@ def test_plan_stability_is_the_mean_and_min_pairwise_iou_of_kept_units(calib_ids
     for kind in ("attention", "mlp"):
         assert three[kind]["mean"] == pytest.approx((1.0 + 2 * iou[kind]) / 3)
         assert three[kind]["min"] == pytest.approx(iou[kind])
+
+
+@pytest.mark.parametrize("pruner", ["nirvana", "flap"])  # flap: compensation biases on the cut copy too
+def test_cut_copies_give_the_masked_kls_and_leave_the_dense_model_alone(family, pruner, calib_ids):
+    from nirvana.calibration import kls_to_dense
+    from nirvana.surgery import cut_copy
+
+    model = tiny_model(family)
+    before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
+    plans = [compute_plan(model, calib_ids, pruner, sparsity=s, gamma=1.0) for s in (0.2, 0.5)]
+    probe = calib_ids[:6, :16]
+    cut = kls_to_dense(model, plans, probe, batch_size=4, forward="cut")
+    masked = kls_to_dense(model, plans, probe, batch_size=4, forward="masked")
+    assert cut == pytest.approx(masked, rel=1e-4) and cut[0] < cut[1]
+    after = model.state_dict()
+    assert all(after[k].data_ptr() == ptr and torch.equal(after[k], v) for k, (ptr, v) in before.items())
+    copy = cut_copy(model, plans[1])  # shares what it does not cut: the embeddings, not the cut projections
+    shared = {p.data_ptr() for p in model.parameters()}
+    assert copy.get_input_embeddings().weight.data_ptr() in shared
+    assert sum(p.numel() for p in copy.parameters() if p.data_ptr() not in shared) < plans[1].prunable_params
+
+
+def test_plan_forward_cuts_only_when_every_copy_fits(calib_ids, monkeypatch):
+    import nirvana.calibration.selection as sel
+    from nirvana.surgery import cut_copy_bytes
+
+    model = tiny_model("llama")
+    plans = [compute_plan(model, calib_ids, "nirvana", sparsity=s, gamma=1.0) for s in (0.2, 0.5)]
+    need = sum(cut_copy_bytes(model, p) for p in plans)
+    monkeypatch.setattr(sel, "available_bytes", lambda device: int(need / sel.CUT_MEMORY_SHARE))
+    assert sel.plan_forward(model, plans) == "cut"
+    monkeypatch.setattr(sel, "available_bytes", lambda device: int(need / sel.CUT_MEMORY_SHARE) - 1)
+    assert sel.plan_forward(model, plans) == "masked" and sel.plan_forward(model, plans[:1]) == "cut"
+    monkeypatch.setattr(sel, "available_bytes", lambda device: None)  # the system does not say: no copies
+    assert sel.plan_forward(model, plans) == "masked" and sel.plan_forward(model, plans, "cut") == "cut"
+    with pytest.raises(ValueError, match="forward must be one of"):
+        sel.plan_forward(model, plans, "copy")

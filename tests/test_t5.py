@@ -227,6 +227,8 @@ def test_kl_selection_measure_runs_on_t5(ids):
     plan = compute_plan(model, ids[:4], "nirvana", sparsity=0.3)
     kl = kl_to_dense(model, plan, ids[4:], batch_size=2)
     assert 0 < kl < float("inf")
+    assert kl == pytest.approx(kl_to_dense(model, plan, ids[4:], batch_size=2, forward="masked"), rel=1e-4)
+    assert kl == kl_to_dense(model, plan, ids[4:], batch_size=2, forward="cut")  # auto cut: the copy fits
 
 
 # --- checkpoint, generation --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 WORKERS = {
     "scoring": "nirvana.bench.scoring:measure_scoring",
     "statistics": "nirvana.bench.statistics:measure_statistics",
+    "kl": "nirvana.bench.kl:measure_kl",
     "zeroshot": "nirvana.bench.zeroshot:measure_zeroshot",
     "reference": "nirvana.bench.zeroshot:reference_loglikelihoods",
 }

@@ -15,7 +15,7 @@ from ..evaluation.zeroshot import check_tasks
 from .models import check_model_spec
 from .scoring import check_variants
 
-BENCH_SECTIONS = ("scoring", "statistics", "speed", "quant", "zeroshot", "exactness", "demo")
+BENCH_SECTIONS = ("scoring", "statistics", "kl", "speed", "quant", "zeroshot", "exactness", "demo")
 # The targets, recorded with the results so the summary can say which variant meets them.
 SCORING_GOAL = {"peak_ratio": 0.6, "time_ratio": 1.0}
 # The automatic schedule (nirvana.schedule): as shipped, at most this peak and time relative to the naive scorer,
@@ -44,6 +44,13 @@ def validate(cfg: dict) -> None:
             raise ValueError(f"scoring.repeats must be ≥ 1, got {s['repeats']}")
     if "statistics" in cfg["sections"] and int(cfg["statistics"]["repeats"]) < 1:
         raise ValueError(f"statistics.repeats must be ≥ 1, got {cfg['statistics']['repeats']}")
+    if "kl" in cfg["sections"]:
+        k = cfg["kl"]
+        if int(k["repeats"]) < 1:
+            raise ValueError(f"kl.repeats must be ≥ 1, got {k['repeats']}")
+        bad = [s for s in k["sparsities"] if not 0.0 < float(s) < 1.0]
+        if bad:
+            raise ValueError(f"kl.sparsities must lie in (0, 1), got {bad}")
     if "speed" in cfg["sections"] and int(cfg["speed"]["repeats"]) < 1:
         raise ValueError(f"speed.repeats must be ≥ 1, got {cfg['speed']['repeats']}")
     if "quant" in cfg["sections"]:
@@ -77,6 +84,11 @@ def run_section(name: str, cfg: dict) -> tuple[dict, dict]:
             result = run_scoring_bench(models, c["variants"], c["repeats"], c["device"], c["dtype"],
                                        scores_dir=scores_dir, progress=bar)
         return c, result
+    if name == "kl":
+        from .kl import run_kl_bench
+
+        return c, run_kl_bench(c["model"], c["sparsities"], c["repeats"], c["probe"], c["calibration"],
+                               c.get("score_cache"), progress=bar)
     if name == "speed":
         from .speed import run_speed_bench
 

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-SECTIONS = ("scoring", "statistics", "speed", "quant", "zeroshot", "exactness", "demo", "gpu_check")
+SECTIONS = ("scoring", "statistics", "kl", "speed", "quant", "zeroshot", "exactness", "demo", "gpu_check")
 
 
 def utc_now() -> str:
@@ -145,6 +145,20 @@ def statistics_md(doc: dict) -> list[str]:
     return lines + _table(table)
 
 
+def kl_md(doc: dict) -> list[str]:
+    r = doc["result"]
+    lines = ["## KL selection: plans as cut copies vs masks on the dense model", "",
+             f'{r["model"]}: the KL of NIRVANA\'s plans at every γ of the `gamma=auto` grid to the dense model on the '
+             "probe (one `kls_to_dense` call: one dense and one pruned forward per plan and batch), each plan run as "
+             "a physically cut copy or as a mask. Medians of alternating repeats, a fresh process each.", ""]
+    table = [{"sparsity": row["sparsity"], "plans": row["plans"], "probe tokens": row["probe_tokens"],
+              "masked s": f'{row["masked_seconds"]:.1f}', "cut s": f'{row["cut_seconds"]:.1f}',
+              "speed-up": f'**{row["speedup"]:.2f}×**', "max |ΔKL|": f'{row["max_abs_kl_difference"]:.1e}',
+              "same γ chosen": f'yes (γ = {row["chosen_gamma"]:g})' if row["same_choice"] else "**no**"}
+             for row in r["summary"]]
+    return lines + _table(table)
+
+
 def zeroshot_md(doc: dict) -> list[str]:
     r = doc["result"]
     med, rps = r["medians"], r["requests_per_s"]
@@ -218,7 +232,7 @@ def gpu_md(doc: dict) -> list[str]:
     return ["## GPU check", "", "```json", json.dumps(r.get("summary", r), indent=2), "```"]
 
 
-RENDER = {"scoring": scoring_md, "statistics": statistics_md, "speed": speed_md, "quant": quant_md, "zeroshot": zeroshot_md,
+RENDER = {"scoring": scoring_md, "statistics": statistics_md, "kl": kl_md, "speed": speed_md, "quant": quant_md, "zeroshot": zeroshot_md,
           "exactness": exactness_md, "demo": demo_md, "gpu_check": gpu_md}
 
 

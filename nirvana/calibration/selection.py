@@ -5,7 +5,8 @@ whose pruned model stays closest to the dense one. The official code only measur
 the chosen seed per model; here the selection is a procedure:
 
 `kl` (set selection): draw K candidate calibration sets (K seeds of one source, or several sources); for
-each, compute the plan and evaluate it as a MASK on the one dense model in memory (no copy, no reload);
+each, compute the plan and run it on the one dense model in memory (no reload): as a physically cut copy that
+shares every uncut tensor when the copies fit in memory, else as a mask (`plan_forward`);
 score it by the mean per-token KL(P_dense ‖ P_pruned) over the vocabulary (fp32 log-softmax) on a probe
 set (default 128 × 64 tokens, seed 42, as the official measurement) drawn from texts no candidate used;
 keep the candidate with the lowest KL.
@@ -14,7 +15,7 @@ keep the candidate with the lowest KL.
 (scoring on that single window); keep the n_samples windows with the lowest KL as the calibration set.
 This asks "which samples induce good plans", at the cost of one scoring pass per window.
 
-Cost: (#candidates) × (one scoring pass + two probe forwards), one model in memory.
+Cost: (#candidates) × (one scoring pass + a dense and a pruned probe forward), one dense model in memory.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from tqdm.auto import tqdm
 from ..adapters import get_adapter
 from ..masking import masked
 from ..plan import PruningPlan
+from ..surgery import cut_copy, cut_copy_bytes
+from ..sysmem import available_bytes
 
 SELECTIONS = ("none", "kl", "kl_per_sample")
 
@@ -73,31 +76,60 @@ class KLMemo:
         return f"{probe}:{tuple(probe_ids.shape)}:{batch_size}"
 
 
+# Physically cut copies are used for the probe forwards when all of a call's copies fit in this share of the
+# memory still available; the rest is left for the batch's activations and vocabulary-wide log-probabilities.
+CUT_MEMORY_SHARE = 0.5
+PLAN_FORWARDS = ("auto", "cut", "masked")
+
+
+def plan_forward(model: torch.nn.Module, plans: list[PruningPlan], forward: str = "auto") -> str:
+    """How `kls_to_dense` runs the plans: `cut` — one physically cut copy per plan (nirvana.surgery.cut_copy,
+    sharing every tensor it does not cut), each forward at the pruned model's cost (2× faster at s = 0.5 on
+    SmolLM2, `make bench` section kl); `masked` — the dense model with the plan's units zeroed in place (no
+    memory, the dense model's cost). `auto`: cut when every copy fits in CUT_MEMORY_SHARE of the memory
+    available (sysmem), else masked. The two agree up to float summation order."""
+    if forward not in PLAN_FORWARDS:
+        raise ValueError(f"forward must be one of {PLAN_FORWARDS}, got {forward!r}")
+    if forward != "auto":
+        return forward
+    available = available_bytes(next(model.parameters()).device)
+    need = sum(cut_copy_bytes(model, plan) for plan in plans)
+    return "cut" if available is not None and need <= CUT_MEMORY_SHARE * available else "masked"
+
+
 @torch.no_grad()
 def kls_to_dense(model: torch.nn.Module, plans: list[PruningPlan], probe_ids: torch.Tensor,
-                 batch_size: int = 16, memo: KLMemo | None = None) -> list[float]:
+                 batch_size: int = 16, memo: KLMemo | None = None, forward: str = "auto") -> list[float]:
     """`kl_to_dense` of several plans in one pass over the probe: each batch's dense log-probabilities are
     computed once and shared (G plans: G + 1 forwards per batch instead of 2G — what choosing γ among G costs);
-    each plan's number is the one it gets alone, bit for bit (same batches, same order). With a `memo`, plans
-    measured before on this probe are read from it (all of them: no forward at all)."""
+    each plan's number is the one it gets alone, bit for bit (same batches, same order, run the same way). With a
+    `memo`, plans measured before on this probe are read from it (all of them: no forward at all). `forward`:
+    how the plans run (`plan_forward`)."""
     if memo is not None:
         probe = KLMemo.probe_key(probe_ids, batch_size)  # hashed once for all the plans
         keys = [(KLMemo.plan_key(plan), probe) for plan in plans]
         todo = [i for i, k in enumerate(keys) if k not in memo.values]
         if todo:
-            fresh = kls_to_dense(model, [plans[i] for i in todo], probe_ids, batch_size)
+            fresh = kls_to_dense(model, [plans[i] for i in todo], probe_ids, batch_size, forward=forward)
             memo.values.update({keys[i]: kl for i, kl in zip(todo, fresh, strict=True)})
         return [memo.values[k] for k in keys]
     adapter = get_adapter(model)
     device = next(model.parameters()).device
+    cut = [get_adapter(cut_copy(model, p)) for p in plans] if plan_forward(model, plans, forward) == "cut" else None
+
+    def pruned_logits(i: int, batch: torch.Tensor) -> torch.Tensor:
+        if cut is not None:
+            return cut[i].logits(batch)
+        with masked(model, plans[i]):
+            return adapter.logits(batch)
+
     totals, count = [0.0] * len(plans), 0
     for start in range(0, probe_ids.shape[0], batch_size):
         batch = probe_ids[start : start + batch_size].to(device)
         dense = torch.log_softmax(adapter.logits(batch).float(), dim=-1)
         p_dense = dense.exp()
-        for i, plan in enumerate(plans):
-            with masked(model, plan):
-                pruned = torch.log_softmax(adapter.logits(batch).float(), dim=-1)
+        for i in range(len(plans)):
+            pruned = torch.log_softmax(pruned_logits(i, batch).float(), dim=-1)
             kl = (p_dense * (dense - pruned)).sum(dim=-1)
             totals[i] += float(kl.double().sum())
             del pruned
@@ -110,9 +142,9 @@ def kls_to_dense(model: torch.nn.Module, plans: list[PruningPlan], probe_ids: to
 
 
 def kl_to_dense(model: torch.nn.Module, plan: PruningPlan, probe_ids: torch.Tensor, batch_size: int = 16,
-                memo: KLMemo | None = None) -> float:
-    """Mean over probe tokens of KL(P_dense ‖ P_plan), both from the same in-memory model."""
-    return kls_to_dense(model, [plan], probe_ids, batch_size, memo)[0]
+                memo: KLMemo | None = None, forward: str = "auto") -> float:
+    """Mean over probe tokens of KL(P_dense ‖ P_plan); the dense model is left as it was."""
+    return kls_to_dense(model, [plan], probe_ids, batch_size, memo, forward)[0]
 
 
 def select_by_kl(
