@@ -149,11 +149,12 @@ def kl_md(doc: dict) -> list[str]:
     r = doc["result"]
     lines = ["## KL selection: plans as cut copies vs masks on the dense model", "",
              f'{r["model"]}: the KL of NIRVANA\'s plans at every γ of the `gamma=auto` grid to the dense model on the '
-             "probe (one `kls_to_dense` call: one dense and one pruned forward per plan and batch), each plan run as "
-             "a physically cut copy or as a mask. Medians of alternating repeats, a fresh process each.", ""]
+             "probe (one `kls_to_dense` call: a dense forward per batch, a pruned one per plan and batch, the copies' "
+             "building included), each plan run as a physically cut copy or as a mask. Medians of alternating "
+             "repeats, a fresh process each.", ""]
     table = [{"sparsity": row["sparsity"], "plans": row["plans"], "probe tokens": row["probe_tokens"],
               "masked s": f'{row["masked_seconds"]:.1f}', "cut s": f'{row["cut_seconds"]:.1f}',
-              "speed-up": f'**{row["speedup"]:.2f}×**', "max |ΔKL|": f'{row["max_abs_kl_difference"]:.1e}',
+              "speed-up": f'**{row["speedup"]:.2f}×**', "largest KL difference": f'{row["max_abs_kl_difference"]:.1e}',
               "same γ chosen": f'yes (γ = {row["chosen_gamma"]:g})' if row["same_choice"] else "**no**"}
              for row in r["summary"]]
     return lines + _table(table)
