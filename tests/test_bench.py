@@ -311,7 +311,8 @@ def test_kl_bench_times_cut_copies_against_masks_on_the_same_plans(tmp_path):
     from experiments.bench import run_bench
 
     run_bench(_shrunk(tmp_path, "sections=[kl]", "kl.model=tiny:llama", "kl.sparsities=[0.4]", "kl.repeats=1",
-                      "kl.probe={n_samples: 4, seq_len: 16, documents: 20}", "kl.calibration={source: pydoc, n_samples: 4, seq_len: 32, seed: 0}",
+                      "kl.probe={n_samples: 4, seq_len: 16, documents: 20}",
+                      "kl.calibration={source: pydoc, n_samples: 4, seq_len: 32, seed: 0}",
                       f"kl.score_cache={tmp_path}/cache"))
     result = json.loads((tmp_path / "kl.json").read_text())["result"]
     (row,) = result["summary"]

@@ -3,8 +3,9 @@ mask on the dense model (nirvana.calibration.selection.plan_forward).
 
 One measurement, in a fresh process: NIRVANA's plans at every γ of `gamma=auto`'s grid (one cached scoring of the
 calibration batch), then `kls_to_dense` over all of them on the source's fixed probe (`probe`: build_probe's
-window count and length) — what choosing γ for one calibration draw costs. Repeats interleave the two forwards; reported are
-medians, the masked/cut time ratio, the largest KL difference between the two and whether both choose the same γ.
+window count and length) — what choosing γ for one calibration draw costs. Repeats interleave the two forwards;
+reported are medians, the masked/cut time ratio, the largest KL difference between the two and whether both choose
+the same γ.
 """
 
 from __future__ import annotations

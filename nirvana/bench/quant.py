@@ -55,7 +55,7 @@ def run_quant_bench(name_or_path: str, sparsities, gamma: float, schemes, shapes
     from ..models import load_model
     from ..pruning import compute_plan
     from ..quantization import QuantSpec
-    from ..surgery import apply_plan
+    from ..surgery import cut_copy
 
     specs = [QuantSpec(scheme=s) for s in schemes]
     for spec in specs:
@@ -74,7 +74,7 @@ def run_quant_bench(name_or_path: str, sparsities, gamma: float, schemes, shapes
                 floats[sparsity] = dense
             else:
                 plan = compute_plan(dense, ids, "nirvana", sparsity=sparsity, gamma=gamma, score_cache=score_cache)
-                floats[sparsity] = apply_plan(copy.deepcopy(dense), plan)
+                floats[sparsity] = cut_copy(dense, plan)
         rows.append({"sparsity": sparsity,
                      **measure_scheme(floats[sparsity], spec, ids, repeats, shape, file_bytes=True)})
     return {"model": name_or_path, "threads": torch.get_num_threads(), "rows": rows}

@@ -7,7 +7,6 @@ alternately and reports speed-up efficiency = measured speed-up × FLOP ratio (1
 
 from __future__ import annotations
 
-import copy
 import time
 
 import torch
@@ -19,7 +18,7 @@ def run_speed_bench(name_or_path: str, sparsities, gamma: float, shapes: list[di
     from ..evaluation.speed import compare_speed
     from ..models import load_model
     from ..pruning import compute_plan
-    from ..surgery import apply_plan, count_parameters
+    from ..surgery import count_parameters, cut_copy
 
     for s in sparsities:
         if not 0.0 < float(s) < 1.0:
@@ -32,7 +31,7 @@ def run_speed_bench(name_or_path: str, sparsities, gamma: float, shapes: list[di
     for sparsity, shape in (progress(jobs) if progress else jobs):
         if sparsity not in pruned_models:
             plan = compute_plan(dense, ids, "nirvana", sparsity=sparsity, gamma=gamma, score_cache=score_cache)
-            pruned_models[sparsity] = apply_plan(copy.deepcopy(dense), plan)
+            pruned_models[sparsity] = cut_copy(dense, plan)
         pruned = pruned_models[sparsity]
         t0 = time.perf_counter()
         result = compare_speed(pruned, dense, repeats=repeats, **shape)
