@@ -97,9 +97,12 @@ reproduce-recovery: $(SETUP_STAMP) ## the recovery claim (offline SmolLM2): NIRV
 # A run id in the results file means the run finished (rows are written in one batch at its end).
 sweep-status: SHELL := /bin/bash
 sweep-status: $(SETUP_STAMP) ## which runs of a sweep are complete and which a launch would still run, loading no model (EXPERIMENT=beyond | quant_offline | table2_offline | …)
-	@set -o pipefail; $(PY) -m experiments.run -m experiment=$(EXPERIMENT) job.preflight=true $(ARGS) \
-		| sed -n 's/.*preflight ok: run //p' \
-		| awk '!seen[$$1]++ { print; m++; if (/— to run/) n++ } END { printf "%d of %d runs still to run\n", n, m }'
+	@out=$$($(PY) -m experiments.run -m experiment=$(EXPERIMENT) job.preflight=true $(ARGS)); status=$$?; \
+	printf '%s\n' "$$out" | sed -n 's/.*preflight ok: run //p' \
+		| awk -v failed=$$status '!seen[$$1]++ { print; m++; if (/— to run/) n++ } END { \
+			if (failed) printf "the sweep stops at an invalid run after these %d (its error is above)\n", m; \
+			else printf "%d of %d runs still to run\n", n, m }'; \
+	exit $$status
 
 notebooks: $(SETUP_STAMP) ## execute every analysis notebook headless on result rows (RESULTS=dir PLANS='glob') → outputs/notebooks
 	$(PY) -m experiments.notebooks --results $(RESULTS) $(if $(PLANS),--plans '$(PLANS)') --out outputs/notebooks

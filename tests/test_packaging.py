@@ -53,3 +53,14 @@ def test_make_sweep_status_lists_each_run_once_and_counts_what_is_left(tmp_path)
     lines = out.stdout.strip().splitlines()
     assert lines[-1] == "3 of 3 runs still to run"
     assert [line.split(" (")[1].split()[0] for line in lines[:-1]] == ["nirvana", "flap", "taylor"]
+
+
+def test_make_sweep_status_says_where_an_invalid_sweep_stops(tmp_path):
+    # a sparsity no pruner accepts: the first run fails its checks, so nothing is listed and nothing is counted
+    out = subprocess.run(
+        ["make", "-s", "-o", ".venv/.setup-done", "sweep-status", f"PY={sys.executable}",
+         "EXPERIMENT=recovery_offline", f"ARGS=job.results_file={tmp_path / 'rows.jsonl'} sparsity=1.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert out.stdout.strip().splitlines()[-1] == "the sweep stops at an invalid run after these 0 (its error is above)"
+    assert "sparsity" in out.stderr
