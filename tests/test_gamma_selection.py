@@ -152,11 +152,12 @@ def test_a_plan_rated_once_is_not_rated_again(calib_ids, tokenizer):
     assert with_memo.kl_probe == without.kl_probe and with_memo.plan.same_decision(without.plan)
     assert with_memo.plan.extra["gamma_choice"] == without.plan.extra["gamma_choice"]
     # with the memo, full-model forwards on the probe (scoring runs the inner model, not counted here) are each
-    # draw's γ ratings, dense + 2 plans per batch, and nothing else; saved per batch: each draw's re-rating of its
-    # best plan (dense + plan), the final plan_for's γ ratings (dense + 2 plans) and the final KL (dense + plan)
+    # draw's γ ratings, dense + 2 plans per batch, and nothing else; saved per batch: the draws' re-rating of their
+    # best plans (one call: dense + a plan per draw), the final plan_for's γ ratings (dense + 2 plans) and the final
+    # KL (dense + plan)
     probe_batches = -(-CAL["probe"]["n_samples"] // CAL["probe"]["batch_size"])
     assert n_with == 2 * (1 + 2) * probe_batches
-    assert n_without - n_with == (2 * 2 + 3 + 2) * probe_batches
+    assert n_without - n_with == ((1 + 2) + 3 + 2) * probe_batches
 
 
 def test_a_sparsity_slack_keeps_gammas_that_remove_less_from_winning(tokenizer, calib_ids):

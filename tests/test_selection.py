@@ -192,3 +192,19 @@ def test_plan_forward_cuts_only_when_every_copy_fits(calib_ids, monkeypatch):
     assert sel.plan_forward(model, plans) == "masked" and sel.plan_forward(model, plans, "cut") == "cut"
     with pytest.raises(ValueError, match="forward must be one of"):
         sel.plan_forward(model, plans, "copy")
+
+
+def test_selection_shares_the_dense_probe_forward_and_gives_each_candidate_its_own_kl(calib_ids):
+    model = tiny_model("llama")
+    cands = [Candidate(f"c{i}", "x", i, calib_ids[2 * i : 2 * i + 2]) for i in range(3)]
+    probe = calib_ids[:, :16]  # 8 rows: 2 batches of 4
+
+    def plan_for(ids):
+        return compute_plan(model, ids, "nirvana", sparsity=0.4, gamma=1.0)
+
+    alone = [kl_to_dense(model, plan_for(c.ids), probe, batch_size=4) for c in cands]
+    calls = []  # hooks travel into the cut copies: count the calls on the dense model itself
+    model.register_forward_hook(lambda module, args, out: calls.append(module is model))
+    best = select_by_kl(model, cands, probe, plan_for, batch_size=4)
+    assert [c.kl for c in cands] == alone and best == min(range(3), key=alone.__getitem__)
+    assert sum(calls) == 2  # one dense forward per probe batch, not one per candidate and batch

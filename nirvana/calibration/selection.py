@@ -15,7 +15,8 @@ keep the candidate with the lowest KL.
 (scoring on that single window); keep the n_samples windows with the lowest KL as the calibration set.
 This asks "which samples induce good plans", at the cost of one scoring pass per window.
 
-Cost: (#candidates) × (one scoring pass + a dense and a pruned probe forward), one dense model in memory.
+Cost: (#candidates) × (one scoring pass + a pruned probe forward) + one dense probe forward, one dense model in
+memory.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def kls_to_dense(model: torch.nn.Module, plans: list[PruningPlan], probe_ids: to
             return adapter.logits(batch)
 
     totals, count = [0.0] * len(plans), 0
-    for start in range(0, probe_ids.shape[0], batch_size):
+    starts = range(0, probe_ids.shape[0], batch_size)
+    for start in tqdm(starts, desc=f"KL of {len(plans)} plan(s) on the probe", leave=False, disable=len(starts) < 2):
         batch = probe_ids[start : start + batch_size].to(device)
         dense = torch.log_softmax(adapter.logits(batch).float(), dim=-1)
         p_dense = dense.exp()
@@ -156,12 +158,14 @@ def select_by_kl(
     desc: str = "KL selection",
     memo: KLMemo | None = None,
 ) -> int:
-    """Fill each candidate's `kl` and return the index of the lowest (first one on ties)."""
-    bar = tqdm(candidates, desc=desc)
-    for c in bar:
+    """Fill each candidate's `plan` and `kl` and return the index of the lowest KL (first one on ties). Every plan
+    is made first (one scoring pass each), then rated in ONE `kls_to_dense` call, so the probe's dense forward is
+    shared by the K candidates: K + 1 forwards per probe batch instead of 2K, the same KLs."""
+    for c in tqdm(candidates, desc=desc):
         c.plan = plan_for(c.ids)
-        c.kl = kl_to_dense(model, c.plan, probe_ids, batch_size, memo)
-        bar.set_postfix(last=c.label, kl=f"{c.kl:.4f}")
+    kls = kls_to_dense(model, [c.plan for c in candidates], probe_ids, batch_size, memo)
+    for c, kl in zip(candidates, kls, strict=True):
+        c.kl = kl
     return min(range(len(candidates)), key=lambda i: candidates[i].kl)
 
 
