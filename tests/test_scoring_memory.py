@@ -150,3 +150,19 @@ def test_calibration_free_pruners_ignore_the_memory_options_they_inherit(pruner)
     plan = compute_plan(model, None, pruner, sparsity=0.3, gamma=1.0, micro_batch_size=None, checkpointing=False,
                         vocab_chunk=8192)
     assert plan.pruned_neurons > 0 and "vocab_chunk" not in plan.extra
+
+
+def test_the_memory_cap_names_the_current_gpu_when_the_device_has_no_index(monkeypatch):
+    """`--device cuda` (no index): torch 2.11's set_per_process_memory_fraction refuses a device without one."""
+    from types import SimpleNamespace
+
+    from nirvana.bench.memory import GIB, set_memory_cap
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: SimpleNamespace(total_memory=96 * GIB))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, index: calls.append((f, index)))
+    set_memory_cap("cuda", 24.0)
+    set_memory_cap("cuda:1", None)
+    set_memory_cap("cpu", 24.0)  # a no-op
+    assert calls == [(0.25, 3), (1.0, 1)]

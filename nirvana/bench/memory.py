@@ -94,8 +94,9 @@ def set_memory_cap(device: str | torch.device, cap_gib: float | None) -> None:
     """Cap what torch may allocate on a CUDA `device` at `cap_gib` (None: lift the cap); a no-op on CPU."""
     dev = torch.device(device)
     if dev.type == "cuda":
-        total = torch.cuda.get_device_properties(dev).total_memory
-        torch.cuda.set_per_process_memory_fraction(1.0 if cap_gib is None else min(cap_gib * GIB / total, 1.0), dev)
+        index = dev.index if dev.index is not None else torch.cuda.current_device()  # torch 2.11 wants an index
+        total = torch.cuda.get_device_properties(index).total_memory
+        torch.cuda.set_per_process_memory_fraction(1.0 if cap_gib is None else min(cap_gib * GIB / total, 1.0), index)
 
 
 def measure(fn, device: str | torch.device = "cpu"):
