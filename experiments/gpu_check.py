@@ -2,6 +2,7 @@
 
     python -m experiments.gpu_check                     # on a CUDA GPU: 8B shape, bf16, 24 GiB cap (budget: 8 min on an H200)
     python -m experiments.gpu_check --shape llama-tiny-shape --device cpu --dtype float32 --out /tmp/gpu_check.json
+    python -m experiments.gpu_check --only zeroshot --out results/bench/gpu_zeroshot.json   # step 7 alone
 
 The steps and what each checks: nirvana/bench/gpu_check.py. Writes results/bench/gpu_check.json; exits 1 when a
 check fails.
@@ -37,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--speed-repeats", type=int, default=5, help="repeats of every timed comparison")
     p.add_argument("--zeroshot-docs", type=int, default=64, help="documents of the zero-shot mix (11 requests each)")
     p.add_argument("--zeroshot-batch", type=int, default=32, help="batch size of both lm-eval model classes")
+    p.add_argument("--only", choices=["zeroshot"], help="run one step alone (zeroshot: the lm-eval classes)")
     p.add_argument("--out", default="results/bench/gpu_check.json")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -319,3 +319,32 @@ def test_kl_bench_times_cut_copies_against_masks_on_the_same_plans(tmp_path):
     assert row["plans"] == len(result["runs"][0]["gammas"]) > 1 and row["probe_tokens"] == 4 * 16
     assert row["same_choice"] and row["max_abs_kl_difference"] < 1e-4 and row["speedup"] > 0
     assert "## KL selection" in (tmp_path / "SUMMARY.md").read_text()
+
+
+def test_the_zeroshot_step_alone_measures_each_class_against_float32_in_bf16(tmp_path):
+    from experiments.gpu_check import main
+
+    out = tmp_path / "gpu_zeroshot.json"
+    code = main(["--only", "zeroshot", "--shape", "llama-tiny-shape", "--device", "cpu", "--dtype", "bfloat16",
+                 "--speed-repeats", "1", "--zeroshot-docs", "2", "--out", str(out)])
+    zs = json.loads(out.read_text())["result"]["zeroshot"]
+    assert code == 0 and zs["requests"] == 22 and zs["reference"]["dtype"] == "float32"
+    for name in ("hf", "hf-shared-prefix"):
+        gap = zs["reference"][name]
+        assert 0 <= gap["mean_abs"] <= gap["max_abs"] < 10 and 0 <= gap["same_greedy"] <= 1
+
+
+def test_the_float32_reference_gives_the_model_back_exactly_as_it_was():
+    from nirvana.bench.models import random_llama
+    from nirvana.bench.zeroshot import backend_speed
+    from nirvana.tiny import tiny_tokenizer
+
+    model = random_llama("llama-tiny-shape", "cpu", torch.bfloat16)
+    before = {k: (v.dtype, v.clone()) for k, v in model.state_dict().items()}
+    buffers = {n: b.dtype for n, b in model.named_buffers()}
+    r = backend_speed(model, tiny_tokenizer(512), 1, 8, 2048, 1, reference_dtype=torch.float32)
+    after = model.state_dict()
+    assert all(after[k].dtype == d and torch.equal(after[k], v) for k, (d, v) in before.items())
+    assert {n: b.dtype for n, b in model.named_buffers()} == buffers and "reference" in r
+    same = backend_speed(model.float(), tiny_tokenizer(512), 1, 8, 2048, 1, reference_dtype=torch.float32)
+    assert "reference" not in same  # a float32 model is its own reference

@@ -14,7 +14,8 @@ Nothing is downloaded: the weights are random (memory and speed depend on shapes
      decode speed against the unquantized pruned model; a scheme torchao cannot run here is recorded, not fatal;
   7. zero-shot scoring speed on the dense model: lm-eval's `hf` vs our `hf-shared-prefix` on requests shaped
      like the nine-task mix (nirvana.bench.zeroshot.backend_speed), with a tokenizer trained on the standard
-     library's text — the CPU benchmark's measurement, without its assets.
+     library's text — the CPU benchmark's measurement, without its assets — and, in bf16, each one's distance from
+     `hf` on the model cast to float32 (`--only zeroshot` runs this step alone).
 """
 
 from __future__ import annotations
@@ -96,7 +97,34 @@ def quantization_step(pruned: torch.nn.Module, calibration_ids: torch.Tensor, re
     return out
 
 
+def zeroshot_step(dense: torch.nn.Module, args) -> dict:
+    """Step 7: the two lm-eval classes' speed, and (a model not in float32) each one's distance from `hf` on the
+    model cast to float32 — whose rounding a difference between them is."""
+    from ..tiny import tiny_tokenizer
+
+    try:
+        tokenizer = tiny_tokenizer(min(4096, get_adapter(dense).vocab_size()))
+        zeroshot = backend_speed(dense, tokenizer, args.zeroshot_docs, args.zeroshot_batch, 2048, args.speed_repeats,
+                                 reference_dtype=torch.float32)
+    except torch.OutOfMemoryError as e:
+        zeroshot = {"oom": True, "error": str(e).splitlines()[0][:200]}
+    log.info("zero-shot backends: %s", zeroshot)
+    return zeroshot
+
+
+def run_zeroshot_only(args) -> dict:
+    """`--only zeroshot`: step 7 alone, on the dense random model (minutes less than the whole check)."""
+    t_start = time.perf_counter()
+    dtype = resolve_dtype(args.dtype, args.device)
+    zeroshot = zeroshot_step(random_llama(args.shape, args.device, dtype), args)
+    return {"shape": args.shape, "device": args.device, "dtype": str(dtype).replace("torch.", ""),
+            "device_name": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
+            "zeroshot": zeroshot, "checks": {}, "seconds": round(time.perf_counter() - t_start, 1)}
+
+
 def run_check(args) -> dict:
+    if getattr(args, "only", None) == "zeroshot":
+        return run_zeroshot_only(args)
     t_start = time.perf_counter()
     dtype = resolve_dtype(args.dtype, args.device)
     closed_form = shape_budget(args.shape, args.sparsity, args.gamma)
@@ -156,14 +184,7 @@ def run_check(args) -> dict:
             speed.append({**shape, "oom": True, "error": str(e).splitlines()[0][:200]})
         log.info("speed %s", speed[-1])
     quant = quantization_step(model, ids, args.speed_repeats)
-    try:
-        from ..tiny import tiny_tokenizer
-
-        tokenizer = tiny_tokenizer(min(4096, adapter.vocab_size()))
-        zeroshot = backend_speed(dense, tokenizer, args.zeroshot_docs, args.zeroshot_batch, 2048, args.speed_repeats)
-    except torch.OutOfMemoryError as e:
-        zeroshot = {"oom": True, "error": str(e).splitlines()[0][:200]}
-    log.info("zero-shot backends: %s", zeroshot)
+    zeroshot = zeroshot_step(dense, args)
     del dense
     _free(args.device)
 

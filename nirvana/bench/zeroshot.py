@@ -218,10 +218,13 @@ def mixed_requests(n_docs: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def backend_speed(model, tokenizer, n_docs: int, batch_size: int, max_length: int, repeats: int) -> dict:
+def backend_speed(model, tokenizer, n_docs: int, batch_size: int, max_length: int, repeats: int,
+                  reference_dtype=None) -> dict:
     """lm-eval's `hf` vs `hf-shared-prefix` on one in-memory model (any device and dtype): the same requests,
     batch size and context length, repeats alternating; median seconds of `_loglikelihood_tokens` (the part the
-    class decides), requests/s, ratio, and how far their per-request log-likelihoods are apart."""
+    class decides), requests/s, ratio, and how far their per-request log-likelihoods are apart. With a
+    `reference_dtype` other than the model's (a bf16 model, float32): how far each is from `hf` in that dtype
+    (`reference_gaps`), which says whose rounding a difference between the two is."""
     import torch
     from lm_eval.models.huggingface import HFLM
 
@@ -241,7 +244,35 @@ def backend_speed(model, tokenizer, n_docs: int, batch_size: int, max_length: in
             seconds[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(s) for name, s in seconds.items()}
     diffs = [abs(a[0] - b[0]) for a, b in zip(answers["hf"], answers["hf-shared-prefix"], strict=True)]
-    return {"requests": len(requests), "batch_size": batch_size, "repeats": repeats, "median_seconds": med,
-            "requests_per_s": {name: len(requests) / s for name, s in med.items()},
-            "ratio": med["hf"] / med["hf-shared-prefix"], "max_abs_loglikelihood_difference": max(diffs),
-            "same_greedy": all(a[1] == b[1] for a, b in zip(answers["hf"], answers["hf-shared-prefix"]))}
+    out = {"requests": len(requests), "batch_size": batch_size, "repeats": repeats, "median_seconds": med,
+           "requests_per_s": {name: len(requests) / s for name, s in med.items()},
+           "ratio": med["hf"] / med["hf-shared-prefix"], "max_abs_loglikelihood_difference": max(diffs),
+           "same_greedy": all(a[1] == b[1] for a, b in zip(answers["hf"], answers["hf-shared-prefix"]))}
+    if reference_dtype is not None and next(model.parameters()).dtype != reference_dtype:
+        out["reference"] = reference_gaps(model, requests, answers, reference_dtype, common)
+    return out
+
+
+def reference_gaps(model, requests, answers: dict, dtype, hflm_args: dict) -> dict:
+    """Each backend's per-request distance from lm-eval's `hf` on the same model cast to `dtype`: max and mean
+    absolute log-likelihood difference and greedy agreement. The model is cast in place (no second copy in memory)
+    and every tensor is given back its own dtype after, exactly (bf16 → float32 → bf16 loses nothing)."""
+    from itertools import chain
+
+    from lm_eval.models.huggingface import HFLM
+
+    tensors = [t for t in chain(model.parameters(), model.buffers()) if t.is_floating_point()]
+    before = [t.dtype for t in tensors]
+    for t in tensors:
+        t.data = t.data.to(dtype)
+    try:
+        reference = HFLM(**hflm_args)._loglikelihood_tokens(requests, disable_tqdm=True)
+    finally:
+        for t, d in zip(tensors, before, strict=True):
+            t.data = t.data.to(d)
+    gaps = {}
+    for name, got in answers.items():
+        d = [abs(a[0] - r[0]) for a, r in zip(got, reference, strict=True)]
+        gaps[name] = {"max_abs": max(d), "mean_abs": statistics.fmean(d),
+                      "same_greedy": sum(a[1] == r[1] for a, r in zip(got, reference, strict=True)) / len(d)}
+    return {"dtype": str(dtype).replace("torch.", ""), **gaps}
