@@ -176,6 +176,7 @@ def test_item_comparison_finds_flips_and_the_worst_difference():
 def test_gpu_check_runs_on_cpu_with_a_small_shape(tmp_path):
     from experiments.gpu_check import main
     from nirvana.bench.gpu_check import shape_budget
+    from nirvana.bench.summary import write_summary
 
     # docs/method.md §2's worked numbers, from the config alone
     assert shape_budget("llama-8b-shape", 0.5, 3.36) == {"groups": 44, "neurons": 265_197}
@@ -194,6 +195,9 @@ def test_gpu_check_runs_on_cpu_with_a_small_shape(tmp_path):
     assert all("error" not in q and q["size_ratio"] < 1 and q["decode_tok_s"] > 0 for q in quant), quant
     zs = doc["zeroshot"]  # the two lm-eval classes on the same 22 requests, fp32: the same answers
     assert zs["requests"] == 22 and zs["max_abs_loglikelihood_difference"] < 1e-4 and zs["same_greedy"] is True
+    assert "reference" not in zs  # float32 is its own reference
+    summary = write_summary(tmp_path).read_text()
+    assert "## GPU check" in summary and "| int4_wo-g128" in summary and "| ours+checkpointing" in summary
 
 
 def test_gpu_check_refuses_cuda_without_a_gpu():
@@ -323,12 +327,14 @@ def test_kl_bench_times_cut_copies_against_masks_on_the_same_plans(tmp_path):
 
 def test_the_zeroshot_step_alone_measures_each_class_against_float32_in_bf16(tmp_path):
     from experiments.gpu_check import main
+    from nirvana.bench.summary import write_summary
 
     out = tmp_path / "gpu_zeroshot.json"
     code = main(["--only", "zeroshot", "--shape", "llama-tiny-shape", "--device", "cpu", "--dtype", "bfloat16",
                  "--speed-repeats", "1", "--zeroshot-docs", "2", "--out", str(out)])
     zs = json.loads(out.read_text())["result"]["zeroshot"]
     assert code == 0 and zs["requests"] == 22 and zs["reference"]["dtype"] == "float32"
+    assert "| hf-shared-prefix" in write_summary(tmp_path).read_text()
     for name in ("hf", "hf-shared-prefix"):
         gap = zs["reference"][name]
         assert 0 <= gap["mean_abs"] <= gap["max_abs"] < 10 and 0 <= gap["same_greedy"] <= 1

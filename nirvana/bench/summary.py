@@ -7,7 +7,8 @@ import json
 import os
 from pathlib import Path
 
-SECTIONS = ("scoring", "statistics", "kl", "speed", "quant", "zeroshot", "exactness", "demo", "gpu_check")
+SECTIONS = ("scoring", "statistics", "kl", "speed", "quant", "zeroshot", "exactness", "demo", "gpu_check",
+            "gpu_zeroshot")
 
 
 def utc_now() -> str:
@@ -41,8 +42,9 @@ def load_sections(out_dir: Path) -> dict[str, dict]:
 
 def _provenance(doc: dict) -> str:
     p = doc.get("provenance", {})
+    note = f" {p['note']}" if p.get("note") else ""  # added by hand where the recorded commit needs a word
     return (f"_Measured {p.get('finished', '?')} at git {p.get('git', '?')} on {p.get('machine', '?')}; "
-            f"command: `{p.get('command', '?')}`._")
+            f"command: `{p.get('command', '?')}`.{note}_")
 
 
 def _fmt(x, spec=".2f", none="—"):
@@ -228,13 +230,56 @@ def demo_md(doc: dict) -> list[str]:
             f'{r["command"]}.' + (f' Overrides: `{" ".join(r["args"])}`.' if r["args"] else "")]
 
 
+def _zeroshot_gpu_md(z: dict) -> list[str]:
+    if z.get("oom"):
+        return [f"Zero-shot step: out of memory ({z['error']})."]
+    lines = [f"Zero-shot step: lm-eval's `hf` vs `hf-shared-prefix` on {z['requests']} requests shaped like the nine-task "
+             f"mix, batch {z['batch_size']}, median of {z['repeats']}: {z['requests_per_s']['hf']:.0f} vs "
+             f"{z['requests_per_s']['hf-shared-prefix']:.0f} requests/s (**{z['ratio']:.2f}×**); largest per-request "
+             f"log-likelihood difference {z['max_abs_loglikelihood_difference']:.3g}, greedy agreement "
+             f"{'complete' if z['same_greedy'] else 'not complete'}."]
+    ref = z.get("reference")
+    if ref:
+        lines += ["", f"Each class against `hf` on the same model cast to {ref['dtype']}:", ""]
+        lines += _table([{"class": name, "max abs Δ log-likelihood": f"{g['max_abs']:.3g}",
+                          "mean abs Δ": f"{g['mean_abs']:.3g}", "same greedy answer": f"{g['same_greedy']:.1%}"}
+                         for name, g in ref.items() if name != "dtype"])
+    return lines
+
+
 def gpu_md(doc: dict) -> list[str]:
     r = doc["result"]
-    return ["## GPU check", "", "```json", json.dumps(r.get("summary", r), indent=2), "```"]
+    if "scoring" not in r:  # `--only zeroshot`
+        return ["## GPU check, zero-shot step alone", "", f"{r['shape']}, {r['dtype']}, {r['device_name']}.", "",
+                *_zeroshot_gpu_md(r["zeroshot"])]
+    p = r["parameters"]
+    lines = ["## GPU check", "",
+             f"{r['shape']} (random weights), {r['dtype']}, {r['device_name']}; s = {r['sparsity']}, γ = {r['gamma']}, "
+             f"calibration {r['calibration'][0]} × {r['calibration'][1]}. Checks: "
+             + ", ".join(f"{k} **{v}**" for k, v in r["checks"].items()) + ".", "",
+             f"Closed-form budget {r['closed_form']['groups']} groups / {r['closed_form']['neurons']:,} neurons; the "
+             f"plan prunes {p['pruned_groups']} groups / {p['pruned_neurons']:,} neurons (after the guards of "
+             f"docs/method.md §2: ≥ 1 group per layer, MLP widths rounded up to ×8), keeps {p['kept_fraction']:.1%} of "
+             f"{p['dense']:,} parameters; plan identical to the naive full-gradient scorer's: "
+             f"{r['plan_identical_to_naive']}.", ""]
+    lines += _table([{"scorer": s["variant"], "cap (GiB)": _fmt(s["cap_gib"], ".0f"),
+                      "peak (GiB)": "OOM" if s["oom"] else f"{s['peak_gib']:.2f}",
+                      "seconds": "—" if s["oom"] else f"{s['seconds']:.2f}"} for s in r["scoring"]])
+    lines += [""] + _table([{"batch": s["batch_size"], "prefill speed-up": f"{s['prefill_speedup']:.2f}×",
+                             "decode speed-up": f"{s['decode_speedup']:.2f}×",
+                             "FLOP ratio": f"{s['prefill_flop_ratio']:.2f}",
+                             "prefill efficiency": f"{s['prefill_efficiency']:.2f}"}
+                            for s in r["speed"] if not s.get("oom")])
+    lines += [""] + _table([{"scheme (pruned model)": q["scheme"],
+                             "size ratio": "error" if "error" in q else f"{q['size_ratio']:.3f}",
+                             "prefill vs float": "—" if "error" in q else f"{q['prefill_speedup']:.2f}×",
+                             "decode vs float": "—" if "error" in q else f"{q['decode_speedup']:.2f}×",
+                             "per-channel layers": q.get("per_channel_layers", "—")} for q in r["quantization"]])
+    return lines + ["", *_zeroshot_gpu_md(r["zeroshot"])]
 
 
 RENDER = {"scoring": scoring_md, "statistics": statistics_md, "kl": kl_md, "speed": speed_md, "quant": quant_md, "zeroshot": zeroshot_md,
-          "exactness": exactness_md, "demo": demo_md, "gpu_check": gpu_md}
+          "exactness": exactness_md, "demo": demo_md, "gpu_check": gpu_md, "gpu_zeroshot": gpu_md}
 
 
 def write_summary(out_dir: Path) -> Path:
