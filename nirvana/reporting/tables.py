@@ -418,7 +418,8 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = Non
     long.to_csv(paths[1], index=False, float_format="%.6g")
     paths[2].write_text(table2(rows, model).to_latex(float_format=_num))
     paired = paired_task_table(long)
-    paths[3].write_text(markdown(paired) if not paired.empty else f"no paired differences (no {against} rows)\n")
+    paths[3].write_text(markdown(paired) if not paired.empty else
+                        f"no paired differences (no method with per-item results beside {against} at its sparsity)\n")
     paths.append(out / f"{name}_summary.md")
     paths[4].write_text(markdown(summary_table(long, against=against), numparse=False))
     gains = stage_gains(rows, model, against)
