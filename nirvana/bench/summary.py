@@ -42,9 +42,8 @@ def load_sections(out_dir: Path) -> dict[str, dict]:
 
 def _provenance(doc: dict) -> str:
     p = doc.get("provenance", {})
-    note = f" {p['note']}" if p.get("note") else ""  # added by hand where the recorded commit needs a word
     return (f"_Measured {p.get('finished', '?')} at git {p.get('git', '?')} on {p.get('machine', '?')}; "
-            f"command: `{p.get('command', '?')}`.{note}_")
+            f"command: `{p.get('command', '?')}`._")
 
 
 def _fmt(x, spec=".2f", none="—"):
