@@ -243,11 +243,11 @@ def backend_speed(model, tokenizer, n_docs: int, batch_size: int, max_length: in
             sync()
             seconds[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(s) for name, s in seconds.items()}
-    diffs = [abs(a[0] - b[0]) for a, b in zip(answers["hf"], answers["hf-shared-prefix"], strict=True)]
+    apart = answer_gaps(answers["hf-shared-prefix"], answers["hf"])
     out = {"requests": len(requests), "batch_size": batch_size, "repeats": repeats, "median_seconds": med,
            "requests_per_s": {name: len(requests) / s for name, s in med.items()},
-           "ratio": med["hf"] / med["hf-shared-prefix"], "max_abs_loglikelihood_difference": max(diffs),
-           "same_greedy": all(a[1] == b[1] for a, b in zip(answers["hf"], answers["hf-shared-prefix"]))}
+           "ratio": med["hf"] / med["hf-shared-prefix"], "max_abs_loglikelihood_difference": apart["max_abs"],
+           "same_greedy": apart["same_greedy"] == 1.0}
     if reference_dtype is not None and next(model.parameters()).dtype != reference_dtype:
         out["reference"] = reference_gaps(model, requests, answers, reference_dtype, common)
     return out
@@ -270,9 +270,13 @@ def reference_gaps(model, requests, answers: dict, dtype, hflm_args: dict) -> di
     finally:
         for t, d in zip(tensors, before, strict=True):
             t.data = t.data.to(d)
-    gaps = {}
-    for name, got in answers.items():
-        d = [abs(a[0] - r[0]) for a, r in zip(got, reference, strict=True)]
-        gaps[name] = {"max_abs": max(d), "mean_abs": statistics.fmean(d),
-                      "same_greedy": sum(a[1] == r[1] for a, r in zip(got, reference, strict=True)) / len(d)}
-    return {"dtype": str(dtype).replace("torch.", ""), **gaps}
+    return {"dtype": str(dtype).replace("torch.", ""),
+            **{name: answer_gaps(got, reference) for name, got in answers.items()}}
+
+
+def answer_gaps(got: list, reference: list) -> dict:
+    """Per-request distance of (log-likelihood, is-greedy) answers from a reference's: max and mean absolute
+    log-likelihood difference, and the share of requests with the same greedy verdict."""
+    d = [abs(a[0] - r[0]) for a, r in zip(got, reference, strict=True)]
+    same = sum(a[1] == r[1] for a, r in zip(got, reference, strict=True))
+    return {"max_abs": max(d), "mean_abs": statistics.fmean(d), "same_greedy": same / len(d)}
