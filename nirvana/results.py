@@ -13,13 +13,16 @@ Row fields (ROW_FIELDS, in this order):
   run_id, model, checkpoint, pruner, sparsity, gamma,
   calibration_source, calibration_seed, calibration_selection,
   task, suite, metric, value, stderr, seq_len, limit, n,
-  dtype, device, lm_eval_version, torch_version, transformers_version, git_hash, timestamp, extra
+  dtype, device, lm_eval_version, torch_version, transformers_version, git_hash, code_tree, timestamp, extra
 - `metric` names carry their protocol where one number could mean several things: `ppl/wiki_passages@512`,
   `decode_tok_s@bs1,p128,n64`; lm-eval metrics keep lm-eval's names (`acc`, `acc_norm`).
 - `limit` is null for a full-protocol number; otherwise what bounded it (lm-eval's `limit`, or a string such
   as "max_texts=300" for perplexity). Never compare a limited number with a full one unknowingly.
 - `n` is how much was scored: items per task (zero-shot), predicted tokens (perplexity), repeats (speed);
   for the zero-shot mean (task "average", metric "mean_task_metric") the number of tasks averaged.
+- `git_hash` is the commit of the code ("-dirty" when the work tree differed), `code_tree` the git tree id of
+  the code itself, `results/` excluded: a dirty hash whose code tree equals a commit's is that commit's code
+  (`nirvana.provenance.commit_with_code`), e.g. a run on a copy of the repository with stale git metadata.
 - `extra` is a free dict for details that do not deserve a column (wall time, window count, ...).
 
 Crash safety: each `append_rows` call is all or nothing (temp file + atomic rename, under a lock), so a killed
@@ -38,20 +41,19 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_file, iter_jsonl, stale_tmp
-from .paths import REPO_ROOT
+from .provenance import code_tree, git_hash
 
 ROW_FIELDS = (
     "run_id", "model", "checkpoint", "pruner", "sparsity", "gamma",
     "calibration_source", "calibration_seed", "calibration_selection",
     "task", "suite", "metric", "value", "stderr", "seq_len", "limit", "n",
-    "dtype", "device", "lm_eval_version", "torch_version", "transformers_version", "git_hash", "timestamp",
-    "extra",
+    "dtype", "device", "lm_eval_version", "torch_version", "transformers_version", "git_hash", "code_tree",
+    "timestamp", "extra",
 )
 # Describe the evaluated model; the same for every row of a run (see `run_fields`).
 RUN_FIELDS = ROW_FIELDS[1:9] + ("dtype", "device")
@@ -66,7 +68,8 @@ def make_run_id(config: Mapping[str, Any]) -> str:
 
 @functools.lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
-    """Package versions and the code's git hash (`git_hash`), computed once per process."""
+    """Package versions, the code's commit (`git_hash`) and the tree id of its content (`code_tree`, which
+    verifies a "-dirty" commit recorded on a copy with stale git metadata: nirvana.provenance), once per process."""
     from importlib.metadata import PackageNotFoundError, version
 
     def pkg(name: str) -> str:
@@ -80,20 +83,8 @@ def versions() -> dict[str, str]:
         "torch_version": pkg("torch"),
         "transformers_version": pkg("transformers"),
         "git_hash": git_hash(),
+        "code_tree": code_tree(),
     }
-
-
-def git_hash(repo: Path = REPO_ROOT) -> str:
-    """The commit of the code, "-dirty" when the work tree differs from it — untracked files included (new code
-    is code too), the results folder excluded: rows and tables a run writes describe the code, they are not it."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":(exclude)results"], cwd=repo,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head}-dirty" if dirty else head or "unknown"
 
 
 def _clean(x: Any) -> Any:

@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from nirvana.bench.memory import PeakMemory
 from nirvana.bench.scoring import summarize
+from nirvana.paths import REPO_ROOT
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 linux_only = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
@@ -157,6 +158,19 @@ def test_summary_renders_every_section_kind(tmp_path):
     assert "15.0 min" in text and "2.50×" in text and "git abc" in text and "7.00×" in text
     assert "pruned piqa item 7" in text and "**no**" in text and "1 (> 1e-04)" in text
     assert "pruned piqa item 3 choice 1 (30 continuation tokens)" in text and "|ours − float64| 1.0e-05" in text
+
+
+def test_summary_names_the_commit_whose_code_a_dirty_measurement_ran():
+    """A measurement on a copy with stale git metadata records "<old>-dirty" and the code's tree id: the summary
+    names the commit with that code; an unknown tree is left as recorded."""
+    from nirvana.bench.summary import _provenance
+    from nirvana.provenance import _code_trees
+
+    tree, commit = next(iter(_code_trees(str(REPO_ROOT)).items()))
+    doc = {"provenance": {"git": "abc-dirty", "versions": {"code_tree": tree}}}
+    assert f"git abc-dirty (code identical to {commit})" in _provenance(doc)
+    doc["provenance"]["versions"]["code_tree"] = "0" * 40
+    assert "git abc-dirty on" in _provenance(doc)
 
 
 def test_item_comparison_finds_flips_and_the_worst_difference():

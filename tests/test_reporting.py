@@ -70,6 +70,21 @@ def test_table_values_intervals_and_paired_differences(rows):
     assert line["Δavg vs nirvana"].endswith("* †") and line["achieved"] == "0.3500"
 
 
+def test_dirty_rows_whose_code_is_a_commits_are_verified_not_warned_about(tmp_path, caplog):
+    """Rows recorded as "<old>-dirty" on a copy with stale git metadata, whose code tree is a commit's code: the
+    table names that commit and raises no dirty warning; rows without a code tree (older rows) stay dirty."""
+    from nirvana.provenance import _code_trees
+
+    tree, commit = next(iter(_code_trees(str(ROOT)).items()))
+    append_rows(tmp_path / "rows.jsonl", [dict(r, git_hash="abc-dirty", code_tree=tree) for r in fixture_rows()])
+    build_report([str(tmp_path / "rows.jsonl")], tmp_path / "out")
+    md = (tmp_path / "out" / "table2.md").read_text()
+    assert f"abc-dirty (code identical to {commit})" in md and "dirty work tree" not in md + caplog.text
+    rows = read_rows(tmp_path / "rows.jsonl")
+    rows.loc[0, "code_tree"] = None
+    assert tables.provenance(rows)["dirty"] == ["abc-dirty"]
+
+
 def test_a_pruned_model_without_its_plan_is_an_error_not_full_size(tmp_path):
     r = {**RUN, "run_id": "x", "pruner": "flap", "sparsity": 0.2, "gamma": None}
     append_rows(tmp_path / "r.jsonl", [make_row(r, "piqa", "acc", 0.5)])

@@ -113,21 +113,3 @@ def test_a_corrupt_complete_line_is_skipped_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=":2: skipping"):
         assert len(R.read_rows(f)) == 2
 
-
-def test_git_hash_is_dirty_for_code_changes_not_for_results(tmp_path):
-    def git(*args):
-        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
-
-    git("init", "-q")
-    (tmp_path / "code.py").write_text("x = 1\n")
-    (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "rows.jsonl").write_text("{}\n")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    head = R.git_hash(tmp_path)
-    assert len(head) == 40
-    (tmp_path / "results" / "rows.jsonl").write_text("{}\n{}\n")  # a run appending its rows
-    (tmp_path / "results" / "new.md").write_text("table")
-    assert R.git_hash(tmp_path) == head
-    (tmp_path / "new_module.py").write_text("y = 2\n")  # new code is code too
-    assert R.git_hash(tmp_path) == f"{head}-dirty"

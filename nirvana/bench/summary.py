@@ -41,8 +41,14 @@ def load_sections(out_dir: Path) -> dict[str, dict]:
 
 
 def _provenance(doc: dict) -> str:
+    from ..provenance import commit_with_code
+
     p = doc.get("provenance", {})
-    return (f"_Measured {p.get('finished', '?')} at git {p.get('git', '?')} on {p.get('machine', '?')}; "
+    git = p.get("git", "?")
+    verified = commit_with_code((p.get("versions") or {}).get("code_tree")) if git.endswith("-dirty") else None
+    if verified:  # a copy of the repository with stale git metadata: the code is this commit's, bit for bit
+        git += f" (code identical to {verified})"
+    return (f"_Measured {p.get('finished', '?')} at git {git} on {p.get('machine', '?')}; "
             f"command: `{p.get('command', '?')}`._")
 
 

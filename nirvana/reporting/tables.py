@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation.zeroshot import AVERAGE_TASK, TASK_METRICS
+from ..provenance import commit_with_code
 from ..results import latest
 from . import stats
 
@@ -386,11 +387,30 @@ def markdown(df: pd.DataFrame, floatfmt: str = "g", numparse: bool = True) -> st
 
 
 def provenance(rows: pd.DataFrame) -> dict:
-    """What the table's numbers were computed at: commits, versions, item limits; rows from a dirty tree."""
+    """What the table's numbers were computed at: commits, versions, item limits; rows from a dirty tree —
+    except those whose recorded code tree is a commit's code (`verified`: dirty hash → that commit)."""
     hashes = sorted(set(rows["git_hash"].dropna()))
-    return {"commits": hashes, "dirty": [h for h in hashes if h.endswith("-dirty")],
+    verified = verified_commits(rows)
+    return {"commits": hashes, "dirty": [h for h in hashes if h.endswith("-dirty") and h not in verified],
+            "verified": verified,
             "lm_eval": sorted(set(rows["lm_eval_version"].dropna())), "runs": int(rows["run_id"].nunique()),
             "limits": sorted({str(x) for x in rows["limit"].dropna()})}
+
+
+def verified_commits(rows: pd.DataFrame) -> dict[str, str]:
+    """Dirty hash → the commit(s) whose code every one of its rows carries (`code_tree`), for the dirty hashes
+    whose rows all verify; a row without a code tree (written before it was recorded) verifies nothing."""
+    out = {}
+    for dirty, group in rows[rows["git_hash"].fillna("").str.endswith("-dirty")].groupby("git_hash"):
+        commits = {commit_with_code(t) if isinstance(t, str) else None for t in group["code_tree"]}
+        if None not in commits:
+            out[dirty] = ", ".join(sorted(commits))
+    return out
+
+
+def _commit_list(prov: dict) -> str:
+    return ", ".join(f"{h} (code identical to {prov['verified'][h]})" if h in prov["verified"] else h
+                     for h in prov["commits"])
 
 
 def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = None, name: str = "table2",
@@ -408,7 +428,7 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = Non
     if command:
         lines.append(f"Produced by `{command}`.\n")
     lines.append(markdown(display_table(long, against)))
-    lines.append(f"Commits: {', '.join(prov['commits'])}; lm-eval {', '.join(prov['lm_eval'])}; {prov['runs']} runs; "
+    lines.append(f"Commits: {_commit_list(prov)}; lm-eval {', '.join(prov['lm_eval'])}; {prov['runs']} runs; "
                  f"limits: {', '.join(prov['limits']) or 'none'}. Intervals: 95 % seeded bootstrap over items "
                  "(tasks resampled within themselves) or windows; Δ and ÷ are paired with "
                  f"{_pairing_phrase(against)} at the same sparsity on the same items; * the interval excludes 0 (for ÷: 1); † the two remove shares of "
