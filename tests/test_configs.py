@@ -133,3 +133,18 @@ def test_schedule_options_never_change_a_run_id():
     base = run_id()
     assert run_id("pruner.time_tolerance=0.0", "pruner.memory_budget_gib=3", "pruner.schedule=manual") == base
     assert run_id("sparsity=0.45") != base
+
+
+def test_a_later_eval_option_at_its_published_value_keeps_the_run_id():
+    """eval.zeroshot.softmax_dtype came after rows were published: float32 (what those float32 runs computed)
+    hashes as if the key were absent; lm-eval's default (null) is another run."""
+    from nirvana.evaluation.protocol import run_identity
+
+    def run_id(*overrides):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="run", overrides=["pruner=nirvana", *overrides])
+        return run_identity(OmegaConf.to_container(cfg, resolve=True))
+    base, identity = run_id()
+    assert "softmax_dtype" not in identity["eval"]["zeroshot"]
+    assert run_id("~eval.zeroshot.softmax_dtype")[0] == base
+    assert run_id("eval.zeroshot.softmax_dtype=null")[0] != base

@@ -29,6 +29,9 @@ BOOKKEEPING = ("job", "hydra")
 # Pruner options added after results were published: hashed only when set away from this value, so adding one
 # to the configs leaves every earlier run id (and the committed rows that carry it) valid.
 LATER_OPTIONS = {"bias_compensation": False, "gamma_sparsity_slack": None}
+# Evaluation options added after results were published, the same way: (stage, key) → the value that changes no
+# published number (every committed zero-shot row is of a float32 model, where a float32 softmax is lm-eval's own).
+LATER_EVAL_OPTIONS = {("zeroshot", "softmax_dtype"): "float32"}
 # How the scores are computed, never which (nirvana.schedule): they choose memory and time, so a run's id does not
 # depend on them (nor on the machine's free memory) and a default changed later orphans no published row.
 SCHEDULE_OPTIONS = ("schedule", "memory_budget_gib", "time_tolerance")
@@ -51,6 +54,11 @@ def run_identity(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if pruner.get("gamma") == "auto":  # `auto` names a list that lives in code: hash the list itself
             pruner["gamma"] = list(AUTO_GAMMAS)
         identity["pruner"] = pruner
+    if isinstance(identity.get("eval"), dict):
+        identity["eval"] = dict(identity["eval"])
+        for (stage, key), default in LATER_EVAL_OPTIONS.items():
+            if isinstance(identity["eval"].get(stage), dict) and identity["eval"][stage].get(key, default) == default:
+                identity["eval"][stage] = {k: v for k, v in identity["eval"][stage].items() if k != key}
     return make_run_id(identity), identity
 
 
@@ -72,6 +80,7 @@ def validate_eval(e: dict[str, Any], model_path: str | None = None) -> None:
         zs_mod.check_tasks(e["zeroshot"]["tasks"], e["zeroshot"]["suite"])
         if e["zeroshot"].get("lm", zs_mod.LMS[0]) not in zs_mod.LMS:
             raise ValueError(f"eval.zeroshot.lm={e['zeroshot']['lm']!r}: choose one of {zs_mod.LMS}")
+        zs_mod.check_softmax_dtype(e["zeroshot"].get("softmax_dtype", "float32"))
         if e.get("limit") is not None and not e["limit"] > 0:
             raise ValueError(f"eval.limit must be > 0 or null, got {e['limit']}")
     if e.get("speed"):
@@ -246,7 +255,8 @@ def zeroshot_rows(e: dict[str, Any], run, model, tokenizer) -> list[dict]:
     z = e["zeroshot"]
     t0 = time.perf_counter()
     res = zs_mod.evaluate_zeroshot(model, tokenizer, list(z["tasks"]), z["suite"], e.get("limit"), z["batch_size"],
-                                   z["max_length"], z["bootstrap_iters"], lm=z.get("lm", "hf-shared-prefix"))
+                                   z["max_length"], z["bootstrap_iters"], lm=z.get("lm", "hf-shared-prefix"),
+                                   softmax_dtype=z.get("softmax_dtype", "float32"))
     extra = res.extra | {"seconds": round(time.perf_counter() - t0, 2)}
     rows = [make_row(run, s.task, s.metric, s.value, s.stderr, limit=res.limit, n=s.n, suite=res.suite,
                      extra=extra | {"lm_eval_task": s.lm_eval_task, "items": s.items}) for s in res.scores]

@@ -175,13 +175,27 @@ def lm_eval_backend(model) -> str:
 
 
 LMS = ("hf-shared-prefix", "hf")  # lm-eval model classes: ours (nirvana.evaluation.shared_prefix), the stock one
+# The dtype of the log-probabilities lm-eval sums per request (its `softmax_dtype`). lm-eval's default, the model's
+# dtype, rounds each log-probability to bf16 for a bf16 model and `hf` also sums them in bf16: up to 1.7 nats
+# off a float32 reference per request on 20-token continuations (tests/test_zeroshot_precision.py). float32 costs
+# nothing measurable (our class takes the log-softmax at continuation positions only) and is a no-op in float32.
+SOFTMAX_DTYPES = ("float32", "float64", None)
 
 
-def wrap_model(model, tokenizer, batch_size: int = 8, max_length: int | None = None, lm: str = "hf-shared-prefix"):
+def check_softmax_dtype(softmax_dtype) -> None:
+    if softmax_dtype not in SOFTMAX_DTYPES:
+        raise ValueError(f"eval.zeroshot.softmax_dtype={softmax_dtype!r}: choose float32, float64 or null "
+                         "(null: lm-eval's default, the model's own dtype)")
+
+
+def wrap_model(model, tokenizer, batch_size: int = 8, max_length: int | None = None, lm: str = "hf-shared-prefix",
+               softmax_dtype: str | None = "float32"):
     """An lm-eval model object around an in-memory model (`lm`: "hf-shared-prefix" — the same answers as "hf",
-    lm-eval's own HFLM, with shared prefixes packed), after checking that wrapping changed nothing."""
+    lm-eval's own HFLM, with shared prefixes packed; `softmax_dtype`: SOFTMAX_DTYPES), after checking that
+    wrapping changed nothing."""
     if lm not in LMS:
         raise ValueError(f"unknown lm-eval model class {lm!r}; choose one of {LMS}")
+    check_softmax_dtype(softmax_dtype)
     from lm_eval.models.huggingface import HFLM
 
     from .shared_prefix import SharedPrefixLM
@@ -189,7 +203,7 @@ def wrap_model(model, tokenizer, batch_size: int = 8, max_length: int | None = N
     guard = WeightGuard(model)
     cls = SharedPrefixLM if lm == "hf-shared-prefix" else HFLM
     wrapped = cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
-                  backend=lm_eval_backend(model))
+                  backend=lm_eval_backend(model), softmax_dtype=softmax_dtype)
     if guard.changes():
         log.warning("HFLM changed the model while wrapping it (%s); restoring the original weights",
                     "; ".join(guard.changes()))
@@ -234,7 +248,8 @@ def task_manager(suite: str = "local", include_path: str | None = None):
 
 def evaluate_zeroshot(model, tokenizer, tasks=TASKS, suite: str = "local", limit: int | float | None = None,
                       batch_size: int = 8, max_length: int | None = None, bootstrap_iters: int = 100000,
-                      include_path: str | None = None, lm: str = "hf-shared-prefix") -> ZeroShotResult:
+                      include_path: str | None = None, lm: str = "hf-shared-prefix",
+                      softmax_dtype: str | None = "float32") -> ZeroShotResult:
     """Run lm-eval on `tasks` (our names, e.g. "arc_easy") and return the official metric of each.
 
     `limit`: lm-eval's — the first N items of each task (a float < 1: that fraction); None: all.
@@ -242,6 +257,7 @@ def evaluate_zeroshot(model, tokenizer, tasks=TASKS, suite: str = "local", limit
     `bootstrap_iters`: lm-eval's default; it only matters for LAMBADA's perplexity stderr (acc stderrs are
     analytic), so a smaller number saves time without touching reported numbers; 0 drops every stderr.
     `lm`: the lm-eval model class (`wrap_model`); its batch_size counts requests for "hf", packed rows for ours.
+    `softmax_dtype`: the dtype log-probabilities are computed and summed in (SOFTMAX_DTYPES; matters for bf16).
     """
     import lm_eval
 
@@ -250,7 +266,7 @@ def evaluate_zeroshot(model, tokenizer, tasks=TASKS, suite: str = "local", limit
         raise ValueError(f"limit must be > 0 or null, got {limit}")
     names = {t: lm_eval_task_name(t, suite) for t in tasks}
     manager = task_manager(suite, include_path)
-    wrapped, guard = wrap_model(model, tokenizer, batch_size, max_length, lm)
+    wrapped, guard = wrap_model(model, tokenizer, batch_size, max_length, lm, softmax_dtype)
     out = lm_eval.simple_evaluate(model=wrapped, tasks=list(names.values()), task_manager=manager, limit=limit,
                                   log_samples=True, bootstrap_iters=bootstrap_iters)
     guard.check("during lm-eval's evaluation")
@@ -263,5 +279,6 @@ def evaluate_zeroshot(model, tokenizer, tasks=TASKS, suite: str = "local", limit
                                 _number(res.get(f"{metric}_stderr,none")), n,
                                 item_values(out["samples"][name], metric, name)))
     extra = {"task_versions": {t: out.get("versions", {}).get(n) for t, n in names.items()},
-             "batch_size": batch_size, "max_length": max_length, "lm": lm, "backend": getattr(wrapped, "backend", None)}
+             "batch_size": batch_size, "max_length": max_length, "lm": lm, "backend": getattr(wrapped, "backend", None),
+             "softmax_dtype": softmax_dtype}
     return ZeroShotResult(scores, suite, limit, lm_eval.__version__, extra)
