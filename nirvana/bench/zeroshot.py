@@ -224,14 +224,16 @@ def backend_speed(model, tokenizer, n_docs: int, batch_size: int, max_length: in
     batch size and context length, repeats alternating; median seconds of `_loglikelihood_tokens` (the part the
     class decides), requests/s, ratio, and how far their per-request log-likelihoods are apart. With a
     `reference_dtype` other than the model's (a bf16 model, float32): how far each is from `hf` in that dtype
-    (`reference_gaps`), which says whose rounding a difference between the two is."""
+    (`reference_gaps`), which says whose rounding a difference between the two is — with lm-eval's default
+    softmax dtype (the model's, as timed) and with float32 (our protocol's)."""
     import torch
     from lm_eval.models.huggingface import HFLM
 
     from ..evaluation.shared_prefix import SharedPrefixLM
 
     common = dict(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
-    lms = {"hf": HFLM(**common), "hf-shared-prefix": SharedPrefixLM(**common)}
+    classes = {"hf": HFLM, "hf-shared-prefix": SharedPrefixLM}
+    lms = {name: cls(**common) for name, cls in classes.items()}
     requests = [((c, x), *lms["hf"]._encode_pair(c, x)) for c, x in mixed_requests(n_docs)]
     seconds, answers = {name: [] for name in lms}, {}
     sync = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
@@ -249,6 +251,9 @@ def backend_speed(model, tokenizer, n_docs: int, batch_size: int, max_length: in
            "ratio": med["hf"] / med["hf-shared-prefix"], "max_abs_loglikelihood_difference": apart["max_abs"],
            "same_greedy": apart["same_greedy"] == 1.0}
     if reference_dtype is not None and next(model.parameters()).dtype != reference_dtype:
+        for name, cls in classes.items():  # our protocol's setting (eval.zeroshot.softmax_dtype), untimed
+            answers[f"{name}, softmax float32"] = cls(**common, softmax_dtype="float32")._loglikelihood_tokens(
+                requests, disable_tqdm=True)
         out["reference"] = reference_gaps(model, requests, answers, reference_dtype, common)
     return out
 
