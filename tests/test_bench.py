@@ -160,6 +160,7 @@ def test_summary_renders_every_section_kind(tmp_path):
     assert "pruned piqa item 3 choice 1 (30 continuation tokens)" in text and "|ours − float64| 1.0e-05" in text
 
 
+@pytest.mark.skipif(not (REPO_ROOT / ".git").exists(), reason="needs the project's git history")
 def test_summary_names_the_commit_whose_code_a_dirty_measurement_ran():
     """A measurement on a copy with stale git metadata records "<old>-dirty" and the code's tree id: the summary
     names the commit with that code; an unknown tree is left as recorded."""

@@ -5,6 +5,8 @@ import os
 import shutil
 import subprocess
 
+import pytest
+
 from nirvana import provenance as P
 from nirvana.paths import REPO_ROOT
 
@@ -100,6 +102,7 @@ def test_outside_a_repository_nothing_is_claimed(tmp_path):
     assert P._code_trees(str(tmp_path)) == {}
 
 
+@pytest.mark.skipif(not (REPO_ROOT / ".git").exists(), reason="needs the project's git history")
 def test_the_project_names_a_commit_with_its_own_heads_code(tmp_path):
     """On this clone: the history read in one batch names, for HEAD's code, a commit whose code is HEAD's
     (HEAD itself, or a newer one that only added results)."""
