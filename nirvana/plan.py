@@ -99,6 +99,13 @@ class PruningPlan:
             out[kind] = len(a & b) / len(a | b) if a | b else 1.0
         return out
 
+    def widths(self) -> dict[str, list[int]]:
+        """Per layer, the kept and the dense numbers of attention groups and MLP neurons: what an allocation
+        figure draws, small enough for a result row (the plan itself lists every unit)."""
+        return {"kept_groups": [len(lp.kept_groups) for lp in self.layers], "n_groups": [lp.n_groups for lp in self.layers],
+                "kept_neurons": [len(lp.kept_neurons) for lp in self.layers],
+                "n_neurons": [lp.n_neurons for lp in self.layers]}
+
     def summary(self) -> str:
         return (
             f"{self.pruner} s={self.sparsity:g} γ={self.gamma:g} ({self.allocator}): pruned "

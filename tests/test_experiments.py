@@ -44,6 +44,10 @@ def test_every_experiment_composes_and_runs_shrunk(name, tmp_path):
     by_metric = {r["metric"]: r for r in rows}
     assert {r["model"] for r in rows} == {"tiny_llama"} and {r["pruner"] for r in rows} == {c.pruner.name}
     assert 0 < by_metric["kept_fraction"]["value"] <= 1 and "ppl/pydoc@32" in by_metric
+    if c.pruner.name != "dense":  # the per-layer widths the allocation figure draws from rows
+        w = by_metric["kept_fraction"]["extra"]["widths"]
+        assert len(set(map(len, w.values()))) == 1 and all(k <= n for k, n in zip(w["kept_groups"], w["n_groups"]))
+        assert sum(w["kept_neurons"]) < sum(w["n_neurons"]) or sum(w["kept_groups"]) < sum(w["n_groups"])
     assert all(math.isfinite(r["value"]) for r in rows)
     assert {r["run_id"] for r in rows} == {run_identity(OmegaConf.to_container(c, resolve=True))[0]}
 

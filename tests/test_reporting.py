@@ -86,6 +86,21 @@ def test_dirty_rows_whose_code_is_a_commits_are_verified_not_warned_about(tmp_pa
     assert tables.provenance(rows)["dirty"] == ["abc-dirty"]
 
 
+def test_allocation_figures_come_from_the_rows_widths_and_from_plans_for_older_rows(tmp_path, calib_ids):
+    from nirvana.pruning import compute_plan
+    from nirvana.tiny import tiny_model
+
+    plan = compute_plan(tiny_model("llama"), calib_ids, "nirvana", sparsity=0.4, gamma=1.0)
+    rows = [r if r["metric"] != "kept_fraction" or r["run_id"] != "nirvana0.2"
+            else dict(r, extra={"widths": plan.widths(), "plan": plan.summary()}) for r in fixture_rows()]
+    append_rows(tmp_path / "rows.jsonl", rows)
+    plan.save(tmp_path / "plan.json")  # an older run's saved plan (nirvana at 0.4: no widths in its rows)
+    written = build_report([str(tmp_path / "rows.jsonl")], tmp_path / "out", plans=[str(tmp_path / "plan.json")])
+    assert {p.name for p in written if p.name.startswith("allocation")} == {"allocation_nirvana_s0.2.png",
+                                                                             "allocation_nirvana_s0.4.png"}
+    assert plan.widths()["kept_neurons"] == [len(lp.kept_neurons) for lp in plan.layers]
+
+
 def test_a_pruned_model_without_its_plan_is_an_error_not_full_size(tmp_path):
     r = {**RUN, "run_id": "x", "pruner": "flap", "sparsity": 0.2, "gamma": None}
     append_rows(tmp_path / "r.jsonl", [make_row(r, "piqa", "acc", 0.5)])

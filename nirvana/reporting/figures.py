@@ -114,21 +114,45 @@ def forest_cells(long: pd.DataFrame, columns: list[str]) -> list[tuple[str, floa
     return sorted(set(zip(sub["method"], sub["sparsity"])), key=lambda c: (c[1], c[0]))
 
 
-def allocation(plan: PruningPlan, path: str | Path) -> Path:
-    """NIRVANA's adaptive allocation: kept attention groups and MLP width per layer."""
-    idx = [lp.index for lp in plan.layers]
+def allocation(widths: dict[str, list[int]], title: str, path: str | Path) -> Path:
+    """NIRVANA's adaptive allocation: kept attention groups and MLP width per layer (`PruningPlan.widths`)."""
+    idx = list(range(len(widths["kept_groups"])))
     fig, (a, m) = plt.subplots(1, 2, figsize=(10, 3.2))
-    a.bar(idx, [len(lp.kept_groups) for lp in plan.layers], color="tab:blue")
-    a.axhline(plan.layers[0].n_groups, color="grey", ls=":", lw=1)
+    a.bar(idx, widths["kept_groups"], color="tab:blue")
+    a.axhline(max(widths["n_groups"]), color="grey", ls=":", lw=1)
     a.set_title("kept attention groups")
-    m.bar(idx, [len(lp.kept_neurons) for lp in plan.layers], color="tab:orange")
-    m.axhline(plan.layers[0].n_neurons, color="grey", ls=":", lw=1)
+    m.bar(idx, widths["kept_neurons"], color="tab:orange")
+    m.axhline(max(widths["n_neurons"]), color="grey", ls=":", lw=1)
     m.set_title("kept MLP width")
     for ax in (a, m):
         ax.set_xlabel("layer")
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"{plan.model}: {plan.summary()}", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def allocation_name(pruner: str, sparsity: float) -> str:
+    """allocation_<pruner>[_<variant>]_s<sparsity>.png: `pruner` as rows spell it (`wanda_sp:matched`)."""
+    return f"allocation_{pruner.replace(':', '_')}_s{sparsity:g}.png"
+
+
+def allocation_of_plan(plan: PruningPlan) -> tuple[str, dict, str]:
+    """(figure name, widths, title) of a saved plan."""
+    pruner = plan.pruner + (f":{plan.extra['variant']}" if plan.extra.get("variant") else "")
+    return allocation_name(pruner, plan.sparsity), plan.widths(), f"{plan.model}: {plan.summary()}"
+
+
+def allocations_in_rows(rows: pd.DataFrame, model: str | None = None) -> list[tuple[str, dict, str]]:
+    """(figure name, widths, title) for every pruned (pruner, sparsity) whose newest `kept_fraction` row records
+    the per-layer widths (runs since the rows carried them; a quantized or recovered model has its plan's)."""
+    df = rows[(rows["metric"] == "kept_fraction") & (rows["pruner"] != "dense")]
+    if model is not None:
+        df = df[df["model"] == model]
+    df = df[[isinstance(e, dict) and "widths" in e for e in df["extra"]]]
+    out = []
+    for _, r in latest(df, ["model", "pruner", "sparsity"]).iterrows():
+        out.append((allocation_name(r["pruner"], r["sparsity"]), r["extra"]["widths"], f"{r['model']}: {r['extra']['plan']}"))
+    return out
 
 
 def gamma_ablation(rows: pd.DataFrame, path: str | Path, metric: str | None = None) -> Path:

@@ -6,7 +6,7 @@ the rows hold quantized or recovered models, table2_gains.md (what that stage ch
 the reference); the same as table2_vs_<reference>.* for each further reference (`flap:kl`, or `base`: each
 quantized or recovered model vs the pruned model it came from); table2_vs_paper.md when paper numbers exist; and
 figures: metrics_vs_sparsity.png (error bars), paired_differences[_vs_<reference>].png, allocation_<pruner>_s<s>.png
-(from saved plans), gamma_ablation.png and kl_vs_perplexity.png when the rows hold such sweeps.
+(from the widths the rows record, or from saved plans for older rows), gamma_ablation.png and kl_vs_perplexity.png when the rows hold such sweeps.
 """
 
 from __future__ import annotations
@@ -61,14 +61,13 @@ def build_report(rows_files: list[str], out: str | Path, model: str | None = Non
             written.append(optional(rows, out / f"{optional.__name__}.png"))
         except figures.NoData:
             pass  # the rows hold no such sweep
-    drawn = set()
-    for plan_file in plans or []:  # newest first: one figure per (pruner, sparsity), from its newest plan
-        plan = PruningPlan.load(plan_file)
-        name = f"allocation_{plan.pruner}{'_' + plan.extra['variant'] if plan.extra.get('variant') else ''}" \
-               f"_s{plan.sparsity:g}.png"
+    drawn = set()  # one figure per (pruner, sparsity): from the rows, else from the newest saved plan given
+    found = figures.allocations_in_rows(rows, model) + [figures.allocation_of_plan(PruningPlan.load(f))
+                                                         for f in plans or []]
+    for name, widths, title in found:
         if name not in drawn:
             drawn.add(name)
-            written.append(figures.allocation(plan, out / name))
+            written.append(figures.allocation(widths, title, out / name))
     return written
 
 
