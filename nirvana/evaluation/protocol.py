@@ -182,8 +182,8 @@ def placement_columns(model) -> dict[str, str]:
 def pruning_rows(run: dict[str, Any], plan: PruningPlan | None, outcome=None) -> list[dict]:
     """What was removed, from the plan (a dense model: nothing): parameters kept of the whole model (with the
     per-layer widths, `PruningPlan.widths`), and the achieved sparsity of attention + MLP next to the requested
-    one (the `sparsity` column). With the pruning
-    step's outcome (a nirvana.pipeline.PruneOutcome) also its time and calibration KLs."""
+    one (the `sparsity` column). With the pruning step's outcome (a nirvana.pipeline.PruneOutcome) also its time
+    and calibration KLs."""
     if plan is None:
         return [make_row(run, "pruning", "kept_fraction", 1.0), make_row(run, "pruning", "achieved_sparsity", 0.0)]
     rows = [make_row(run, "pruning", "params_after", plan.params_after),
