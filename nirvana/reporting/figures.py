@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..evaluation.zeroshot import AVERAGE_TASK  # noqa: E402
+from ..pipeline import method_name  # noqa: E402
 from ..plan import PruningPlan  # noqa: E402
 from ..results import latest  # noqa: E402
 from . import tables  # noqa: E402
@@ -138,8 +139,8 @@ def allocation_name(pruner: str, sparsity: float) -> str:
 
 def allocation_of_plan(plan: PruningPlan) -> tuple[str, dict, str]:
     """(figure name, widths, title) of a saved plan."""
-    pruner = plan.pruner + (f":{plan.extra['variant']}" if plan.extra.get("variant") else "")
-    return allocation_name(pruner, plan.sparsity), plan.widths(), f"{plan.model}: {plan.summary()}"
+    name = allocation_name(method_name(plan.pruner, plan.extra.get("variant")), plan.sparsity)
+    return name, plan.widths(), f"{plan.model}: {plan.summary()}"
 
 
 def allocations_in_rows(rows: pd.DataFrame, model: str | None = None) -> list[tuple[str, dict, str]]:
