@@ -12,6 +12,7 @@ directory).
     git_hash()                      # "1b0e892…" or "1b0e892…-dirty"
     code_tree()                     # "5de7229…": results/ excluded
     commit_with_code("5de7229…")    # "c3f384c…" or None
+    verified_commit("69b039f…-dirty", ["5de7229…"])   # the same, for a dirty hash and all its results' trees
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def code_tree(repo: Path = REPO_ROOT) -> str | None:
     file git would commit, minus `results/`; the objects this writes go to a temporary directory, with the
     repository's objects readable as alternates, so the repository is left untouched."""
     try:
-        git_dir = Path(_git(repo, "rev-parse", "--absolute-git-dir").decode().strip())
-        objects = Path(_git(repo, "rev-parse", "--git-path", "objects").decode().strip())
+        git_dir, objects = map(Path, _git(repo, "rev-parse", "--absolute-git-dir", "--git-path", "objects")
+                               .decode().splitlines())
         with tempfile.TemporaryDirectory(prefix="nirvana-tree-") as tmp:
             index = Path(tmp) / "index"
             if (git_dir / "index").is_file():
@@ -74,6 +75,21 @@ def commit_with_code(tree: str | None, repo: Path = REPO_ROOT) -> str | None:
     if not tree:
         return None
     return _code_trees(str(repo)).get(tree)
+
+
+def verified_commit(git_hash: str, code_trees, repo: Path = REPO_ROOT) -> str | None:
+    """For a "-dirty" hash: the commit(s) ("a, b") whose code every one of `code_trees` (the trees its results
+    recorded) is; None for a clean hash, or when any tree is missing (recorded before trees were) or no
+    commit's code."""
+    if not str(git_hash).endswith("-dirty"):
+        return None
+    commits = {commit_with_code(t, repo) if isinstance(t, str) else None for t in code_trees}
+    return None if not commits or None in commits else ", ".join(sorted(commits))
+
+
+def describe(git_hash: str, verified: str | None) -> str:
+    """How reports name a recorded commit: `<hash>`, or `<hash>-dirty (code identical to <commit>)`."""
+    return f"{git_hash} (code identical to {verified})" if verified else git_hash
 
 
 @functools.lru_cache(maxsize=4)

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from ..provenance import describe, verified_commit
+
 SECTIONS = ("scoring", "statistics", "kl", "speed", "quant", "zeroshot", "exactness", "demo", "gpu_check",
             "gpu_zeroshot")
 
@@ -41,13 +43,9 @@ def load_sections(out_dir: Path) -> dict[str, dict]:
 
 
 def _provenance(doc: dict) -> str:
-    from ..provenance import commit_with_code
-
     p = doc.get("provenance", {})
-    git = p.get("git", "?")
-    verified = commit_with_code((p.get("versions") or {}).get("code_tree")) if git.endswith("-dirty") else None
-    if verified:  # a copy of the repository with stale git metadata: the code is this commit's, bit for bit
-        git += f" (code identical to {verified})"
+    git = p.get("git", "?")  # a dirty hash whose recorded code is a commit's (stale git metadata) names that commit
+    git = describe(git, verified_commit(git, [(p.get("versions") or {}).get("code_tree")]))
     return (f"_Measured {p.get('finished', '?')} at git {git} on {p.get('machine', '?')}; "
             f"command: `{p.get('command', '?')}`._")
 

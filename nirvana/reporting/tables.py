@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation.zeroshot import AVERAGE_TASK, TASK_METRICS
-from ..provenance import commit_with_code
+from ..provenance import describe, verified_commit
 from ..results import latest
 from . import stats
 
@@ -402,15 +402,13 @@ def verified_commits(rows: pd.DataFrame) -> dict[str, str]:
     whose rows all verify; a row without a code tree (written before it was recorded) verifies nothing."""
     out = {}
     for dirty, group in rows[rows["git_hash"].fillna("").str.endswith("-dirty")].groupby("git_hash"):
-        commits = {commit_with_code(t) if isinstance(t, str) else None for t in group["code_tree"]}
-        if None not in commits:
-            out[dirty] = ", ".join(sorted(commits))
+        if commit := verified_commit(dirty, group["code_tree"]):
+            out[dirty] = commit
     return out
 
 
 def _commit_list(prov: dict) -> str:
-    return ", ".join(f"{h} (code identical to {prov['verified'][h]})" if h in prov["verified"] else h
-                     for h in prov["commits"])
+    return ", ".join(describe(h, prov["verified"].get(h)) for h in prov["commits"])
 
 
 def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = None, name: str = "table2",
