@@ -1,5 +1,6 @@
 """Every Hydra config composes: each primary config with every option of every group in its defaults."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,15 @@ def test_hydra_launchers_compose(launcher):
         cfg = compose(config_name="run", overrides=[f"hydra/launcher={launcher}", "experiment=demo"],
                       return_hydra_config=True)
     assert launcher.split("_")[0] in cfg.hydra.launcher._target_.lower()
+
+
+def test_every_output_folder_time_has_microseconds():
+    # two sweeps started in the same second (a sweep split by overrides, a job array) must not share a folder:
+    # the second would overwrite the first's plans and configs
+    stamps = {p.relative_to(CONF): re.findall(r"\$\{now:([^}]*)\}", p.read_text()) for p in CONF.rglob("*.yaml")}
+    stamps = {path: found for path, found in stamps.items() if found}
+    assert stamps, "no output folder uses ${now:...}: update this test"
+    assert all("%f" in pattern for found in stamps.values() for pattern in found), stamps
 
 
 def test_config_files_open_with_the_command_that_runs_them():
