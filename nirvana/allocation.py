@@ -114,6 +114,14 @@ def gamma_candidates(gamma) -> list[float]:
     return [float(g) for g in values]
 
 
+def grid_edge(asked: list[float], chosen: float) -> str | None:
+    """"largest" or "smallest" when the KL chose an end of a list of at least three γ, where the grid, not the KL,
+    may have stopped the search (at 20 % on SmolLM2 `auto` chose its top value, 5.0); None inside the list."""
+    if len(asked) < 3:  # two values: an end either way, and the list was the user's deliberate choice
+        return None
+    return "largest" if chosen == max(asked) else "smallest" if chosen == min(asked) else None
+
+
 def largest_feasible_sparsity(layers: list[LayerUnits], gamma: float) -> float:
     """The largest sparsity the global allocation can meet at this γ: the MLP's pruned fraction is γ times the
     attention's, and neither can reach 1 (fractions from the closed form's totals; a supremum, not attained)."""

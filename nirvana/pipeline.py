@@ -23,6 +23,7 @@ from .adapters import adapter_class_for, get_adapter
 from .allocation import (
     check_feasible,
     gamma_candidates,
+    grid_edge,
     largest_feasible_sparsity,
     layer_range_mask,
     uniform_fractions,
@@ -185,7 +186,7 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
     t0 = time.perf_counter()
     options = {k: v for k, v in recipe.options.items() if k not in ("gamma", "gamma_sparsity_slack")}
     slack = recipe.options.get("gamma_sparsity_slack")
-    gammas = gamma_candidates(recipe.gamma if recipe.gamma is not None else 1.0)
+    gammas = asked = gamma_candidates(recipe.gamma if recipe.gamma is not None else 1.0)
     c = dict(recipe.calibration)
     probe_cfg = {k: v for k, v in (c.get("probe") or {}).items() if k in PROBE_KEYS}
     hub = {k: c[k] for k in ("hf_name", "hf_config", "split") if k in c}
@@ -213,7 +214,11 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
         for g, kl in zip(gammas, kls, strict=True):
             log.info("γ candidate %g: KL %.5f%s", g, kl, " ← chosen" if g == gammas[best] else "")
         plan = plans[best]
-        plan.extra["gamma_choice"] = {"chosen": gammas[best], "infeasible": skipped, "slack": slack,
+        edge = grid_edge(asked, gammas[best])
+        if edge:
+            log.warning("γ %g is the %s value asked for: the KL may fall further beyond it; a wider list "
+                        "(gamma=[...]) would tell", gammas[best], edge)
+        plan.extra["gamma_choice"] = {"chosen": gammas[best], "edge": edge, "infeasible": skipped, "slack": slack,
                                       "candidates": [{"gamma": g, "kl": kl, "achieved": p.achieved_sparsity}
                                                      for g, kl, p in zip(gammas, kls, plans, strict=True)]}
         return plan

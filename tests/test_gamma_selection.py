@@ -7,7 +7,7 @@ import pytest
 from test_evidence import TINY, cfg
 
 from experiments.run import run_experiment
-from nirvana.allocation import AUTO_GAMMAS, gamma_candidates
+from nirvana.allocation import AUTO_GAMMAS, gamma_candidates, grid_edge
 from nirvana.calibration import build_probe, kl_to_dense
 from nirvana.evaluation.protocol import run_identity
 from nirvana.pipeline import PruneRecipe, check_recipe, prune
@@ -55,6 +55,19 @@ def test_auto_picks_the_lowest_kl_and_records_every_candidate(tokenizer):
     plan_1 = compute_plan(model, ids, "nirvana", sparsity=0.3, gamma=1.0)
     assert kl_to_dense(model, plan_1, probe.ids, 4) == pytest.approx(kls[1.0], rel=1e-9)
     assert recipe.row_columns(outcome)["gamma"] == choice["chosen"]
+
+
+@pytest.mark.parametrize("kls,edge", [([3.0, 2.0, 1.0], "largest"), ([1.0, 2.0, 3.0], "smallest"),
+                                      ([2.0, 1.0, 3.0], None)])
+def test_a_choice_at_an_end_of_the_list_is_flagged(tokenizer, monkeypatch, caplog, kls, edge):
+    import nirvana.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "kls_to_dense", lambda model, plans, *args: list(kls))
+    recipe = PruneRecipe("nirvana", 0.3, options={"gamma": [0.5, 1.0, 3.36]}, calibration=CAL)
+    with caplog.at_level("WARNING", logger="nirvana.pipeline"):
+        choice = prune(tiny_model("llama"), tokenizer, recipe, apply=False).plan.extra["gamma_choice"]
+    assert choice["edge"] == edge and ("may fall further" in caplog.text) == (edge is not None)
+    assert grid_edge([1.0, 2.0], 2.0) is None  # a two-value list is the user's own comparison, not a search
 
 
 def test_infeasible_gammas_are_skipped_and_recorded(tokenizer):
