@@ -70,6 +70,20 @@ def test_table_values_intervals_and_paired_differences(rows):
     assert line["Δavg vs nirvana"].endswith("* †") and line["achieved"] == "0.3500"
 
 
+def test_verdicts_read_the_paired_intervals_with_the_summarys_precision(rows):
+    v = tables.verdict
+    assert v(1.10, 1.05, 1.15, perplexity=True) == "worse" and v(0.90, 0.85, 0.95, perplexity=True) == "better"
+    assert v(+0.02, +0.01, +0.03, perplexity=False) == "better" and v(-0.02, -0.03, -0.01, perplexity=False) == "worse"
+    assert v(1.10, 0.95, 1.25, perplexity=True) == "tie" and v(math.nan, math.nan, math.nan, perplexity=True) == "–"
+    # excludes 1, but 1.0001× shows as 1.00× (another thread count's rounding): no side taken
+    assert v(1.0001, 1.00005, 1.00015, perplexity=True) == "tie" and v(1e-4, 5e-5, 2e-4, perplexity=False) == "tie"
+    table = tables.verdict_table(tables.long_table(rows)).set_index(["method", "sparsity"])
+    assert ("dense", "0") not in table.index  # nothing of it is paired with NIRVANA
+    flap = table.loc[("flap", "0.2")]  # 0.05 below NIRVANA on every item-paired task, perplexity 1.1× on windows
+    assert flap["zero-shot"] == "worse" and flap["better · tie · worse than NIRVANA"].startswith("0 · ")
+    assert table.loc[("flap", "0.4"), "zero-shot"].endswith(" †")  # it removes 35 % where NIRVANA removes 39.6 %
+
+
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the project's git history")
 def test_dirty_rows_whose_code_is_a_commits_are_verified_not_warned_about(tmp_path, caplog):
     """Rows recorded as "<old>-dirty" on a copy with stale git metadata, whose code tree is a commit's code: the
@@ -116,7 +130,7 @@ def test_report_writes_tables_figures_paper_comparison_and_warns_about_dirty_row
                    "value": 0.5}]).to_csv(paper, index=False)
     written = build_report([str(tmp_path / "rows.jsonl")], tmp_path / "out", paper=str(paper), command="make x")
     names = {p.name for p in written}
-    assert {"table2.md", "table2.csv", "table2.tex", "table2_paired.md", "table2_vs_paper.md",
+    assert {"table2.md", "table2.csv", "table2.tex", "table2_paired.md", "table2_verdict.md", "table2_vs_paper.md",
             "metrics_vs_sparsity.png", "paired_differences.png", "kl_vs_perplexity.png"} <= names
     md = (tmp_path / "out" / "table2.md").read_text()
     assert "dirty work tree" in md and "Produced by `make x`" in md and "abc-dirty" in caplog.text

@@ -314,6 +314,44 @@ def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
     return pd.DataFrame(lines, columns=columns).fillna("")
 
 
+# smallest differences a verdict counts: what the summary shows (0.1 point, 0.01×); below them a difference whose
+# interval excludes none is a rounding artefact (the same plan evaluated with another torch thread count), not a win
+VISIBLE_POINTS, VISIBLE_RATIO = 0.0005, 0.005
+
+
+def verdict(delta: float, lo: float, hi: float, perplexity: bool) -> str:
+    """`better`, `worse` or `tie` for the row's method against the reference, from the paired interval: a side
+    is taken only when the interval excludes no difference AND the difference shows at the summary's precision."""
+    if pd.isna(delta):
+        return "–"  # not paired: no verdict
+    null, visible = (1.0, VISIBLE_RATIO) if perplexity else (0.0, VISIBLE_POINTS)
+    if not (lo > null or hi < null) or abs(delta - null) < visible:
+        return "tie"
+    return "better" if (delta < null) == perplexity else "worse"
+
+
+def verdict_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE) -> pd.DataFrame:
+    """Where each method wins, ties and loses against the reference: one word per headline metric (the zero-shot
+    mean, each perplexity at `seq_len`) from the paired interval (`verdict`), a † where the two remove shares of
+    parameters more than a point apart, and the tally — the summary table read out, so no sentence has to."""
+    lines, name = [], reference_name(against)
+    for key in _order(long.groupby(["method", "sparsity"]).groups):
+        g = long[(long["method"] == key[0]) & (long["sparsity"] == key[1])].set_index("column")
+        if not _compared(g):
+            continue
+        columns = [c for c in [AVG_COLUMN, *sorted(c for c in g.index if c.endswith(f"@{seq_len}"))] if c in g.index]
+        words = {("zero-shot" if c == AVG_COLUMN else f"ppl {c}"):
+                 verdict(*g.loc[c, ["delta", "delta_lo", "delta_hi"]], perplexity=c != AVG_COLUMN) for c in columns}
+        if all(w == "–" for w in words.values()):
+            continue  # a reference exists, but nothing of this block is paired with it (dense, unscored methods)
+        mark = " †" if bool(g["unequal"].any()) else ""
+        tally = " · ".join(str(sum(w == k for w in words.values())) for k in ("better", "tie", "worse"))
+        lines.append({"method": key[0], "sparsity": f"{key[1]:g}",
+                      **{k: w + (mark if w != "–" else "") for k, w in words.items()},
+                      f"better · tie · worse than {name}": tally})
+    return pd.DataFrame(lines).fillna("–")
+
+
 def _points(iv: stats.Interval | None, null: float = 0.0) -> str:
     if iv is None:
         return "–"
@@ -414,8 +452,8 @@ def _commit_list(prov: dict) -> str:
 def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = None, name: str = "table2",
                 command: str | None = None, against: str = REFERENCE) -> list[Path]:
     """<name>.md (values, intervals, paired differences, provenance), <name>.csv (long: every interval),
-    <name>.tex (the values), <name>_paired.md (Δ per task), <name>_summary.md (the headline view, at 512 tokens);
-    all paired with `against` (`reference_of`)."""
+    <name>.tex (the values), <name>_paired.md (Δ per task), <name>_summary.md (the headline view, at 512 tokens),
+    <name>_verdict.md (better/tie/worse per headline metric); all paired with `against` (`reference_of`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     long = long_table(rows, model, against)
@@ -440,10 +478,14 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = Non
                         f"no paired differences (no method with per-item results beside {against} at its sparsity)\n")
     paths.append(out / f"{name}_summary.md")
     paths[4].write_text(markdown(summary_table(long, against=against), numparse=False))
+    verdicts = verdict_table(long, against=against)
+    if not verdicts.empty:
+        paths.append(out / f"{name}_verdict.md")
+        paths[-1].write_text(markdown(verdicts, numparse=False))
     gains = stage_gains(rows, model, against)
     if not gains.empty:  # quantized or recovered models next to the models they came from
         paths.append(out / f"{name}_gains.md")
-        paths[5].write_text(markdown(gains, numparse=False))
+        paths[-1].write_text(markdown(gains, numparse=False))
     return paths
 
 
