@@ -82,6 +82,12 @@ def test_verdicts_read_the_paired_intervals_with_the_summarys_precision(rows):
     flap = table.loc[("flap", "0.2")]  # 0.05 below NIRVANA on every item-paired task, perplexity 1.1× on windows
     assert flap["zero-shot"] == "worse" and flap["better · tie · worse than NIRVANA"].startswith("0 · ")
     assert table.loc[("flap", "0.4"), "zero-shot"].endswith(" †")  # it removes 35 % where NIRVANA removes 39.6 %
+    long = tables.long_table(rows)
+    ppl_only_first = tables.verdict_table(long[~((long["method"] == "flap") & (long["sparsity"] == 0.2)
+                                                 & (long["column"] == "avg"))], seq_len=128)
+    assert list(ppl_only_first.columns) == ["method", "sparsity", "zero-shot", "ppl wiki_passages@128",
+                                            "better · tie · worse than NIRVANA"]
+    assert ppl_only_first.iloc[0]["zero-shot"] == "–"  # flap at 0.2 now has no zero-shot: no verdict, not a gap
 
 
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the project's git history")

@@ -349,7 +349,9 @@ def verdict_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
         lines.append({"method": key[0], "sparsity": f"{key[1]:g}",
                       **{k: w + (mark if w != "–" else "") for k, w in words.items()},
                       f"better · tie · worse than {name}": tally})
-    return pd.DataFrame(lines).fillna("–")
+    metrics = sorted({k for line in lines for k in line} - {"method", "sparsity"}, key=lambda k: (k != "zero-shot",
+                     k.startswith("better"), k))  # zero-shot, the perplexities, the tally: whoever comes first
+    return pd.DataFrame(lines, columns=["method", "sparsity", *metrics]).fillna("–")
 
 
 def _points(iv: stats.Interval | None, null: float = 0.0) -> str:
