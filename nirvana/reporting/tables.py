@@ -277,8 +277,19 @@ def display_table(long: pd.DataFrame, against: str = REFERENCE) -> pd.DataFrame:
                 line[label] = cell + (" *" if r["significant"] else "") + (" †" if unequal else "") \
                     if not pd.isna(r["delta"]) else "–"
         lines.append(line)
-    columns = list(dict.fromkeys(k for line in sorted(lines, key=len, reverse=True) for k in line))
-    return pd.DataFrame(lines, columns=columns).fillna("")
+    return pd.DataFrame(lines, columns=_columns(lines)).fillna("")
+
+
+def _blocks(long: pd.DataFrame):
+    """(method, sparsity, its rows indexed by column, its † mark) in table order: what the headline views read."""
+    for method, s in _order(long.groupby(["method", "sparsity"]).groups):
+        g = long[(long["method"] == method) & (long["sparsity"] == s)].set_index("column")
+        yield method, s, g, " †" if bool(g["unequal"].any()) else ""
+
+
+def _columns(lines: list[dict]) -> list[str]:
+    """Column order of lines that may lack some keys: the fullest line's order, then whatever others add."""
+    return list(dict.fromkeys(k for line in sorted(lines, key=len, reverse=True) for k in line))
 
 
 def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE) -> pd.DataFrame:
@@ -293,11 +304,9 @@ def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
     def pts(x):
         return "" if pd.isna(x) else f"{100 * x:+.1f}"
 
-    for key in _order(long.groupby(["method", "sparsity"]).groups):
-        g = long[(long["method"] == key[0]) & (long["sparsity"] == key[1])].set_index("column")
+    for method, s, g, mark in _blocks(long):
         compared = _compared(g)
-        mark = " †" if bool(g["unequal"].any()) else ""
-        line = {"method": key[0], "sparsity": f"{key[1]:g}",
+        line = {"method": method, "sparsity": f"{s:g}",
                 "params kept %": pct(g.loc[KEPT_COLUMN, "value"]) if KEPT_COLUMN in g.index else ""}
         if AVG_COLUMN in g.index:
             r = g.loc[AVG_COLUMN]
@@ -319,13 +328,14 @@ def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
 VISIBLE_POINTS, VISIBLE_RATIO = 0.0005, 0.005
 
 
-def verdict(delta: float, lo: float, hi: float, perplexity: bool) -> str:
+def verdict(delta: float, significant: bool, perplexity: bool) -> str:
     """`better`, `worse` or `tie` for the row's method against the reference, from the paired interval: a side
-    is taken only when the interval excludes no difference AND the difference shows at the summary's precision."""
+    is taken only when the interval excludes no difference (`significant`, the long table's `*`) AND the
+    difference shows at the summary's precision."""
     if pd.isna(delta):
         return "–"  # not paired: no verdict
     null, visible = (1.0, VISIBLE_RATIO) if perplexity else (0.0, VISIBLE_POINTS)
-    if not (lo > null or hi < null) or abs(delta - null) < visible:
+    if not significant or abs(delta - null) < visible:
         return "tie"
     return "better" if (delta < null) == perplexity else "worse"
 
@@ -335,23 +345,19 @@ def verdict_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
     mean, each perplexity at `seq_len`) from the paired interval (`verdict`), a † where the two remove shares of
     parameters more than a point apart, and the tally — the summary table read out, so no sentence has to."""
     lines, name = [], reference_name(against)
-    for key in _order(long.groupby(["method", "sparsity"]).groups):
-        g = long[(long["method"] == key[0]) & (long["sparsity"] == key[1])].set_index("column")
+    for method, s, g, mark in _blocks(long):
         if not _compared(g):
             continue
         columns = [c for c in [AVG_COLUMN, *sorted(c for c in g.index if c.endswith(f"@{seq_len}"))] if c in g.index]
         words = {("zero-shot" if c == AVG_COLUMN else f"ppl {c}"):
-                 verdict(*g.loc[c, ["delta", "delta_lo", "delta_hi"]], perplexity=c != AVG_COLUMN) for c in columns}
+                 verdict(g.loc[c, "delta"], g.loc[c, "significant"], perplexity=c != AVG_COLUMN) for c in columns}
         if all(w == "–" for w in words.values()):
             continue  # a reference exists, but nothing of this block is paired with it (dense, unscored methods)
-        mark = " †" if bool(g["unequal"].any()) else ""
         tally = " · ".join(str(sum(w == k for w in words.values())) for k in ("better", "tie", "worse"))
-        lines.append({"method": key[0], "sparsity": f"{key[1]:g}",
+        lines.append({"method": method, "sparsity": f"{s:g}",
                       **{k: w + (mark if w != "–" else "") for k, w in words.items()},
                       f"better · tie · worse than {name}": tally})
-    metrics = sorted({k for line in lines for k in line} - {"method", "sparsity"}, key=lambda k: (k != "zero-shot",
-                     k.startswith("better"), k))  # zero-shot, the perplexities, the tally: whoever comes first
-    return pd.DataFrame(lines, columns=["method", "sparsity", *metrics]).fillna("–")
+    return pd.DataFrame(lines, columns=_columns(lines)).fillna("–")
 
 
 def _points(iv: stats.Interval | None, null: float = 0.0) -> str:
