@@ -35,11 +35,18 @@ def test_paired_difference_is_exact_on_identical_items_and_narrower_than_separat
     for i in [i for i, v in enumerate(a) if v == 1][:10]:  # b gets 10 of a's correct items wrong, nothing else
         b[i] = 0.0
     d = stats.paired_difference({"t": a}, {"t": b})
-    assert d.value == pytest.approx(10 / N) and d.excludes_zero
+    assert d.value == pytest.approx(10 / N) and d.excludes(0.0)
     separate = stats.mean_of_tasks({"t": a}).hi - stats.mean_of_tasks({"t": a}).lo
     assert d.hi - d.lo < separate / 2  # pairing removes the items' shared difficulty
     with pytest.raises(ValueError, match="paired items must be the same"):
         stats.paired_difference({"t": a}, {"t": a[:-1]})
+
+
+def test_an_interval_excludes_its_null_only_strictly():
+    ratio = stats.Interval(1.03, 1.01, 1.05)  # a perplexity ratio: its null is 1, not 0
+    assert ratio.excludes(1.0) and ratio.excludes(0.0)
+    assert not stats.Interval(1.0, 1.0, 1.02).excludes(1.0)  # touching the null is no evidence
+    assert not stats.Interval(0.0, -0.01, 0.02).excludes(0.0)
 
 
 def test_perplexity_interval_over_windows():

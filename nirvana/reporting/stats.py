@@ -26,9 +26,9 @@ class Interval:
     lo: float
     hi: float
 
-    @property
-    def excludes_zero(self) -> bool:
-        return self.lo > 0 or self.hi < 0
+    def excludes(self, null: float = 0.0) -> bool:
+        """Whether the interval leaves out `null` — 0 for a difference, 1 for a ratio."""
+        return self.lo > null or self.hi < null
 
     def __str__(self) -> str:
         return f"{self.value:.4f} [{self.lo:.4f}, {self.hi:.4f}]"

@@ -170,7 +170,7 @@ def _with_paired(long: pd.DataFrame, df: pd.DataFrame, against: str = REFERENCE)
         if iv is not None:
             null = 1.0 if "@" in column else 0.0
             long.loc[i, ["delta", "delta_lo", "delta_hi"]] = iv.value, iv.lo, iv.hi
-            long.loc[i, "significant"] = iv.lo > null or iv.hi < null
+            long.loc[i, "significant"] = iv.excludes(null)
         mine, theirs = rows.get((method, s, ACHIEVED_COLUMN)), rows.get((ref, s, ACHIEVED_COLUMN))
         if mine is not None and theirs is not None:
             long.loc[i, "unequal"] = abs(mine["value"] - theirs["value"]) > UNEQUAL
@@ -363,14 +363,14 @@ def verdict_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
 def _points(iv: stats.Interval | None, null: float = 0.0) -> str:
     if iv is None:
         return "–"
-    mark = " *" if iv.lo > null or iv.hi < null else ""
+    mark = " *" if iv.excludes(null) else ""
     return f"{100 * iv.value:+.1f} [{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]{mark}"
 
 
 def _ratio(iv: stats.Interval | None) -> str:
     if iv is None:
         return "–"
-    mark = " *" if iv.lo > 1 or iv.hi < 1 else ""
+    mark = " *" if iv.excludes(1.0) else ""
     return f"{iv.value:.2f}× [{iv.lo:.2f}, {iv.hi:.2f}]{mark}"
 
 
@@ -485,7 +485,7 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = Non
     paths[3].write_text(markdown(paired) if not paired.empty else
                         f"no paired differences (no method with per-item results beside {against} at its sparsity)\n")
     paths.append(out / f"{name}_summary.md")
-    paths[4].write_text(markdown(summary_table(long, against=against), numparse=False))
+    paths[-1].write_text(markdown(summary_table(long, against=against), numparse=False))
     verdicts = verdict_table(long, against=against)
     if not verdicts.empty:
         paths.append(out / f"{name}_verdict.md")
