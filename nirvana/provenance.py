@@ -74,7 +74,11 @@ def commit_with_code(tree: str | None, repo: Path = REPO_ROOT) -> str | None:
     """The newest commit (of all refs) whose code — its tree minus `results/` — is `tree`; None if none is."""
     if not tree:
         return None
-    return _code_trees(str(repo)).get(tree)
+    found = _code_trees(str(repo)).get(tree)
+    if found is None:  # the history may have grown since this process read it (a commit made from a notebook)
+        _code_trees.cache_clear()
+        found = _code_trees(str(repo)).get(tree)
+    return found
 
 
 def verified_commit(git_hash: str, code_trees, repo: Path = REPO_ROOT) -> str | None:

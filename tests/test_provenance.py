@@ -97,6 +97,17 @@ def test_a_copy_with_stale_git_metadata_is_verified_as_the_commit_whose_files_it
     assert P.commit_with_code(None, repo) is None
 
 
+def test_a_commit_made_after_the_history_was_read_is_still_found(tmp_path):
+    """A notebook reports, then the user commits the code its rows ran with, then it reports again."""
+    repo = make_repo(tmp_path / "r")
+    P._code_trees.cache_clear()
+    assert P.commit_with_code(P.code_tree(repo), repo) == git(repo, "rev-parse", "HEAD")  # history now cached
+    (repo / "code.py").write_text("x = 5\n")
+    tree = P.code_tree(repo)
+    git(repo, "commit", "-qam", "later")
+    assert P.commit_with_code(tree, repo) == git(repo, "rev-parse", "HEAD")
+
+
 def test_outside_a_repository_nothing_is_claimed(tmp_path):
     assert P.git_hash(tmp_path) == "unknown" and P.code_tree(tmp_path) is None
     assert P._code_trees(str(tmp_path)) == {}
