@@ -35,7 +35,7 @@ def metrics_vs_sparsity(rows: pd.DataFrame, path: str | Path, model: str | None 
     95 % bootstrap intervals as error bars (nirvana.reporting.tables.long_table)."""
     long = tables.long_table(rows, model)
     panels = [("zero-shot mean accuracy", tables.AVG_COLUMN, False)]
-    panels += [(f"perplexity {c}", c, True) for c in sorted(c for c in long["column"].unique() if "@" in c)]
+    panels += [(f"perplexity {c}", c, True) for c in sorted(c for c in long["column"].unique() if tables.is_perplexity(c))]
     panels = [p for p in panels if (long["column"] == p[1]).any()]
     if not panels:
         raise NoData("no zero-shot mean or perplexity rows to plot")
@@ -69,7 +69,7 @@ def paired_differences(rows: pd.DataFrame, path: str | Path, model: str | None =
     long = tables.long_table(rows, model, against)
     name = tables.reference_name(against)
     panels = [(tables.AVG_COLUMN, f"Δ zero-shot mean vs {name}", 0.0)]
-    panels += [(c, f"{c}: ppl ÷ {name}'s", 1.0) for c in sorted(c for c in long["column"].unique() if "@" in c)]
+    panels += [(c, f"{c}: ppl ÷ {name}'s", 1.0) for c in sorted(c for c in long["column"].unique() if tables.is_perplexity(c))]
     panels = [p for p in panels if long[(long["column"] == p[0])]["delta"].notna().any()]
     if not panels:
         raise NoData(f"no paired differences to plot (no {name} rows, or no per-item results)")

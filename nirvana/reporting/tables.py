@@ -35,6 +35,11 @@ AVG_COLUMN, KEPT_COLUMN, ACHIEVED_COLUMN = "avg", "params_kept", "achieved_spars
 UNEQUAL = 0.01  # achieved sparsities further apart than this make an unequal comparison
 
 
+def is_perplexity(column: str) -> bool:
+    """Perplexity columns are named `<text set>@<sequence length>`; their paired statistic is a ratio (null 1)."""
+    return "@" in column
+
+
 FLOAT_DTYPES = (None, "float32", "bfloat16", "float16")
 
 
@@ -168,7 +173,7 @@ def _with_paired(long: pd.DataFrame, df: pd.DataFrame, against: str = REFERENCE)
             continue
         iv = _paired(rows, method, ref, s, column)
         if iv is not None:
-            null = 1.0 if "@" in column else 0.0
+            null = 1.0 if is_perplexity(column) else 0.0
             long.loc[i, ["delta", "delta_lo", "delta_hi"]] = iv.value, iv.lo, iv.hi
             long.loc[i, "significant"] = iv.excludes(null)
         mine, theirs = rows.get((method, s, ACHIEVED_COLUMN)), rows.get((ref, s, ACHIEVED_COLUMN))
@@ -184,7 +189,7 @@ def _evidence(rows, method, s, column):
         tasks = [column] if column in TASK_METRICS else list(TASK_METRICS)
         items = {t: _items(rows[(method, s, t)]) for t in tasks if (method, s, t) in rows}
         return items if items and all(items.values()) else None
-    if "@" in column and (method, s, column) in rows:
+    if is_perplexity(column) and (method, s, column) in rows:
         nll, tokens = _windows(rows[(method, s, column)])
         return (np.asarray(nll, dtype=float), tokens) if nll and tokens else None
     return None
@@ -230,7 +235,7 @@ def table2(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
     wide.columns.name = None
     front = [c for c in (ACHIEVED_COLUMN, KEPT_COLUMN) if c in wide.columns]
     tasks = [t for t in TASK_METRICS if t in wide.columns]
-    ppl = sorted(c for c in wide.columns if "@" in c)
+    ppl = sorted(c for c in wide.columns if is_perplexity(c))
     wide = wide[front + tasks + ([AVG_COLUMN] if AVG_COLUMN in wide.columns else []) + ppl]
     return wide.loc[_order(wide.index)]
 
@@ -266,7 +271,7 @@ def display_table(long: pd.DataFrame, against: str = REFERENCE) -> pd.DataFrame:
             if t in g.index:
                 line[t] = _num(g.loc[t, "value"])
         unequal = bool(g["unequal"].any())
-        for column in [AVG_COLUMN] + sorted(c for c in g.index if "@" in c):
+        for column in [AVG_COLUMN] + sorted(c for c in g.index if is_perplexity(c)):
             if column not in g.index:
                 continue
             r = g.loc[column]
@@ -350,7 +355,7 @@ def verdict_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
             continue
         columns = [c for c in [AVG_COLUMN, *sorted(c for c in g.index if c.endswith(f"@{seq_len}"))] if c in g.index]
         words = {("zero-shot" if c == AVG_COLUMN else f"ppl {c}"):
-                 verdict(g.loc[c, "delta"], g.loc[c, "significant"], perplexity=c != AVG_COLUMN) for c in columns}
+                 verdict(g.loc[c, "delta"], g.loc[c, "significant"], perplexity=is_perplexity(c)) for c in columns}
         if all(w == "–" for w in words.values()):
             continue  # a reference exists, but nothing of this block is paired with it (dense, unscored methods)
         tally = " · ".join(str(sum(w == k for w in words.values())) for k in ("better", "tie", "worse"))
