@@ -173,6 +173,17 @@ def test_the_forest_plot_gives_every_panel_the_same_rows():
     assert forest_cells(long, ["avg", "ppl@128"]) == [("flap", 0.2), ("magnitude", 0.2), ("flap", 0.4)]
 
 
+def test_methods_sort_the_same_whatever_order_they_arrive_in():
+    """Variants of one family must not keep the order a set iterated in (it changes with each process's string
+    hashing): the figures' colours and the tables' rows would change on every re-report of the same rows."""
+    import itertools
+
+    labels = ["nirvana γ=auto", "flap", "wanda_sp:matched", "nirvana", "my_method", "nirvana +bias", "wanda_sp"]
+    orders = {tuple(sorted(p, key=tables.method_rank)) for p in itertools.permutations(labels)}
+    assert orders == {("nirvana", "nirvana +bias", "nirvana γ=auto", "wanda_sp", "wanda_sp:matched", "flap",
+                       "my_method")}
+
+
 def test_quantized_runs_are_their_own_methods_in_tables():
     from nirvana.reporting.tables import method_label
 

@@ -15,7 +15,6 @@ from ..pipeline import method_name  # noqa: E402
 from ..plan import PruningPlan  # noqa: E402
 from ..results import latest  # noqa: E402
 from . import tables  # noqa: E402
-from .tables import METHOD_ORDER  # noqa: E402
 
 
 class NoData(ValueError):
@@ -43,8 +42,7 @@ def metrics_vs_sparsity(rows: pd.DataFrame, path: str | Path, model: str | None 
     for ax, (title, column, log) in zip(axes[0], panels):
         sub = long[long["column"] == column]
         dense = sub[sub["method"] == "dense"]
-        methods = sorted(set(sub["method"]) - {"dense"},
-                         key=lambda m: (METHOD_ORDER + [m]).index(m.split(" ")[0]))
+        methods = sorted(set(sub["method"]) - {"dense"}, key=tables.method_rank)
         for m in methods:
             line = pd.concat([dense, sub[sub["method"] == m].sort_values("sparsity")])
             err = [(line["value"] - line["lo"]).clip(lower=0).fillna(0), (line["hi"] - line["value"]).clip(lower=0).fillna(0)]

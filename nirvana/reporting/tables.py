@@ -223,9 +223,16 @@ def _paired(rows, method, ref, s, column) -> stats.Interval | None:
     return _compare(_evidence(rows, method, s, column), _evidence(rows, ref, s, column))
 
 
+def method_rank(method: str) -> tuple[int, str]:
+    """Sort key for a method label: its family's place in METHOD_ORDER (unknown families last), then the full
+    label — a total order, so variants of one family ("nirvana", "nirvana γ=auto") never fall back to the order a
+    set happened to iterate in (string hashing differs per process: figures would change colour on each report)."""
+    family = method.split(" ")[0].split(":")[0]
+    return (METHOD_ORDER.index(family) if family in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
 def _order(keys) -> list:
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return sorted(keys, key=lambda k: (k[1], rank.get(k[0].split(" ")[0].split(":")[0], 99), k[0]))
+    return sorted(keys, key=lambda k: (k[1], *method_rank(k[0])))
 
 
 def table2(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
