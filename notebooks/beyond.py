@@ -44,7 +44,7 @@ import pandas as pd
 from IPython.display import display
 
 from nirvana.paths import REPO_ROOT
-from nirvana.reporting import tables
+from nirvana.reporting import pairing
 from nirvana.results import read_rows
 
 RESULTS = Path(os.environ.get("NIRVANA_RESULTS", REPO_ROOT / "results"))
@@ -128,7 +128,7 @@ plt.show()
 # sparsity (at a fixed sparsity a lower KL should mean a lower perplexity if the KL is a good selection target).
 
 # %%
-joined = tables.kl_perplexity_pairs(rows, PPL)
+joined = pairing.kl_perplexity_pairs(rows, PPL)
 fig, ax = plt.subplots(figsize=(5.2, 3.8))
 for pruner, g in joined.groupby("pruner"):
     ax.scatter(g["value_kl"], g["value_ppl"], label=pruner, s=26)

@@ -42,7 +42,7 @@ from nirvana.paths import REPO_ROOT
 from nirvana.results import read_rows
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # from tqdm.auto, imported by nirvana.reporting
-from nirvana.reporting import figures, tables  # noqa: E402
+from nirvana.reporting import figures, pairing, tables  # noqa: E402
 
 RESULTS = Path(os.environ.get("NIRVANA_RESULTS", REPO_ROOT / "results"))
 ROWS_FILES = [RESULTS / "demo" / "rows.jsonl", *sorted((RESULTS / "rows").glob("table2_*.jsonl"))]
@@ -70,7 +70,7 @@ if len(limits):
 # measured twice.
 
 # %%
-long = tables.long_table(rows, MODEL)
+long = pairing.long_table(rows, MODEL)
 display(tables.display_table(long))
 
 # %% [markdown]

@@ -50,7 +50,7 @@ import pandas as pd
 from IPython.display import display
 
 from nirvana.paths import REPO_ROOT
-from nirvana.reporting import tables
+from nirvana.reporting import pairing, tables
 from nirvana.results import read_rows
 
 RESULTS = Path(os.environ.get("NIRVANA_RESULTS", REPO_ROOT / "results"))
@@ -83,7 +83,7 @@ print(f"recovery sweep: {sweep['run_id'].nunique()} runs, models {models}; "
 # %%
 both = pd.concat([sweep, unrecovered], ignore_index=True)
 for model in models:
-    gains = tables.stage_gains(both, model, tables.REFERENCE, seq_len=SEQ_LEN)
+    gains = tables.stage_gains(both, model, pairing.REFERENCE, seq_len=SEQ_LEN)
     print(model)
     display(gains.style.hide(axis="index") if not gains.empty else "no recovered model with its Table 2 row")
 
@@ -95,11 +95,11 @@ for model in models:
 # %%
 fig, (acc_ax, ppl_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
 for model in models:
-    long = tables.long_table(both, model, tables.BASE_REFERENCE)
+    long = pairing.long_table(both, model, pairing.BASE_REFERENCE)
     methods = long["method"].unique()
-    pairs = [(tables.reference_of(m, methods, tables.BASE_REFERENCE), m) for m in methods]
+    pairs = [(pairing.reference_of(m, methods, pairing.BASE_REFERENCE), m) for m in methods]
     pairs = [(b, m) for b, m in pairs if b and b != m]
-    for ax, column in ((acc_ax, tables.AVG_COLUMN), (ppl_ax, f"wiki_passages@{SEQ_LEN}")):
+    for ax, column in ((acc_ax, pairing.AVG_COLUMN), (ppl_ax, f"wiki_passages@{SEQ_LEN}")):
         cells = long[long["column"] == column].set_index(["method", "sparsity"])
         for b, m in pairs:
             for s in sorted(set(long.loc[long["method"] == m, "sparsity"])):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from rows_fixture import RUN, N, fixture_rows, items
 
-from nirvana.reporting import stats, tables
+from nirvana.reporting import pairing, stats, tables
 from nirvana.reporting.report import build_report
 from nirvana.results import append_rows, make_row, read_rows
 
@@ -62,7 +62,7 @@ def test_table_values_intervals_and_paired_differences(rows):
     assert list(wide.columns) == ["achieved_sparsity", "params_kept", "arc_easy", "piqa", "avg", "wiki_passages@128"]
     assert list(wide.index) == [("dense", 0.0), ("nirvana (γ=3.36)", 0.2), ("flap", 0.2), ("nirvana (γ=3.36)", 0.4),
                                 ("flap", 0.4)]
-    long = tables.long_table(rows).set_index(["method", "sparsity", "column"])
+    long = pairing.long_table(rows).set_index(["method", "sparsity", "column"])
     avg = long.loc[("flap", 0.2, "avg")]
     # the mean over tasks is recomputed from the items (0.5 and 0.6 correct) with a bootstrap interval
     assert avg["value"] == 0.55 - 0.0 and avg["lo"] < 0.55 < avg["hi"]
@@ -72,7 +72,7 @@ def test_table_values_intervals_and_paired_differences(rows):
     ppl = long.loc[("flap", 0.2, "wiki_passages@128")]
     assert ppl["delta"] == pytest.approx(0.55 / 0.5)  # ppl ratio flap ÷ nirvana (10/base each)
     assert not long.loc[("flap", 0.2, "avg"), "unequal"] and long.loc[("flap", 0.4, "avg"), "unequal"]  # 0.35 vs 0.396
-    shown = tables.display_table(tables.long_table(rows))
+    shown = tables.display_table(pairing.long_table(rows))
     line = shown[(shown["method"] == "flap") & (shown["sparsity"] == "0.4")].iloc[0]
     assert line["Δavg vs nirvana"].endswith("* †") and line["achieved"] == "0.3500"
 
@@ -84,12 +84,12 @@ def test_verdicts_read_the_paired_intervals_with_the_summarys_precision(rows):
     assert v(1.10, False, perplexity=True) == "tie" and v(math.nan, False, perplexity=True) == "–"
     # excludes 1, but 1.0001× shows as 1.00× (another thread count's rounding): no side taken
     assert v(1.0001, True, perplexity=True) == "tie" and v(1e-4, True, perplexity=False) == "tie"
-    table = tables.verdict_table(tables.long_table(rows)).set_index(["method", "sparsity"])
+    table = tables.verdict_table(pairing.long_table(rows)).set_index(["method", "sparsity"])
     assert ("dense", "0") not in table.index  # nothing of it is paired with NIRVANA
     flap = table.loc[("flap", "0.2")]  # 0.05 below NIRVANA on every item-paired task, perplexity 1.1× on windows
     assert flap["zero-shot"] == "worse" and flap["better · tie · worse than NIRVANA"].startswith("0 · ")
     assert table.loc[("flap", "0.4"), "zero-shot"].endswith(" †")  # it removes 35 % where NIRVANA removes 39.6 %
-    long = tables.long_table(rows)
+    long = pairing.long_table(rows)
     ppl_only_first = tables.verdict_table(long[~((long["method"] == "flap") & (long["sparsity"] == 0.2)
                                                  & (long["column"] == "avg"))], seq_len=128)
     assert list(ppl_only_first.columns) == ["method", "sparsity", "zero-shot", "ppl wiki_passages@128",
@@ -179,13 +179,13 @@ def test_methods_sort_the_same_whatever_order_they_arrive_in():
     import itertools
 
     labels = ["nirvana γ=auto", "flap", "wanda_sp:matched", "nirvana", "my_method", "nirvana +bias", "wanda_sp"]
-    orders = {tuple(sorted(p, key=tables.method_rank)) for p in itertools.permutations(labels)}
+    orders = {tuple(sorted(p, key=pairing.method_rank)) for p in itertools.permutations(labels)}
     assert orders == {("nirvana", "nirvana +bias", "nirvana γ=auto", "wanda_sp", "wanda_sp:matched", "flap",
                        "my_method")}
 
 
 def test_quantized_runs_are_their_own_methods_in_tables():
-    from nirvana.reporting.tables import method_label
+    from nirvana.reporting.pairing import method_label
 
     assert method_label("nirvana", 3.36, "float32") == method_label("nirvana", 3.36) == "nirvana (γ=3.36)"
     assert method_label("nirvana", 3.36, "w8a8") == "nirvana (γ=3.36) [w8a8]"
@@ -193,7 +193,7 @@ def test_quantized_runs_are_their_own_methods_in_tables():
 
 
 def test_each_method_is_paired_with_the_reference_the_table_asks_for():
-    from nirvana.reporting.tables import reference_of
+    from nirvana.reporting.pairing import reference_of
 
     methods = ["dense", "dense [w8a8]", "nirvana (γ=3.36)", "nirvana (γ=3.36) [w8a8]", "nirvana:auto", "flap",
                "flap [w8a8]", "flap:kl"]
@@ -227,7 +227,7 @@ def _quantized(rows: list[dict], scheme: str, shift: int) -> list[dict]:
 
 def test_quantized_models_are_paired_with_their_float_twins(tmp_path):
     append_rows(tmp_path / "rows.jsonl", fixture_rows() + _quantized(fixture_rows(), "w8a8", shift=20))
-    long = tables.long_table(read_rows(tmp_path / "rows.jsonl"), against="base")
+    long = pairing.long_table(read_rows(tmp_path / "rows.jsonl"), against="base")
     long = long.set_index(["method", "sparsity", "column"])
     # 20 of 200 arc_easy items lost by quantization: -0.1 on the task, -0.05 on the mean of two tasks
     assert long.loc[("flap [w8a8]", 0.2, "arc_easy"), "delta"] == pytest.approx(-0.1)
@@ -254,7 +254,7 @@ def test_report_writes_one_set_of_tables_per_reference_and_refuses_unknown_ones(
 
 
 def test_recovered_models_get_their_own_label_and_pair_with_the_model_they_came_from(tmp_path):
-    from nirvana.reporting.tables import method_label
+    from nirvana.reporting.pairing import method_label
 
     assert method_label("flap", None, "float32", "lora_offline") == "flap [lora_offline]"
     assert method_label("nirvana", 3.36, "int8_wo", "lora") == "nirvana (γ=3.36) [lora+int8_wo]"
@@ -262,9 +262,9 @@ def test_recovered_models_get_their_own_label_and_pair_with_the_model_they_came_
                  for r in fixture_rows()]
     append_rows(tmp_path / "rows.jsonl", fixture_rows() + recovered)
     rows = read_rows(tmp_path / "rows.jsonl")
-    base = tables.long_table(rows, against="base").set_index(["method", "sparsity", "column"])
+    base = pairing.long_table(rows, against="base").set_index(["method", "sparsity", "column"])
     assert base.loc[("flap [lora_offline]", 0.4, "avg"), "reference"] == "flap"
-    vs_nirvana = tables.long_table(rows).set_index(["method", "sparsity", "column"])
+    vs_nirvana = pairing.long_table(rows).set_index(["method", "sparsity", "column"])
     # recovered FLAP is compared with recovered NIRVANA (the same budget), not with NIRVANA as pruned
     assert vs_nirvana.loc[("flap [lora_offline]", 0.2, "avg"), "reference"] == "nirvana (γ=3.36) [lora_offline]"
     assert vs_nirvana.loc[("flap [lora_offline]", 0.2, "avg"), "delta"] == pytest.approx(-0.05)

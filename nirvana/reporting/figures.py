@@ -14,7 +14,7 @@ from ..evaluation.zeroshot import AVERAGE_TASK  # noqa: E402
 from ..pipeline import method_name  # noqa: E402
 from ..plan import PruningPlan  # noqa: E402
 from ..results import latest  # noqa: E402
-from . import tables  # noqa: E402
+from . import pairing  # noqa: E402
 
 
 class NoData(ValueError):
@@ -31,10 +31,10 @@ def _save(fig, path: str | Path) -> Path:
 
 def metrics_vs_sparsity(rows: pd.DataFrame, path: str | Path, model: str | None = None) -> Path:
     """Zero-shot mean accuracy and each perplexity against sparsity, one line per method (dense at s=0), with
-    95 % bootstrap intervals as error bars (nirvana.reporting.tables.long_table)."""
-    long = tables.long_table(rows, model)
-    panels = [("zero-shot mean accuracy", tables.AVG_COLUMN, False)]
-    panels += [(f"perplexity {c}", c, True) for c in sorted(c for c in long["column"].unique() if tables.is_perplexity(c))]
+    95 % bootstrap intervals as error bars (nirvana.reporting.pairing.long_table)."""
+    long = pairing.long_table(rows, model)
+    panels = [("zero-shot mean accuracy", pairing.AVG_COLUMN, False)]
+    panels += [(f"perplexity {c}", c, True) for c in sorted(c for c in long["column"].unique() if pairing.is_perplexity(c))]
     panels = [p for p in panels if (long["column"] == p[1]).any()]
     if not panels:
         raise NoData("no zero-shot mean or perplexity rows to plot")
@@ -42,7 +42,7 @@ def metrics_vs_sparsity(rows: pd.DataFrame, path: str | Path, model: str | None 
     for ax, (title, column, log) in zip(axes[0], panels):
         sub = long[long["column"] == column]
         dense = sub[sub["method"] == "dense"]
-        methods = sorted(set(sub["method"]) - {"dense"}, key=tables.method_rank)
+        methods = sorted(set(sub["method"]) - {"dense"}, key=pairing.method_rank)
         for m in methods:
             line = pd.concat([dense, sub[sub["method"] == m].sort_values("sparsity")])
             err = [(line["value"] - line["lo"]).clip(lower=0).fillna(0), (line["hi"] - line["value"]).clip(lower=0).fillna(0)]
@@ -60,14 +60,14 @@ def metrics_vs_sparsity(rows: pd.DataFrame, path: str | Path, model: str | None 
 
 
 def paired_differences(rows: pd.DataFrame, path: str | Path, model: str | None = None,
-                       against: str = tables.REFERENCE) -> Path:
-    """Each method's paired difference to its reference (`tables.reference_of`; NIRVANA by default) at the same
+                       against: str = pairing.REFERENCE) -> Path:
+    """Each method's paired difference to its reference (`pairing.reference_of`; NIRVANA by default) at the same
     sparsity (Δ mean accuracy; perplexity ratio), with 95 % intervals: the question the table answers, as a
     forest plot."""
-    long = tables.long_table(rows, model, against)
-    name = tables.reference_name(against)
-    panels = [(tables.AVG_COLUMN, f"Δ zero-shot mean vs {name}", 0.0)]
-    panels += [(c, f"{c}: ppl ÷ {name}'s", 1.0) for c in sorted(c for c in long["column"].unique() if tables.is_perplexity(c))]
+    long = pairing.long_table(rows, model, against)
+    name = pairing.reference_name(against)
+    panels = [(pairing.AVG_COLUMN, f"Δ zero-shot mean vs {name}", 0.0)]
+    panels += [(c, f"{c}: ppl ÷ {name}'s", 1.0) for c in sorted(c for c in long["column"].unique() if pairing.is_perplexity(c))]
     panels = [p for p in panels if long[(long["column"] == p[0])]["delta"].notna().any()]
     if not panels:
         raise NoData(f"no paired differences to plot (no {name} rows, or no per-item results)")
@@ -175,8 +175,8 @@ def gamma_ablation(rows: pd.DataFrame, path: str | Path, metric: str | None = No
 
 
 def kl_vs_perplexity(rows: pd.DataFrame, path: str | Path, ppl_metric: str | None = None) -> Path:
-    """Each pruned run's KL to the dense model against its perplexity (`tables.kl_perplexity_pairs`), by calibration."""
-    joined = tables.kl_perplexity_pairs(rows, ppl_metric)
+    """Each pruned run's KL to the dense model against its perplexity (`pairing.kl_perplexity_pairs`), by calibration."""
+    joined = pairing.kl_perplexity_pairs(rows, ppl_metric)
     if joined.empty:
         raise NoData("no runs with both a kl/probe row and a perplexity row")
     ppl_metric = ppl_metric or sorted(m for m in rows["metric"].unique() if str(m).startswith("ppl/"))[0]

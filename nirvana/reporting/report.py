@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..plan import PruningPlan
 from ..results import read_rows
-from . import figures, tables
+from . import figures, pairing, tables
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,10 @@ def build_report(rows_files: list[str], out: str | Path, model: str | None = Non
     models = sorted(rows["model"].dropna().unique())
     if model is None and len(models) > 1:
         raise ValueError(f"rows hold several models {models}: pick one with --model")
-    methods = tables.cells(rows, model)["method"].unique()
+    methods = pairing.cells(rows, model)["method"].unique()
     for against in references or []:  # the default (NIRVANA) may be absent: then the tables have no Δ columns
-        tables.check_reference(methods, against)
-    references = references or [tables.REFERENCE]
+        pairing.check_reference(methods, against)
+    references = references or [pairing.REFERENCE]
     prov = tables.provenance(rows)
     if prov["dirty"]:
         log.warning("rows from a dirty work tree (%s): the report marks them; do not commit them as results",
