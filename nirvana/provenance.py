@@ -74,11 +74,17 @@ def commit_with_code(tree: str | None, repo: Path = REPO_ROOT) -> str | None:
     """The newest commit (of all refs) whose code — its tree minus `results/` — is `tree`; None if none is."""
     if not tree:
         return None
-    found = _code_trees(str(repo)).get(tree)
-    if found is None:  # the history may have grown since this process read it (a commit made from a notebook)
-        _code_trees.cache_clear()
-        found = _code_trees(str(repo)).get(tree)
-    return found
+    # keyed by the refs: a commit made since the history was read (from a notebook) is found, and a tree no commit
+    # has costs one `git show-ref`, not a re-read of the whole history
+    return _code_trees(str(repo), _refs(Path(repo))).get(tree)
+
+
+def _refs(repo: Path) -> str:
+    """Every ref and HEAD with its commit: changes exactly when `git log --all` would."""
+    try:
+        return _git(repo, "show-ref", "--head").decode()
+    except (OSError, subprocess.SubprocessError):
+        return ""  # no refs yet, or no repository
 
 
 def verified_commit(git_hash: str, code_trees, repo: Path = REPO_ROOT) -> str | None:
@@ -87,7 +93,7 @@ def verified_commit(git_hash: str, code_trees, repo: Path = REPO_ROOT) -> str | 
     commit's code."""
     if not str(git_hash).endswith("-dirty"):
         return None
-    commits = {commit_with_code(t, repo) if isinstance(t, str) else None for t in code_trees}
+    commits = {commit_with_code(t, repo) if isinstance(t, str) else None for t in set(code_trees)}
     return None if not commits or None in commits else ", ".join(sorted(commits))
 
 
@@ -97,8 +103,9 @@ def describe(git_hash: str, verified: str | None) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _code_trees(repo: str) -> dict[str, str]:
-    """Code tree → newest commit with it, for every commit of every ref, read in one `git cat-file --batch`.
+def _code_trees(repo: str, refs: str = "") -> dict[str, str]:
+    """Code tree → newest commit with it, for every commit of every ref, read in one `git cat-file --batch`
+    (`refs`, the state of the refs, only keys the cache).
 
     Dropping the `results` entry from a commit's top-level tree object and hashing what is left gives the id git
     would give that tree (entries stay sorted, the object format is "tree <size>\\0<entries>") — one process for

@@ -108,6 +108,22 @@ def test_a_commit_made_after_the_history_was_read_is_still_found(tmp_path):
     assert P.commit_with_code(tree, repo) == git(repo, "rev-parse", "HEAD")
 
 
+def test_a_tree_no_commit_has_does_not_reread_the_history(tmp_path, monkeypatch):
+    """Reports look up every dirty row's tree: with the refs unchanged, an unknown one must not cost a history read."""
+    repo = make_repo(tmp_path / "r")
+    P._code_trees.cache_clear()
+    history_reads, git = [], P._git
+
+    def counting_git(repo, *args, **kw):
+        history_reads.extend(args[:1] if args[0] == "log" else ())
+        return git(repo, *args, **kw)
+
+    monkeypatch.setattr(P, "_git", counting_git)
+    assert P.commit_with_code(P.code_tree(repo), repo) is not None
+    assert P.commit_with_code("0" * 40, repo) is None and P.commit_with_code("1" * 40, repo) is None
+    assert history_reads == ["log"]
+
+
 def test_outside_a_repository_nothing_is_claimed(tmp_path):
     assert P.git_hash(tmp_path) == "unknown" and P.code_tree(tmp_path) is None
     assert P._code_trees(str(tmp_path)) == {}
