@@ -37,7 +37,9 @@ def code_tree_by_git(repo, commit, scratch) -> str:
                               env=env).stdout.strip()
 
     run("read-tree", commit)
-    run("rm", "-r", "--cached", "-q", "--ignore-unmatch", "--", "results")
+    # -f: the scratch index may hold results newer than the checkout's (a later commit that only added rows), which
+    # `git rm` would otherwise refuse to drop as "staged content different from both the file and the HEAD"
+    run("rm", "-r", "--cached", "-f", "-q", "--ignore-unmatch", "--", "results")
     return run("write-tree")
 
 
