@@ -9,9 +9,12 @@ TORCH_SPEC  ?= torch==2.13.0
 # Where `make assets` puts model weights and benchmark data (git-ignored; override to share a cache).
 export NIRVANA_CACHE ?= $(CURDIR)/.cache/nirvana
 PYTEST_ARGS ?=
-# test-fast: pytest-xdist workers, one torch thread each — the suite is mostly small ops and imports that use about
-# one core, so two single-threaded workers finish it in 0.59x the time of one process on 2 cores (251 s vs 429 s)
+# test, test-fast: pytest-xdist workers, one torch thread each, one test file per worker at a time (module fixtures
+# are built once) — the suite is mostly small ops and imports that use about one core, so on 2 cores two
+# single-threaded workers take 0.59x the time of one process: whole suite 485 s vs 828 s, fast suite 251 s vs 429 s.
+# TEST_WORKERS=0 runs one process.
 TEST_WORKERS ?= 2
+PYTEST_XDIST = -n $(TEST_WORKERS) --dist loadfile
 # assets: opt-in models to build as well (space-separated asset names: qwen2.5_coder_0.5b)
 MODELS   ?=
 # reproduce-table2: the model config (conf/model/*.yaml) and the Hydra launcher (basic | joblib | submitit_slurm)
@@ -54,10 +57,10 @@ assets: $(ASSETS_STAMP) ## build the offline SmolLM2 model, benchmark data and t
 	$(if $(MODELS),$(PY) -m nirvana.assets build --only $(MODELS))
 
 test: $(ASSETS_STAMP) ## set up, build assets, run the whole test suite but GPU tests
-	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu" $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-fast: $(SETUP_STAMP) ## tests that need no built asset (no `slow`, no `gpu`)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu and not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu and not slow" $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 demo: $(ASSETS_STAMP) ## the main job on the offline default: prune SmolLM2 with NIRVANA + baselines, evaluate, tabulate
 	$(PY) -m experiments.run -m experiment=demo $(ARGS)
