@@ -130,16 +130,11 @@ def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
             line[f"{column} ÷ {name}"] = "" if not compared or pd.isna(r["delta"]) else \
                 f"{r['delta']:.2f}× [{r['delta_lo']:.2f}, {r['delta_hi']:.2f}]" + (" *" if r["significant"] else "") + mark
         lines.append(line)
-    columns = list(dict.fromkeys(k for line in sorted(lines, key=len, reverse=True) for k in line))
-    return pd.DataFrame(lines, columns=columns).fillna("")
+    return pd.DataFrame(lines, columns=_columns(lines)).fillna("")
 
 
 # smallest differences a verdict counts: what the summary shows (0.1 point, 0.01×); below them a difference whose
-
-
 # interval excludes none is a rounding artefact (the same plan evaluated with another torch thread count), not a win
-
-
 VISIBLE_POINTS, VISIBLE_RATIO = 0.0005, 0.005
 
 
