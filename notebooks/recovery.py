@@ -94,6 +94,7 @@ for model in models:
 
 # %%
 fig, (acc_ax, ppl_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+colours = {}  # one colour per line label in both panels, whichever pairs a panel lacks
 for model in models:
     long = pairing.long_table(both, model, pairing.BASE_REFERENCE)
     methods = long["method"].unique()
@@ -109,7 +110,9 @@ for model in models:
                 y = ends["value"].to_numpy()
                 # a percentile bootstrap interval need not contain the point estimate: clip, never a negative bar
                 err = [(y - ends["lo"].to_numpy()).clip(0), (ends["hi"].to_numpy() - y).clip(0)]
-                ax.errorbar([0, 1], y, yerr=err, marker="o", capsize=3, label=f"{b} s={s:g} ({model})")
+                label = f"{b} s={s:g} ({model})"
+                colour = colours.setdefault(label, f"C{len(colours) % 10}")
+                ax.errorbar([0, 1], y, yerr=err, marker="o", capsize=3, color=colour, label=label)
         ax.set_xticks([0, 1], ["pruned", "pruned + LoRA"])
         ax.grid(alpha=0.3)
 acc_ax.set_ylabel("zero-shot mean accuracy")

@@ -308,3 +308,30 @@ def test_ratio_panels_label_more_than_one_tick_whatever_the_spread():
         labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
         assert ax.get_xscale() == scale and len(labels) >= 2, (values, labels)
         plt.close(fig)
+
+
+def test_a_method_has_one_colour_in_every_panel_and_the_legend_names_every_line():
+    """Perplexity-only baselines (magnitude, random) have no zero-shot line: with a colour cycle per panel the
+    zero-shot legend's colours named other methods' perplexity lines."""
+    import matplotlib.pyplot as plt
+
+    from nirvana.reporting.figures import metrics_figure
+
+    cells = [("dense", 0.0, "avg", 0.45), ("dense", 0.0, "wiki@128", 20.0)]
+    cells += [(m, s, "avg", 0.4 - s / 10) for m in ("nirvana", "taylor", "flap") for s in (0.2, 0.4)]
+    cells += [(m, s, "wiki@128", 30 + s * 10) for m in ("nirvana", "magnitude", "random", "taylor", "flap") for s in (0.2, 0.4)]
+    long = pd.DataFrame(cells, columns=["method", "sparsity", "column", "value"]).assign(lo=lambda d: d["value"],
+                                                                                         hi=lambda d: d["value"])
+    fig = metrics_figure(long)
+    colours = {}
+    for ax in fig.axes:
+        lines = [(c.get_label(), c.lines[0]) for c in ax.containers]  # each method's errorbar
+        lines += [(line.get_label(), line) for line in ax.get_lines() if line.get_label() == "dense"]
+        for label, line in lines:
+            colours.setdefault(label, set()).add(line.get_color())
+    assert set(colours) == {"nirvana", "magnitude", "random", "taylor", "flap", "dense"}
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert len({next(iter(c)) for m, c in colours.items()}) == len(colours)  # and no two methods share one
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["dense", "nirvana", "magnitude", "random", "taylor", "flap"]
+    plt.close(fig)

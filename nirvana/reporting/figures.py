@@ -32,31 +32,48 @@ def _save(fig, path: str | Path) -> Path:
 def metrics_vs_sparsity(rows: pd.DataFrame, path: str | Path, model: str | None = None) -> Path:
     """Zero-shot mean accuracy and each perplexity against sparsity, one line per method (dense at s=0), with
     95 % bootstrap intervals as error bars (nirvana.reporting.pairing.long_table)."""
-    long = pairing.long_table(rows, model)
+    return _save(metrics_figure(pairing.long_table(rows, model)), path)
+
+
+def method_styles(methods) -> dict[str, dict]:
+    """One colour (and line style past 20 methods) per method for every panel of a figure: panels measure
+    different method sets (perplexity-only baselines have no zero-shot line), so a per-panel colour cycle would
+    give one colour two meanings."""
+    ordered = sorted(set(methods) - {"dense"}, key=pairing.method_rank)
+    palette = plt.get_cmap("tab10" if len(ordered) <= 10 else "tab20").colors
+    return {m: {"color": palette[i % len(palette)], "ls": ("-", "--", ":")[i // len(palette) % 3],
+                "lw": 1.8 if m.startswith("nirvana") else 1.2} for i, m in enumerate(ordered)}
+
+
+def metrics_figure(long: pd.DataFrame):
+    """The figure `metrics_vs_sparsity` saves, from a long table; one legend for all panels, below them."""
     panels = [("zero-shot mean accuracy", pairing.AVG_COLUMN, False)]
     panels += [(f"perplexity {c}", c, True) for c in sorted(c for c in long["column"].unique() if pairing.is_perplexity(c))]
     panels = [p for p in panels if (long["column"] == p[1]).any()]
     if not panels:
         raise NoData("no zero-shot mean or perplexity rows to plot")
+    styles = method_styles(long[long["column"].isin([p[1] for p in panels])]["method"])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    handles = {}
     for ax, (title, column, log) in zip(axes[0], panels):
         sub = long[long["column"] == column]
         dense = sub[sub["method"] == "dense"]
-        methods = sorted(set(sub["method"]) - {"dense"}, key=pairing.method_rank)
-        for m in methods:
+        for m in sorted(set(sub["method"]) - {"dense"}, key=pairing.method_rank):
             line = pd.concat([dense, sub[sub["method"] == m].sort_values("sparsity")])
             err = [(line["value"] - line["lo"]).clip(lower=0).fillna(0), (line["hi"] - line["value"]).clip(lower=0).fillna(0)]
-            ax.errorbar(line["sparsity"], line["value"], yerr=err, marker="o", capsize=2,
-                        lw=1.8 if m.startswith("nirvana") else 1.2, label=m)
+            handles[m] = ax.errorbar(line["sparsity"], line["value"], yerr=err, marker="o", capsize=2, label=m,
+                                     **styles[m])
         if not dense.empty:
-            ax.axhline(float(dense["value"].iloc[0]), color="grey", ls=":", lw=1, label="dense")
+            handles["dense"] = ax.axhline(float(dense["value"].iloc[0]), color="grey", ls=":", lw=1, label="dense")
         ax.set_title(title)
         ax.set_xlabel("sparsity (fraction of attention+MLP parameters)")
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    return _save(fig, path)
+    labels = sorted(handles, key=pairing.method_rank)
+    fig.legend([handles[m] for m in labels], labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(labels), 8), fontsize=8, frameon=False)
+    return fig
 
 
 def paired_differences(rows: pd.DataFrame, path: str | Path, model: str | None = None,
