@@ -85,7 +85,7 @@ reproduce-beyond: $(SETUP_STAMP) ## beyond the paper (offline SmolLM2): KL-chose
 	$(MAKE) --no-print-directory assets
 	$(PY) -m experiments.run -m experiment=beyond hydra/launcher=$(LAUNCHER) $(ARGS)
 	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/beyond_smollm2_135m.jsonl \
-		--out results/tables/beyond --model smollm2_135m --command "make reproduce-beyond" --reference nirvana flap flap:kl \
+		--out results/tables/beyond --model smollm2_135m --command "make reproduce-beyond" --reference nirvana flap flap:kl nirvana:kl \
 		--plans $$(ls -t outputs/beyond/smollm2_135m/*/*/pruning_plan.json 2>/dev/null | head -20)
 
 reproduce-quant: $(SETUP_STAMP) ## quantization after pruning (offline SmolLM2; torchao schemes × dense/NIRVANA/FLAP) → results/tables/quant
