@@ -97,6 +97,22 @@ def test_verdicts_read_the_paired_intervals_with_the_summarys_precision(rows):
     assert ppl_only_first.iloc[0]["zero-shot"] == "–"  # flap at 0.2 now has no zero-shot: no verdict, not a gap
 
 
+def test_grid_folds_the_summarys_comparisons_into_one_line_per_method(rows):
+    long = pairing.long_table(rows)
+    grid = tables.grid_table(long, seq_len=128)
+    assert grid.attrs["cell"] == "zero-shot Δ vs NIRVANA (points) [95 % interval] · wiki_passages@128 ÷ NIRVANA"
+    grid = grid.set_index("method")
+    assert list(grid.index) == ["flap"] and list(grid.columns) == ["20%", "40%"]  # dense and NIRVANA: nothing paired
+    summary = tables.summary_table(long, seq_len=128, against="nirvana").set_index(["method", "sparsity"])
+    at_20 = summary.loc[("flap", "0.2")]
+    zero_shot, ratio = grid.loc["flap", "20%"].split(" · ")
+    assert zero_shot == at_20["Δ vs NIRVANA (points)"].replace(" *", "*")  # the same numbers, marks kept
+    assert ratio == at_20["wiki_passages@128 ÷ NIRVANA"].split(" [")[0] + "*" == "1.10×*"
+    assert grid.loc["flap", "40%"].endswith(" †")  # 35 % removed vs NIRVANA's 39.6 %
+    no_flap_at_40 = long[~((long["method"] == "flap") & (long["sparsity"] == 0.4))]
+    assert tables.grid_table(no_flap_at_40, seq_len=128).iloc[0]["40%"] == "not run"
+
+
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the project's git history")
 def test_dirty_rows_whose_code_is_a_commits_are_verified_not_warned_about(tmp_path, caplog):
     """Rows recorded as "<old>-dirty" on a copy with stale git metadata, whose code tree is a commit's code: the

@@ -27,6 +27,7 @@ from .pairing import (
     evidence,
     is_perplexity,
     long_table,
+    method_rank,
     minus,
     reference_name,
     reference_of,
@@ -131,6 +132,41 @@ def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
                 f"{r['delta']:.2f}× [{r['delta_lo']:.2f}, {r['delta_hi']:.2f}]" + (" *" if r["significant"] else "") + mark
         lines.append(line)
     return pd.DataFrame(lines, columns=_columns(lines)).fillna("")
+
+
+def grid_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE) -> pd.DataFrame:
+    """The summary's comparisons folded into one line per method and one column per sparsity — what a README
+    quotes. Each cell: the zero-shot Δ in points [95 % interval] · each perplexity ratio at `seq_len`, in the
+    order `attrs["cell"]` names; `*` after a value whose interval excludes no difference, `†` after a cell whose
+    two models remove shares of parameters more than a point apart, `not run` where the method lacks that
+    sparsity."""
+    name, cells_by, columns = reference_name(against), {}, []
+    for method, s, g, mark in _blocks(long):
+        if not _compared(g):
+            continue
+        ppl = sorted(c for c in g.index if c.endswith(f"@{seq_len}"))
+        columns += [c for c in ppl if c not in columns]
+        parts = []
+        if AVG_COLUMN in g.index and not pd.isna(g.loc[AVG_COLUMN, "delta"]):
+            r = g.loc[AVG_COLUMN]
+            parts.append(f"{100 * r['delta']:+.1f} [{100 * r['delta_lo']:+.1f}, {100 * r['delta_hi']:+.1f}]"
+                         + ("*" if r["significant"] else ""))
+        else:
+            parts.append("–")  # perplexity-only baselines (magnitude, random)
+        parts += [f"{g.loc[c, 'delta']:.2f}×" + ("*" if g.loc[c, "significant"] else "")
+                  if not pd.isna(g.loc[c, "delta"]) else "–" for c in ppl]
+        if parts.count("–") < len(parts):
+            cells_by[(method, s)] = " · ".join(parts) + mark
+    if not cells_by:
+        return pd.DataFrame()
+    # every pruned sparsity the rows hold, so a method missing one shows `not run` (dense only where it is paired)
+    sparsities = sorted({s for s in long["sparsity"].unique() if s > 0} | {s for _, s in cells_by})
+    methods = sorted({m for m, _ in cells_by}, key=method_rank)
+    grid = pd.DataFrame([{"method": m, **{f"{s:.0%}": cells_by.get((m, s), "not run") for s in sparsities}}
+                         for m in methods])
+    grid.attrs["cell"] = " · ".join([f"zero-shot Δ vs {name} (points) [95 % interval]"]
+                                    + [f"{c} ÷ {name}" for c in columns])
+    return grid
 
 
 # smallest differences a verdict counts: what the summary shows (0.1 point, 0.01×); below them a difference whose
@@ -267,7 +303,8 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = Non
                 command: str | None = None, against: str = REFERENCE) -> list[Path]:
     """<name>.md (values, intervals, paired differences, provenance), <name>.csv (long: every interval),
     <name>.tex (the values), <name>_paired.md (Δ per task), <name>_summary.md (the headline view, at 512 tokens),
-    <name>_verdict.md (better/tie/worse per headline metric); all paired with `against` (`reference_of`)."""
+    <name>_grid.md (the summary's comparisons, one line per method and one column per sparsity), <name>_verdict.md
+    (better/tie/worse per headline metric); all paired with `against` (`reference_of`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     long = long_table(rows, model, against)
@@ -292,6 +329,11 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = Non
                         f"no paired differences (no method with per-item results beside {against} at its sparsity)\n")
     paths.append(out / f"{name}_summary.md")
     paths[-1].write_text(markdown(summary_table(long, against=against), numparse=False))
+    grid = grid_table(long, against=against)
+    if not grid.empty:
+        paths.append(out / f"{name}_grid.md")
+        paths[-1].write_text(f"Each cell: {grid.attrs['cell']}; * the interval excludes no difference; † the two "
+                             f"remove shares of parameters more than {UNEQUAL:.0%} apart.\n\n" + markdown(grid, numparse=False))
     verdicts = verdict_table(long, against=against)
     if not verdicts.empty:
         paths.append(out / f"{name}_verdict.md")
