@@ -111,6 +111,8 @@ def test_grid_folds_the_summarys_comparisons_into_one_line_per_method(rows):
     assert grid.loc["flap", "40%"].endswith(" †")  # 35 % removed vs NIRVANA's 39.6 %
     no_flap_at_40 = long[~((long["method"] == "flap") & (long["sparsity"] == 0.4))]
     assert tables.grid_table(no_flap_at_40, seq_len=128).iloc[0]["40%"] == "not run"
+    no_ppl_at_20 = long[~((long["method"] == "flap") & (long["sparsity"] == 0.2) & (long["column"] != "avg"))]
+    assert tables.grid_table(no_ppl_at_20, seq_len=128).iloc[0]["20%"] == f"{zero_shot} · –"  # keeps the header's order
 
 
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the project's git history")

@@ -139,22 +139,21 @@ def grid_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE)
     quotes. Each cell: the zero-shot Δ in points [95 % interval] · each perplexity ratio at `seq_len`, in the
     order `attrs["cell"]` names; `*` after a value whose interval excludes no difference, `†` after a cell whose
     two models remove shares of parameters more than a point apart, `not run` where the method lacks that
-    sparsity."""
-    name, cells_by, columns = reference_name(against), {}, []
-    for method, s, g, mark in _blocks(long):
-        if not _compared(g):
-            continue
-        ppl = sorted(c for c in g.index if c.endswith(f"@{seq_len}"))
-        columns += [c for c in ppl if c not in columns]
-        parts = []
-        if AVG_COLUMN in g.index and not pd.isna(g.loc[AVG_COLUMN, "delta"]):
-            r = g.loc[AVG_COLUMN]
-            parts.append(f"{100 * r['delta']:+.1f} [{100 * r['delta_lo']:+.1f}, {100 * r['delta_hi']:+.1f}]"
-                         + ("*" if r["significant"] else ""))
-        else:
-            parts.append("–")  # perplexity-only baselines (magnitude, random)
-        parts += [f"{g.loc[c, 'delta']:.2f}×" + ("*" if g.loc[c, "significant"] else "")
-                  if not pd.isna(g.loc[c, "delta"]) else "–" for c in ppl]
+    sparsity (`–` at 0 %: only dense models live there)."""
+    blocks = [(method, s, g, mark) for method, s, g, mark in _blocks(long) if _compared(g)]
+    columns = sorted({c for *_, g, _ in blocks for c in g.index if c.endswith(f"@{seq_len}")})
+
+    def value(g, column):  # "–" where this block lacks the metric or its pairing (magnitude has no zero-shot)
+        if column not in g.index or pd.isna(g.loc[column, "delta"]):
+            return "–"
+        r, star = g.loc[column], "*" if g.loc[column, "significant"] else ""
+        if column == AVG_COLUMN:
+            return f"{100 * r['delta']:+.1f} [{100 * r['delta_lo']:+.1f}, {100 * r['delta_hi']:+.1f}]{star}"
+        return f"{r['delta']:.2f}×{star}"
+
+    cells_by = {}
+    for method, s, g, mark in blocks:
+        parts = [value(g, c) for c in [AVG_COLUMN, *columns]]
         if parts.count("–") < len(parts):
             cells_by[(method, s)] = " · ".join(parts) + mark
     if not cells_by:
@@ -162,8 +161,9 @@ def grid_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE)
     # every pruned sparsity the rows hold, so a method missing one shows `not run` (dense only where it is paired)
     sparsities = sorted({s for s in long["sparsity"].unique() if s > 0} | {s for _, s in cells_by})
     methods = sorted({m for m, _ in cells_by}, key=method_rank)
-    grid = pd.DataFrame([{"method": m, **{f"{s:.0%}": cells_by.get((m, s), "not run") for s in sparsities}}
+    grid = pd.DataFrame([{"method": m, **{f"{s:.0%}": cells_by.get((m, s), "not run" if s else "–") for s in sparsities}}
                          for m in methods])
+    name = reference_name(against)
     grid.attrs["cell"] = " · ".join([f"zero-shot Δ vs {name} (points) [95 % interval]"]
                                     + [f"{c} ÷ {name}" for c in columns])
     return grid
