@@ -111,6 +111,10 @@ def test_grid_folds_the_summarys_comparisons_into_one_line_per_method(rows):
     assert grid.loc["flap", "40%"].endswith(" †")  # 35 % removed vs NIRVANA's 39.6 %
     no_flap_at_40 = long[~((long["method"] == "flap") & (long["sparsity"] == 0.4))]
     assert tables.grid_table(no_flap_at_40, seq_len=128).iloc[0]["40%"] == "not run"
+    rounding = long.copy()  # excludes 1 but shows as 1.00× (another thread count's rounding): no star, as no verdict
+    at = (rounding["method"] == "flap") & (rounding["sparsity"] == 0.2) & (rounding["column"] == "wiki_passages@128")
+    rounding.loc[at, ["delta", "delta_lo", "delta_hi"]] = [1.001, 1.0005, 1.0015]
+    assert tables.grid_table(rounding, seq_len=128).iloc[0]["20%"].endswith(" · 1.00×")
     no_ppl_at_20 = long[~((long["method"] == "flap") & (long["sparsity"] == 0.2) & (long["column"] != "avg"))]
     assert tables.grid_table(no_ppl_at_20, seq_len=128).iloc[0]["20%"] == f"{zero_shot} · –"  # keeps the header's order
 

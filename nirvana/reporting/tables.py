@@ -134,19 +134,38 @@ def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
     return pd.DataFrame(lines, columns=_columns(lines)).fillna("")
 
 
+# smallest differences a verdict counts: what the summary shows (0.1 point, 0.01×); below them a difference whose
+# interval excludes none is a rounding artefact (the same plan evaluated with another torch thread count), not a win
+VISIBLE_POINTS, VISIBLE_RATIO = 0.0005, 0.005
+
+
+def verdict(delta: float, significant: bool, perplexity: bool) -> str:
+    """`better`, `worse` or `tie` for the row's method against the reference, from the paired interval: a side
+    is taken only when the interval excludes no difference (`significant`, the long table's `*`) AND the
+    difference shows at the summary's precision."""
+    if pd.isna(delta):
+        return "–"  # not paired: no verdict
+    null, visible = (1.0, VISIBLE_RATIO) if perplexity else (0.0, VISIBLE_POINTS)
+    if not significant or abs(delta - null) < visible:
+        return "tie"
+    return "better" if (delta < null) == perplexity else "worse"
+
+
 def grid_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE) -> pd.DataFrame:
     """The summary's comparisons folded into one line per method and one column per sparsity — what a README
     quotes. Each cell: the zero-shot Δ in points [95 % interval] · each perplexity ratio at `seq_len`, in the
-    order `attrs["cell"]` names; `*` after a value whose interval excludes no difference, `†` after a cell whose
-    two models remove shares of parameters more than a point apart, `not run` where the method lacks that
-    sparsity (`–` at 0 %: only dense models live there)."""
+    order `attrs["cell"]` names; `*` after a value the verdict calls better or worse (its interval excludes no
+    difference and the difference shows at this precision: no `1.00×*`), `†` after a cell whose two models
+    remove shares of parameters more than a point apart, `not run` where the method lacks that sparsity (`–` at
+    0 %: only dense models live there)."""
     blocks = [(method, s, g, mark) for method, s, g, mark in _blocks(long) if _compared(g)]
     columns = sorted({c for *_, g, _ in blocks for c in g.index if c.endswith(f"@{seq_len}")})
 
     def value(g, column):  # "–" where this block lacks the metric or its pairing (magnitude has no zero-shot)
         if column not in g.index or pd.isna(g.loc[column, "delta"]):
             return "–"
-        r, star = g.loc[column], "*" if g.loc[column, "significant"] else ""
+        r = g.loc[column]
+        star = "" if verdict(r["delta"], r["significant"], perplexity=column != AVG_COLUMN) == "tie" else "*"
         if column == AVG_COLUMN:
             return f"{100 * r['delta']:+.1f} [{100 * r['delta_lo']:+.1f}, {100 * r['delta_hi']:+.1f}]{star}"
         return f"{r['delta']:.2f}×{star}"
@@ -167,23 +186,6 @@ def grid_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE)
     grid.attrs["cell"] = " · ".join([f"zero-shot Δ vs {name} (points) [95 % interval]"]
                                     + [f"{c} ÷ {name}" for c in columns])
     return grid
-
-
-# smallest differences a verdict counts: what the summary shows (0.1 point, 0.01×); below them a difference whose
-# interval excludes none is a rounding artefact (the same plan evaluated with another torch thread count), not a win
-VISIBLE_POINTS, VISIBLE_RATIO = 0.0005, 0.005
-
-
-def verdict(delta: float, significant: bool, perplexity: bool) -> str:
-    """`better`, `worse` or `tie` for the row's method against the reference, from the paired interval: a side
-    is taken only when the interval excludes no difference (`significant`, the long table's `*`) AND the
-    difference shows at the summary's precision."""
-    if pd.isna(delta):
-        return "–"  # not paired: no verdict
-    null, visible = (1.0, VISIBLE_RATIO) if perplexity else (0.0, VISIBLE_POINTS)
-    if not significant or abs(delta - null) < visible:
-        return "tie"
-    return "better" if (delta < null) == perplexity else "worse"
 
 
 def verdict_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE) -> pd.DataFrame:
@@ -332,8 +334,9 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = Non
     grid = grid_table(long, against=against)
     if not grid.empty:
         paths.append(out / f"{name}_grid.md")
-        paths[-1].write_text(f"Each cell: {grid.attrs['cell']}; * the interval excludes no difference; † the two "
-                             f"remove shares of parameters more than {UNEQUAL:.0%} apart.\n\n" + markdown(grid, numparse=False))
+        paths[-1].write_text(f"Each cell: {grid.attrs['cell']}; * a difference the interval supports (better or "
+                             f"worse in {name}_verdict.md); † the two remove shares of parameters more than "
+                             f"{UNEQUAL:.0%} apart.\n\n" + markdown(grid, numparse=False))
     verdicts = verdict_table(long, against=against)
     if not verdicts.empty:
         paths.append(out / f"{name}_verdict.md")
