@@ -90,7 +90,7 @@ reproduce-beyond: $(SETUP_STAMP) ## beyond the paper (offline SmolLM2; MODEL=qwe
 	$(PY) -m experiments.run -m experiment=$(BEYOND_SWEEP) hydra/launcher=$(LAUNCHER) $(ARGS)
 	$(PY) -m experiments.report --rows results/rows/table2_$(BEYOND_MODEL).jsonl results/rows/beyond_$(BEYOND_MODEL).jsonl \
 		--out $(BEYOND_TABLES) --model $(BEYOND_MODEL) --command "make reproduce-beyond$(if $(filter smollm2_135m,$(BEYOND_MODEL)),, MODEL=$(BEYOND_MODEL))" \
-		--reference nirvana flap flap:kl nirvana:kl \
+		--reference nirvana flap flap:kl nirvana:kl taylor:kl \
 		--plans $$(ls -t outputs/beyond/$(BEYOND_MODEL)/*/*/pruning_plan.json 2>/dev/null | head -20)
 
 reproduce-quant: $(SETUP_STAMP) ## quantization after pruning (offline SmolLM2; torchao schemes × dense/NIRVANA/FLAP) → results/tables/quant

@@ -110,7 +110,10 @@ def test_grid_folds_the_summarys_comparisons_into_one_line_per_method(rows):
     assert ratio == at_20["wiki_passages@128 ÷ NIRVANA"].split(" [")[0] + "*" == "1.10×*"
     assert grid.loc["flap", "40%"].endswith(" †")  # 35 % removed vs NIRVANA's 39.6 %
     no_flap_at_40 = long[~((long["method"] == "flap") & (long["sparsity"] == 0.4))]
-    assert tables.grid_table(no_flap_at_40, seq_len=128).iloc[0]["40%"] == "not run"
+    assert list(tables.grid_table(no_flap_at_40, seq_len=128).columns) == ["method", "20%"]  # nothing compared at 40 %
+    only_at_20 = long[(long["method"] == "flap") & (long["sparsity"] == 0.2)].assign(method="taylor")
+    with_taylor = tables.grid_table(pd.concat([long, only_at_20]), seq_len=128).set_index("method")
+    assert with_taylor.loc["taylor", "40%"] == "not run" and with_taylor.loc["taylor", "20%"] == grid.loc["flap", "20%"]
     rounding = long.copy()  # excludes 1 but shows as 1.00× (another thread count's rounding): no star, as no verdict
     at = (rounding["method"] == "flap") & (rounding["sparsity"] == 0.2) & (rounding["column"] == "wiki_passages@128")
     rounding.loc[at, ["delta", "delta_lo", "delta_hi"]] = [1.001, 1.0005, 1.0015]
@@ -268,6 +271,9 @@ def test_report_writes_one_set_of_tables_per_reference_and_refuses_unknown_ones(
     assert {"table2_summary.md", "table2_vs_flap_summary.md", "paired_differences.png",
             "paired_differences_vs_flap.png"} <= names
     assert "Δ vs base (points)" in (tmp_path / "out" / "table2_summary.md").read_text()
+    grid = tables.grid_table(pairing.long_table(read_rows(tmp_path / "rows.jsonl"), against="base"), seq_len=128)
+    dense = grid.set_index("method").loc["dense [int8_wo]"]
+    assert dense["20%"] == dense["40%"] == "–" and dense["0%"].startswith("+0.0 [")  # a dense model has no 20 % twin
     vs_flap = (tmp_path / "out" / "table2_vs_flap_summary.md").read_text()
     assert "Δ vs flap (points)" in vs_flap and "+5.0 [" in vs_flap  # NIRVANA 0.05 above FLAP at 0.2, in points
     with pytest.raises(ValueError, match=r"reference 'flap:kl': no such method.*'flap', 'nirvana'"):

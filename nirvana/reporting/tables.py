@@ -156,8 +156,8 @@ def grid_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE)
     quotes. Each cell: the zero-shot Δ in points [95 % interval] · each perplexity ratio at `seq_len`, in the
     order `attrs["cell"]` names; `*` after a value the verdict calls better or worse (its interval excludes no
     difference and the difference shows at this precision: no `1.00×*`), `†` after a cell whose two models
-    remove shares of parameters more than a point apart, `not run` where the method lacks that sparsity (`–` at
-    0 %: only dense models live there)."""
+    remove shares of parameters more than a point apart, `not run` where the method lacks that sparsity (`–` in
+    the dense column and in a dense model's pruned columns)."""
     blocks = [(method, s, g, mark) for method, s, g, mark in _blocks(long) if _compared(g)]
     columns = sorted({c for *_, g, _ in blocks for c in g.index if c.endswith(f"@{seq_len}")})
 
@@ -177,10 +177,14 @@ def grid_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE)
             cells_by[(method, s)] = " · ".join(parts) + mark
     if not cells_by:
         return pd.DataFrame()
-    # every pruned sparsity the rows hold, so a method missing one shows `not run` (dense only where it is paired)
-    sparsities = sorted({s for s in long["sparsity"].unique() if s > 0} | {s for _, s in cells_by})
+    sparsities = sorted({s for _, s in cells_by})  # where something was compared (not the reference's other rows)
     methods = sorted({m for m, _ in cells_by}, key=method_rank)
-    grid = pd.DataFrame([{"method": m, **{f"{s:.0%}": cells_by.get((m, s), "not run" if s else "–") for s in sparsities}}
+    dense_only = {m for m in methods if all(s == 0 for n, s in cells_by if n == m)}
+
+    def missing(m, s):  # a dense model has no pruned twin, a pruned one no dense column: nothing there to run
+        return "–" if s == 0 or m in dense_only else "not run"
+
+    grid = pd.DataFrame([{"method": m, **{f"{s:.0%}": cells_by.get((m, s)) or missing(m, s) for s in sparsities}}
                          for m in methods])
     name = reference_name(against)
     grid.attrs["cell"] = " · ".join([f"zero-shot Δ vs {name} (points) [95 % interval]"]
