@@ -6,8 +6,9 @@
 provenance) and, where the rows hold quantized or recovered models, table2_gains.md (what that stage changed, and
 whether more than for the reference); the same as table2_vs_<reference>.* for each further reference (`flap:kl`,
 or `base`: each quantized or recovered model vs the pruned model it came from); table2_vs_paper.md when paper
-numbers exist; and figures: metrics_vs_sparsity.png (error bars), paired_differences[_vs_<reference>].png, allocation_<pruner>_s<s>.png
-(from the widths the rows record, or from saved plans for older rows), gamma_ablation.png and kl_vs_perplexity.png when the rows hold such sweeps.
+numbers exist; and figures: metrics_vs_sparsity.png (error bars), paired_differences[_vs_<reference>].png,
+allocation_<pruner>_s<s>.png (from the widths the rows record, or from saved plans for older rows), gamma_ablation.png
+and kl_vs_perplexity.png when the rows hold such sweeps.
 """
 
 from __future__ import annotations
