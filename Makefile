@@ -29,10 +29,10 @@ EXPERIMENT ?= demo
 # The offline models have no hub: the same sweep on offline text and tasks (Qwen: its own block, conf/experiment)
 TABLE2_EXPERIMENT = $(if $(filter smollm2_135m,$(MODEL)),table2_offline,$(if $(filter qwen2.5_coder_0.5b,$(MODEL)),table2_offline_qwen,table2))
 OFFLINE_TABLE2    = $(filter table2_offline%,$(TABLE2_EXPERIMENT))
-# reproduce-beyond: SmolLM2 unless MODEL names the Qwen model (its own, shorter sweep: conf/experiment/beyond_qwen.yaml)
-BEYOND_MODEL  = $(if $(filter qwen2.5_coder_0.5b,$(MODEL)),qwen2.5_coder_0.5b,smollm2_135m)
-BEYOND_SWEEP  = $(if $(filter smollm2_135m,$(BEYOND_MODEL)),beyond,beyond_qwen)
-BEYOND_TABLES = results/tables/beyond$(if $(filter smollm2_135m,$(BEYOND_MODEL)),,_$(BEYOND_MODEL))
+# reproduce-beyond: SmolLM2 unless MODEL names the opt-in Qwen model (its own, shorter sweep: conf/experiment/beyond_qwen.yaml)
+BEYOND_OPT_IN = $(filter qwen2.5_coder_0.5b,$(MODEL))
+BEYOND_MODEL  = $(or $(BEYOND_OPT_IN),smollm2_135m)
+BEYOND_SWEEP  = beyond$(if $(BEYOND_OPT_IN),_qwen)
 
 SETUP_STAMP  := $(VENV)/.setup-done
 ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
@@ -86,10 +86,11 @@ reproduce-table2: $(SETUP_STAMP) ## Table 2 sweep (GPU + hub); MODEL=smollm2_135
 		--plans $$(ls -t outputs/table2/$(MODEL)/*/*/pruning_plan.json 2>/dev/null | head -20)
 
 reproduce-beyond: $(SETUP_STAMP) ## beyond the paper (offline SmolLM2; MODEL=qwen2.5_coder_0.5b: Qwen): KL-chosen calibration and γ, ablations, baselines with KL calibration → results/tables/beyond*
-	$(MAKE) --no-print-directory assets $(if $(filter smollm2_135m,$(BEYOND_MODEL)),,MODELS=$(BEYOND_MODEL))
+	$(MAKE) --no-print-directory assets $(addprefix MODELS=,$(BEYOND_OPT_IN))
 	$(PY) -m experiments.run -m experiment=$(BEYOND_SWEEP) hydra/launcher=$(LAUNCHER) $(ARGS)
 	$(PY) -m experiments.report --rows results/rows/table2_$(BEYOND_MODEL).jsonl results/rows/beyond_$(BEYOND_MODEL).jsonl \
-		--out $(BEYOND_TABLES) --model $(BEYOND_MODEL) --command "make reproduce-beyond$(if $(filter smollm2_135m,$(BEYOND_MODEL)),, MODEL=$(BEYOND_MODEL))" \
+		--out results/tables/beyond$(addprefix _,$(BEYOND_OPT_IN)) --model $(BEYOND_MODEL) \
+		--command "make reproduce-beyond$(if $(BEYOND_OPT_IN), MODEL=$(BEYOND_OPT_IN))" \
 		--reference nirvana flap flap:kl nirvana:kl taylor:kl \
 		--plans $$(ls -t outputs/beyond/$(BEYOND_MODEL)/*/*/pruning_plan.json 2>/dev/null | head -20)
 

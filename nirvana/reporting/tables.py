@@ -167,7 +167,7 @@ def grid_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE)
         r = g.loc[column]
         star = "" if verdict(r["delta"], r["significant"], perplexity=column != AVG_COLUMN) == "tie" else "*"
         if column == AVG_COLUMN:
-            return f"{100 * r['delta']:+.1f} [{100 * r['delta_lo']:+.1f}, {100 * r['delta_hi']:+.1f}]{star}"
+            return _signed_points(r["delta"], r["delta_lo"], r["delta_hi"]) + star
         return f"{r['delta']:.2f}×{star}"
 
     cells_by = {}
@@ -179,10 +179,10 @@ def grid_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE)
         return pd.DataFrame()
     sparsities = sorted({s for _, s in cells_by})  # where something was compared (not the reference's other rows)
     methods = sorted({m for m, _ in cells_by}, key=method_rank)
-    dense_only = {m for m in methods if all(s == 0 for n, s in cells_by if n == m)}
+    pruned = {m for m, s in cells_by if s > 0}
 
     def missing(m, s):  # a dense model has no pruned twin, a pruned one no dense column: nothing there to run
-        return "–" if s == 0 or m in dense_only else "not run"
+        return "not run" if s > 0 and m in pruned else "–"
 
     grid = pd.DataFrame([{"method": m, **{f"{s:.0%}": cells_by.get((m, s)) or missing(m, s) for s in sparsities}}
                          for m in methods])
@@ -215,8 +215,12 @@ def verdict_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
 def _points(iv: stats.Interval | None, null: float = 0.0) -> str:
     if iv is None:
         return "–"
-    mark = " *" if iv.excludes(null) else ""
-    return f"{100 * iv.value:+.1f} [{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]{mark}"
+    return _signed_points(iv.value, iv.lo, iv.hi) + (" *" if iv.excludes(null) else "")
+
+
+def _signed_points(value: float, lo: float, hi: float) -> str:
+    """A difference of fractions in points with its interval: "+1.2 [+0.1, +2.4]" (gains and the grid)."""
+    return f"{100 * value:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
 def _ratio(iv: stats.Interval | None) -> str:
