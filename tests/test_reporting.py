@@ -363,3 +363,17 @@ def test_a_method_has_one_colour_in_every_panel_and_the_legend_names_every_line(
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == ["dense", "nirvana", "magnitude", "random", "taylor", "flap"]
     plt.close(fig)
+
+
+def test_runs_with_different_settings_under_one_label_are_warned_about_not_silently_merged(tmp_path):
+    import warnings
+
+    append_rows(tmp_path / "rows.jsonl", fixture_rows())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one run per label: quiet
+        pairing.cells(read_rows(tmp_path / "rows.jsonl"))
+    # the same label from another run (e.g. an option overridden without a variant) shadows FLAP's 20 % cells
+    other = [dict(r, run_id="other") for r in fixture_rows() if r["pruner"] == "flap" and r["sparsity"] == 0.2]
+    append_rows(tmp_path / "rows.jsonl", other)
+    with pytest.warns(UserWarning, match=r"m flap s=0\.2: runs .*other.*pruner\.variant"):
+        pairing.cells(read_rows(tmp_path / "rows.jsonl"))

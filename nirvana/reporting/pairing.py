@@ -18,6 +18,7 @@ When the same cell was measured more than once, the newest row wins (`nirvana.re
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -82,6 +83,7 @@ def cells(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
     dtypes = df["dtype"] if "dtype" in df else [None] * len(df)
     recovered = [e.get("recovery") if isinstance(e, dict) else None for e in df["extra"]]
     df = df.assign(method=[method_label(*x) for x in zip(df["pruner"], df["gamma"], dtypes, recovered)])
+    _warn_shared_labels(df)
     df = latest(df, ["method", "sparsity", "column"])
     known = set(zip(df[df["column"] == KEPT_COLUMN]["method"], df[df["column"] == KEPT_COLUMN]["sparsity"]))
     unknown = sorted({(m, s) for m, s in zip(df["method"], df["sparsity"]) if (m, s) not in known and m != "dense"})
@@ -89,6 +91,18 @@ def cells(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
         raise ValueError(f"pruned models without pruning rows (evaluated without their plan?): {unknown}; the "
                          "parameters kept unknown — evaluate the checkpoint folder that holds its pruning_plan.json")
     return df
+
+
+def _warn_shared_labels(df: pd.DataFrame) -> None:
+    """Warn where runs with different ids (different settings: nirvana.evaluation.protocol.run_identity) fill the
+    same cell: only the newest shows, silently standing in for the other — e.g. a `pruner.bias_compensation=true`
+    override run under nirvana_kl's label. A re-measurement of one run keeps its id and stays quiet."""
+    runs = df.groupby(["model", "method", "sparsity"], dropna=False)["run_id"].unique()
+    shared = {key: sorted(ids) for key, ids in runs.items() if len(ids) > 1}
+    if shared:
+        listed = "; ".join(f"{m} {label} s={s:g}: runs {', '.join(ids)}" for (m, label, s), ids in shared.items())
+        warnings.warn(f"different runs share a table label, the newest row of each cell wins — {listed}. Give "
+                      "one a `pruner.variant=<name>` to keep them apart, or drop the stale rows", stacklevel=3)
 
 
 def _items(row) -> list[float] | None:
