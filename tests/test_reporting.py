@@ -377,3 +377,23 @@ def test_runs_with_different_settings_under_one_label_are_warned_about_not_silen
     append_rows(tmp_path / "rows.jsonl", other)
     with pytest.warns(UserWarning, match=r"m flap s=0\.2: runs .*other.*pruner\.variant"):
         pairing.cells(read_rows(tmp_path / "rows.jsonl"))
+
+
+def test_perplexity_panels_end_at_a_broken_models_level_and_the_legend_marks_who_leaves():
+    """Magnitude's 10⁶ would squeeze every usable method into a panel's bottom decade."""
+    import matplotlib.pyplot as plt
+
+    from nirvana.reporting.figures import OFF_SCALE, metrics_figure
+
+    cells = [("dense", 0.0, "wiki@128", 20.0), ("nirvana", 0.4, "wiki@128", 90.0), ("magnitude", 0.4, "wiki@128", 1e6)]
+    long = pd.DataFrame(cells, columns=["method", "sparsity", "column", "value"]).assign(lo=lambda d: d["value"],
+                                                                                         hi=lambda d: d["value"])
+    fig = metrics_figure(long)
+    assert fig.axes[0].get_ylim()[1] == pytest.approx(OFF_SCALE * 20.0)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["dense", "nirvana", "magnitude ↑"]
+    plt.close(fig)
+    in_scale = long[long["method"] != "magnitude"]  # nothing leaves: the panel fits its lines, no mark
+    fig = metrics_figure(in_scale)
+    assert fig.axes[0].get_ylim()[1] < 100 and fig.legends[0].get_title().get_text() == ""
+    plt.close(fig)

@@ -45,8 +45,13 @@ def method_styles(methods) -> dict[str, dict]:
                 "lw": 1.8 if m.startswith("nirvana") else 1.2} for i, m in enumerate(ordered)}
 
 
+OFF_SCALE = 100  # perplexity panels end at this multiple of the dense model's: past it a model is broken, and
+#                 plotting magnitude's 10⁶ squeezes every usable method into the bottom decade of the panel
+
+
 def metrics_figure(long: pd.DataFrame):
-    """The figure `metrics_vs_sparsity` saves, from a long table; one legend for all panels, below them."""
+    """The figure `metrics_vs_sparsity` saves, from a long table; one legend for all panels, below them. A
+    perplexity panel ends at OFF_SCALE × dense; the legend marks the methods whose lines leave one with ↑."""
     panels = [("zero-shot mean accuracy", pairing.AVG_COLUMN, False)]
     panels += [(f"perplexity {c}", c, True) for c in sorted(c for c in long["column"].unique() if pairing.is_perplexity(c))]
     panels = [p for p in panels if (long["column"] == p[1]).any()]
@@ -54,7 +59,7 @@ def metrics_figure(long: pd.DataFrame):
         raise NoData("no zero-shot mean or perplexity rows to plot")
     styles = method_styles(long[long["column"].isin([p[1] for p in panels])]["method"])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    handles = {}
+    handles, off_scale = {}, set()
     for ax, (title, column, log) in zip(axes[0], panels):
         sub = long[long["column"] == column]
         dense = sub[sub["method"] == "dense"]
@@ -69,11 +74,25 @@ def metrics_figure(long: pd.DataFrame):
         ax.set_xlabel("sparsity (fraction of attention+MLP parameters)")
         if log:
             ax.set_yscale("log")
+            off_scale |= _cap_off_scale(ax, sub, dense)
         ax.grid(alpha=0.3)
     labels = sorted(handles, key=pairing.method_rank)
-    fig.legend([handles[m] for m in labels], labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=min(len(labels), 8), fontsize=8, frameon=False)
+    fig.legend([handles[m] for m in labels], [f"{m} ↑" if m in off_scale else m for m in labels],
+               loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 8), fontsize=8, frameon=False,
+               title=f"↑ leaves a perplexity panel (above {OFF_SCALE}× dense)" if off_scale else None,
+               title_fontsize=8)
     return fig
+
+
+def _cap_off_scale(ax, sub: pd.DataFrame, dense: pd.DataFrame) -> set[str]:
+    """End the panel at OFF_SCALE × dense when a line goes past it; the methods whose lines leave it."""
+    if dense.empty:
+        return set()
+    cap = OFF_SCALE * float(dense["value"].iloc[0])
+    gone = set(sub.loc[sub["value"] > cap, "method"])
+    if gone:
+        ax.set_ylim(top=cap)
+    return gone
 
 
 def paired_differences(rows: pd.DataFrame, path: str | Path, model: str | None = None,
