@@ -134,6 +134,20 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return n
 
 
+def append_jsonl_line(path: str | os.PathLike, obj: dict) -> None:
+    """Append one JSON object as one line, with a single write() to a file opened O_APPEND: on a local filesystem
+    lines of concurrent writers never interleave, and a writer killed mid-line leaves a torn tail that
+    `iter_jsonl(strict=False)` skips. For small records that many processes add to (not for row batches, which
+    must land all or nothing: nirvana.results.append_rows)."""
+    line = (json.dumps(obj, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
 def iter_jsonl(path: str | os.PathLike, strict: bool = True) -> Iterator[dict]:
     """The JSON objects of a JSONL file, one per non-blank line.
 

@@ -43,6 +43,7 @@ from .calibration import (
 from .models import skeleton
 from .plan import PruningPlan
 from .pruning import CALIBRATION_FREE, PRUNERS, compute_plans
+from .score_cache import kl_memo_path
 from .scoring import SCORERS
 from .surgery import apply_plan
 
@@ -198,7 +199,10 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
         if skipped:
             log.warning("γ %s cannot meet sparsity %s with the global allocation: not tried", skipped, recipe.sparsity)
     gamma_probe: list = []  # built on first use: the same fixed probe every run of this source uses
-    memo = KLMemo()  # a plan rated once on a probe is not rated again (the chosen draw's plan, the final plan)
+    # a plan rated once on a probe is not rated again (the chosen draw's plan, the final plan); with the score
+    # cache on, not in a later run either (an interrupted selection resumes)
+    rates = len(gammas) > 1 or c.get("selection", "none") != "none" or recipe.measure_kl
+    memo = KLMemo(kl_memo_path(recipe.score_cache, model) if recipe.score_cache and rates else None)
 
     def plan_for(ids, extra=None) -> PruningPlan:
         plans = compute_plans(model, ids, recipe.pruner, recipe.sparsity, gammas, model_name=recipe.model_name,

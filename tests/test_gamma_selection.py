@@ -155,7 +155,7 @@ def test_a_plan_rated_once_is_not_rated_again(calib_ids, tokenizer):
         handle = fresh.register_forward_pre_hook(lambda *_: count.append(1))
         with pytest.MonkeyPatch.context() as mp:
             if not memo_on:
-                mp.setattr(pipeline, "KLMemo", lambda: None)
+                mp.setattr(pipeline, "KLMemo", lambda path=None: None)
             outcome = prune(fresh, tokenizer, recipe, apply=False)
         handle.remove()
         return outcome, len(count)
@@ -203,3 +203,32 @@ def test_the_slack_option_leaves_every_earlier_run_id_unchanged():
     ids = [run_identity(OmegaConf.to_container(cfg(*TINY, "gamma=auto", *extra), resolve=True))[0]
            for extra in ([], ["pruner.gamma_sparsity_slack=null"], ["pruner.gamma_sparsity_slack=0.01"])]
     assert ids[0] == ids[1] != ids[2]
+
+
+def test_kls_kept_on_disk_let_an_interrupted_selection_resume_without_a_forward(tokenizer, tmp_path):
+    """γ by KL on a 0.5B model is hours of probe forwards on a CPU: with the score cache on, every KL is appended
+    to the model's memo file as it is measured, and the next run (here: the same one again) reads it instead of
+    running the probe — same choice, same numbers. Another model's weights get another file."""
+    from nirvana.calibration import KLMemo
+    from nirvana.score_cache import kl_memo_path
+
+    recipe = PruneRecipe("nirvana", 0.3, options={"gamma": [1.0, 3.36]}, calibration={**CAL, "selection": "kl",
+                         "candidates": 2}, measure_kl=True, score_cache=str(tmp_path / "cache"))
+
+    def run():
+        model, forwards = tiny_model("llama"), []
+        handle = model.register_forward_pre_hook(lambda *_: forwards.append(1))
+        outcome = prune(model, tokenizer, recipe, apply=False)
+        handle.remove()
+        return outcome, len(forwards), kl_memo_path(recipe.score_cache, model)
+
+    first, n_first, path = run()
+    lines = path.read_text().splitlines()
+    assert n_first > 0 and len(lines) == len(KLMemo(path).values) == 2 * 2  # 2 draws × 2 γ, each measured once
+    path.write_text(path.read_text() + '{"plan": "torn')  # a writer killed mid-line
+    again, n_again, _ = run()
+    assert n_again == 0  # scores from the score cache, KLs from the memo: no forward at all
+    assert again.plan.same_decision(first.plan) and again.kl_probe == first.kl_probe
+    assert again.plan.extra["gamma_choice"] == first.plan.extra["gamma_choice"]
+    assert again.calibration["candidates"] == first.calibration["candidates"]
+    assert kl_memo_path(recipe.score_cache, tiny_model("llama", seed=1)) != path
