@@ -113,9 +113,6 @@ def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
     def pct(x):
         return "" if pd.isna(x) else f"{100 * x:.1f}"
 
-    def pts(x):
-        return "" if pd.isna(x) else f"{100 * x:+.1f}"
-
     for method, s, g, mark in _blocks(long):
         compared = _compared(g)
         line = {"method": method, "sparsity": f"{s:g}",
@@ -124,7 +121,7 @@ def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
             r = g.loc[AVG_COLUMN]
             line["zero-shot avg % [95% CI]"] = f"{pct(r['value'])} [{pct(r['lo'])}, {pct(r['hi'])}]"
             line[f"Δ vs {name} (points)"] = "" if not compared or pd.isna(r["delta"]) else \
-                f"{pts(r['delta'])} [{pts(r['delta_lo'])}, {pts(r['delta_hi'])}]" + (" *" if r["significant"] else "") + mark
+                _signed_points(r["delta"], r["delta_lo"], r["delta_hi"]) + (" *" if r["significant"] else "") + mark
         for column in sorted(c for c in g.index if c.endswith(f"@{seq_len}")):
             r = g.loc[column]
             line[f"ppl {column}"] = f"{r['value']:.1f} [{r['lo']:.1f}, {r['hi']:.1f}]"
