@@ -1,6 +1,8 @@
 """The automatic scoring schedule (nirvana/schedule.py): its memory estimate, its choice, and that the choice
 never changes the plan."""
 
+import gc
+
 import pytest
 import torch
 
@@ -30,7 +32,7 @@ def real_saved_bytes(scorer, adapter, ids) -> int:
     owners = scored_parameters(adapter, scorer.include_bias)
     prunable = {pid: p for pid, (p, _) in owners.items()}
     weights = {p.untyped_storage().data_ptr() for p in adapter.model.parameters()}
-    seen = set()
+    seen, held = set(), []  # held: counted storages stay alive (addresses unique) without a cycle to the graph
     total = [0]
 
     def pack(t):
@@ -38,10 +40,10 @@ def real_saved_bytes(scorer, adapter, ids) -> int:
         if ptr not in seen and ptr not in weights:
             seen.add(ptr)
             total[0] += t.untyped_storage().nbytes()
-        return t
+        held.append(t.detach())
 
     with gradients_for(adapter.model, prunable), torch.enable_grad(), \
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
         scorer.target(adapter, ids)
     return total[0]
 
@@ -74,6 +76,21 @@ def test_profile_probes_two_rows_and_leaves_the_model_as_it_was(calib_ids):
     assert rows == [1, 2]
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_profile_frees_its_autograd_graphs(calib_ids):
+    """Each scored calibration draw profiles the forward; a graph kept alive by a reference cycle through the
+    saved tensors leaked ~0.7 × the model's size per draw (a KL selection over 8 draws of a 0.5B model: +10 GB)."""
+    adapter = get_adapter(tiny_model("llama"))
+
+    def graph_tensors():
+        gc.collect()
+        return [o for o in gc.get_objects() if type(o) is torch.Tensor and o.grad_fn is not None]  # parameters have none
+
+    before = len(graph_tensors())
+    for _ in range(2):
+        NirvanaScorer().memory_profile(adapter, calib_ids)
+    assert len(graph_tensors()) == before
 
 
 def test_encoder_decoder_profiles_too(calib_ids):
