@@ -149,7 +149,7 @@ def _saved_bytes_per_place(run: Callable[[int], object], blocks: list[torch.nn.M
             saved[where[0]] = saved.get(where[0], 0) + t.untyped_storage().nbytes()
         # Not `t` itself: a saved output packed as-is closes a cycle (tensor → grad_fn → packed tensor) that
         # Python's collector cannot see through autograd's C++ nodes, so every profile leaked its whole graph —
-        # about 0.7 × the model's fp32 size per scored calibration draw. This graph is never backpropagated.
+        # ~1.2 GiB per scored calibration draw on Qwen2.5-0.5B. This graph is never backpropagated.
         held.append(t.detach())
         return None
 
