@@ -118,6 +118,8 @@ def test_grid_folds_the_summarys_comparisons_into_one_line_per_method(rows):
     at = (rounding["method"] == "flap") & (rounding["sparsity"] == 0.2) & (rounding["column"] == "wiki_passages@128")
     rounding.loc[at, ["delta", "delta_lo", "delta_hi"]] = [1.001, 1.0005, 1.0015]
     assert tables.grid_table(rounding, seq_len=128).iloc[0]["20%"].endswith(" · 1.00×")
+    rounded = tables.summary_table(rounding, seq_len=128).set_index(["method", "sparsity"]).loc[("flap", "0.2")]
+    assert rounded["wiki_passages@128 ÷ NIRVANA"] == "1.00× [1.00, 1.00]"  # the summary follows the same rule
     no_ppl_at_20 = long[~((long["method"] == "flap") & (long["sparsity"] == 0.2) & (long["column"] != "avg"))]
     assert tables.grid_table(no_ppl_at_20, seq_len=128).iloc[0]["20%"] == f"{zero_shot} · –"  # keeps the header's order
 

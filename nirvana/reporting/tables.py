@@ -106,8 +106,9 @@ def _columns(lines: list[dict]) -> list[str]:
 
 def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE) -> pd.DataFrame:
     """The headline view: parameters kept, the zero-shot average (in points) and every perplexity at `seq_len`,
-    each with its 95 % interval and the paired comparison to the reference (* the interval excludes no difference;
-    † achieved sparsities differ by more than 1 point)."""
+    each with its 95 % interval and the paired comparison to the reference (* the interval excludes no difference
+    and the difference shows at this precision — `verdict`'s rule, so no `1.00× [1.00, 1.00] *` from another
+    thread count's rounding; † achieved sparsities differ by more than 1 point)."""
     lines, name = [], reference_name(against)
 
     def pct(x):
@@ -121,12 +122,12 @@ def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
             r = g.loc[AVG_COLUMN]
             line["zero-shot avg % [95% CI]"] = f"{pct(r['value'])} [{pct(r['lo'])}, {pct(r['hi'])}]"
             line[f"Δ vs {name} (points)"] = "" if not compared or pd.isna(r["delta"]) else \
-                _signed_points(r["delta"], r["delta_lo"], r["delta_hi"]) + (" *" if r["significant"] else "") + mark
+                _signed_points(r["delta"], r["delta_lo"], r["delta_hi"]) + _star(r, perplexity=False) + mark
         for column in sorted(c for c in g.index if c.endswith(f"@{seq_len}")):
             r = g.loc[column]
             line[f"ppl {column}"] = f"{r['value']:.1f} [{r['lo']:.1f}, {r['hi']:.1f}]"
             line[f"{column} ÷ {name}"] = "" if not compared or pd.isna(r["delta"]) else \
-                f"{r['delta']:.2f}× [{r['delta_lo']:.2f}, {r['delta_hi']:.2f}]" + (" *" if r["significant"] else "") + mark
+                f"{r['delta']:.2f}× [{r['delta_lo']:.2f}, {r['delta_hi']:.2f}]" + _star(r, perplexity=True) + mark
         lines.append(line)
     return pd.DataFrame(lines, columns=_columns(lines)).fillna("")
 
@@ -146,6 +147,11 @@ def verdict(delta: float, significant: bool, perplexity: bool) -> str:
     if not significant or abs(delta - null) < visible:
         return "tie"
     return "better" if (delta < null) == perplexity else "worse"
+
+
+def _star(r: pd.Series, perplexity: bool) -> str:
+    """The summary's mark: " *" where `verdict` takes a side (better or worse), else nothing."""
+    return "" if verdict(r["delta"], r["significant"], perplexity) == "tie" else " *"
 
 
 def grid_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE) -> pd.DataFrame:
