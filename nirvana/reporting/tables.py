@@ -122,12 +122,12 @@ def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
             r = g.loc[AVG_COLUMN]
             line["zero-shot avg % [95% CI]"] = f"{pct(r['value'])} [{pct(r['lo'])}, {pct(r['hi'])}]"
             line[f"Δ vs {name} (points)"] = "" if not compared or pd.isna(r["delta"]) else \
-                _signed_points(r["delta"], r["delta_lo"], r["delta_hi"]) + _star(r, perplexity=False) + mark
+                _signed_points(r["delta"], r["delta_lo"], r["delta_hi"]) + (" *" if _takes_side(r, False) else "") + mark
         for column in sorted(c for c in g.index if c.endswith(f"@{seq_len}")):
             r = g.loc[column]
             line[f"ppl {column}"] = f"{r['value']:.1f} [{r['lo']:.1f}, {r['hi']:.1f}]"
             line[f"{column} ÷ {name}"] = "" if not compared or pd.isna(r["delta"]) else \
-                f"{r['delta']:.2f}× [{r['delta_lo']:.2f}, {r['delta_hi']:.2f}]" + _star(r, perplexity=True) + mark
+                f"{r['delta']:.2f}× [{r['delta_lo']:.2f}, {r['delta_hi']:.2f}]" + (" *" if _takes_side(r, True) else "") + mark
         lines.append(line)
     return pd.DataFrame(lines, columns=_columns(lines)).fillna("")
 
@@ -149,9 +149,9 @@ def verdict(delta: float, significant: bool, perplexity: bool) -> str:
     return "better" if (delta < null) == perplexity else "worse"
 
 
-def _star(r: pd.Series, perplexity: bool) -> str:
-    """The summary's mark: " *" where `verdict` takes a side (better or worse), else nothing."""
-    return "" if verdict(r["delta"], r["significant"], perplexity) == "tie" else " *"
+def _takes_side(r: pd.Series, perplexity: bool) -> bool:
+    """Whether a long-table row's comparison earns the summary's and grid's `*`: `verdict` says better or worse."""
+    return verdict(r["delta"], r["significant"], perplexity) != "tie"
 
 
 def grid_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE) -> pd.DataFrame:
@@ -168,7 +168,7 @@ def grid_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE)
         if column not in g.index or pd.isna(g.loc[column, "delta"]):
             return "–"
         r = g.loc[column]
-        star = "" if verdict(r["delta"], r["significant"], perplexity=column != AVG_COLUMN) == "tie" else "*"
+        star = "*" if _takes_side(r, perplexity=column != AVG_COLUMN) else ""
         if column == AVG_COLUMN:
             return _signed_points(r["delta"], r["delta_lo"], r["delta_hi"]) + star
         return f"{r['delta']:.2f}×{star}"
