@@ -91,7 +91,7 @@ reproduce-beyond: $(SETUP_STAMP) ## beyond the paper (offline SmolLM2; MODEL=qwe
 	$(PY) -m experiments.report --rows results/rows/table2_$(BEYOND_MODEL).jsonl results/rows/beyond_$(BEYOND_MODEL).jsonl \
 		--out results/tables/beyond$(addprefix _,$(BEYOND_OPT_IN)) --model $(BEYOND_MODEL) \
 		--command "make reproduce-beyond$(if $(BEYOND_OPT_IN), MODEL=$(BEYOND_OPT_IN))" \
-		--reference nirvana flap flap:kl nirvana:kl taylor:kl \
+		--reference nirvana flap flap:kl nirvana:kl taylor:kl nirvana:bias \
 		--plans $$(ls -t outputs/beyond/$(BEYOND_MODEL)/*/*/pruning_plan.json 2>/dev/null | head -20)
 
 reproduce-quant: $(SETUP_STAMP) ## quantization after pruning (offline SmolLM2; torchao schemes × dense/NIRVANA/FLAP) → results/tables/quant
