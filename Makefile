@@ -38,7 +38,7 @@ SETUP_STAMP  := $(VENV)/.setup-done
 ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets test test-fast demo reproduce-table2 reproduce-beyond reproduce-quant reproduce-recovery sweep-status report-demo notebooks bench gpu-check lint clean-assets
+.PHONY: help setup assets test test-fast demo reproduce-table2 reproduce-draws reproduce-beyond reproduce-quant reproduce-recovery sweep-status report-demo notebooks bench gpu-check lint clean-assets
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-20s %s\n", $$1, $$2}'
@@ -84,6 +84,14 @@ reproduce-table2: $(SETUP_STAMP) ## Table 2 sweep (GPU + hub); MODEL=smollm2_135
 	$(PY) -m experiments.report --rows results/rows/table2_$(MODEL).jsonl --out results/tables/$(MODEL) \
 		--model $(MODEL) --paper results/paper/table2.csv --command "make reproduce-table2 MODEL=$(MODEL)" \
 		--plans $$(ls -t outputs/table2/$(MODEL)/*/*/pruning_plan.json 2>/dev/null | head -20)
+
+# reproduce-draws: SmolLM2 unless MODEL names the opt-in Qwen model (perplexity only there: conf/experiment/draws_qwen.yaml)
+DRAWS_OPT_IN = $(filter qwen2.5_coder_0.5b,$(MODEL))
+DRAWS_SWEEP  = draws$(if $(DRAWS_OPT_IN),_qwen)
+
+reproduce-draws: $(SETUP_STAMP) ## Table 2 over five calibration draws (offline SmolLM2; MODEL=qwen2.5_coder_0.5b: Qwen, perplexity only); seed 12 is Table 2's own runs
+	$(MAKE) --no-print-directory assets $(addprefix MODELS=,$(DRAWS_OPT_IN))
+	$(PY) -m experiments.run -m experiment=$(DRAWS_SWEEP) hydra/launcher=$(LAUNCHER) $(ARGS)
 
 reproduce-beyond: $(SETUP_STAMP) ## beyond the paper (offline SmolLM2; MODEL=qwen2.5_coder_0.5b: Qwen): KL-chosen calibration and γ, ablations, baselines with KL calibration → results/tables/beyond*
 	$(MAKE) --no-print-directory assets $(addprefix MODELS=,$(BEYOND_OPT_IN))

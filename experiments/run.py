@@ -52,14 +52,17 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = Non
     data = protocol.check_disjoint(c["calibration"] if calibrated else None, c["eval"], c["allow_overlap"],
                                    recovery.training_sets if recovery else None)
     run_id, identity = protocol.run_identity(c)
+    # job.done_in: other rows files whose finished runs count as done (a sweep that extends another one, e.g.
+    # Table 2 over more calibration draws, skips the runs the first one already has); job.force ignores them
+    found_in = [f for f in [job["results_file"], *job["done_in"]] if recorded(run_id, f)]
     if job["preflight"]:  # with -m: one line per run of a sweep, saying what a launch would do with it
         log.info("preflight ok: run %s %s (%s) — %s", run_id, m["name"], protocol.run_label(recipe, quant, recovery),
-                 "to run" if job["force"] or not recorded(run_id, job["results_file"]) else "complete, would be skipped")
+                 "to run" if job["force"] or not found_in else f"complete, would be skipped (rows in {found_in[0]})")
         return []
     done_in = sweep if job["force"] else None  # with force, only what this very sweep finished counts as done
-    if (not job["force"] or sweep) and recorded(run_id, job["results_file"], done_in):
+    if job["force"] and sweep and recorded(run_id, job["results_file"], done_in) or not job["force"] and found_in:
         log.info("%s (%s, %s, s=%s) already complete in %s; skipped (job.force=true recomputes)", run_id,
-                 m["name"], c["pruner"]["name"], c["sparsity"], job["results_file"])
+                 m["name"], c["pruner"]["name"], c["sparsity"], (found_in or [job["results_file"]])[0])
         return []
     texts, examples = protocol.load_eval_texts(c["eval"]), (recovery.examples() if recovery else None)
     logger = make_logger(**job["logger"])

@@ -6,6 +6,7 @@ pruned model exactly, so plans can be compared, diffed and plotted without loadi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field, fields
@@ -178,6 +179,12 @@ class PruningPlan:
     def kept_units(self) -> list[list[list[int]]]:
         """Per layer, [kept groups, kept neurons]: the plan's whole decision, as plain JSON-able lists."""
         return [[list(x.kept_groups), list(x.kept_neurons)] for x in self.layers]
+
+    def decision_hash(self) -> str:
+        """12 hex digits of sha256 over the kept units: equal decisions, equal hashes (a result row names the plan
+        it evaluated without carrying every unit)."""
+        blob = json.dumps(self.kept_units(), separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def same_decision(self, other: PruningPlan) -> bool:
         """True when both plans keep exactly the same units."""

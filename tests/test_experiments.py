@@ -137,6 +137,25 @@ def test_preflight_says_what_a_launch_would_do_without_loading_a_model(tmp_path,
     assert "complete, would be skipped" in caplog.text and "to run" not in caplog.text
 
 
+def test_a_run_finished_in_a_done_in_file_is_skipped_and_force_still_recomputes(tmp_path, monkeypatch, caplog):
+    """A sweep that extends another (Table 2 over more calibration draws) lists the other's rows file in
+    job.done_in: its finished runs are not run again, and nothing is written to this sweep's own file."""
+    import experiments.run as run_mod
+
+    monkeypatch.setattr(run_mod, "load_from_config", lambda *a, **k: pytest.fail("model loaded"))
+    other, own = tmp_path / "table2.jsonl", tmp_path / "draws.jsonl"
+    c = cfg(*PPL_ONLY, "pruner=nirvana", "sparsity=0.3", f"job.results_file={own}", f"job.done_in=[{other}]")
+    append_rows(other, [{**fixture_rows()[0], "run_id": run_identity(OmegaConf.to_container(c, resolve=True))[0]}])
+    with caplog.at_level("INFO", logger="experiments.run"):
+        assert run_experiment(c, tmp_path / "run") == []
+    assert f"already complete in {other}" in caplog.text and not own.exists()
+    forced = cfg(*PPL_ONLY, "pruner=nirvana", "sparsity=0.3", f"job.results_file={own}", f"job.done_in=[{other}]",
+                 "job.force=true")
+    monkeypatch.setattr(run_mod, "load_from_config", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("loaded")))
+    with pytest.raises(RuntimeError, match="loaded"):  # force ignores done_in: it gets as far as loading the model
+        run_experiment(forced, tmp_path / "run")
+
+
 def test_wandb_logger_runs_offline_without_an_account(tmp_path, monkeypatch):
     from nirvana.loggers import NullLogger, WandbLogger, make_logger
 

@@ -188,7 +188,8 @@ def pruning_rows(run: dict[str, Any], plan: PruningPlan | None, outcome=None) ->
         return [make_row(run, "pruning", "kept_fraction", 1.0), make_row(run, "pruning", "achieved_sparsity", 0.0)]
     rows = [make_row(run, "pruning", "params_after", plan.params_after),
             make_row(run, "pruning", "kept_fraction", plan.kept_fraction,  # + what the allocation figure needs
-                     extra={"widths": plan.widths(), "plan": plan.summary()}),
+                     extra={"widths": plan.widths(), "plan": plan.summary(),
+                            "plan_hash": plan.decision_hash()}),
             make_row(run, "pruning", "achieved_sparsity", plan.achieved_sparsity,
                      extra={"requested": plan.sparsity, "prunable_params": plan.prunable_params})]
     if outcome is None:
