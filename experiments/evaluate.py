@@ -16,51 +16,44 @@ import time
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from nirvana.atomic import write_json
-from nirvana.evaluation import protocol
+from nirvana.calibration import CalibrationConfig
+from nirvana.config import EvaluateConfig, typed
+from nirvana.evaluation import protocol, runner
 from nirvana.models import load_from_config
-from nirvana.results import record_run, recorded
 
 log = logging.getLogger("experiments.evaluate")
 
 
-def run_evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
-    t_start = time.perf_counter()
-    c = OmegaConf.to_container(cfg, resolve=True)
-    job, m = c["job"], c["model"]
-    protocol.validate_eval(c["eval"], m.get("path"))
-    plan = protocol.checkpoint_plan(m.get("path"))
-    data = protocol.check_disjoint(plan.extra.get("calibration") if plan else None, c["eval"], c["allow_overlap"])
+def run_evaluate(c: EvaluateConfig, out_dir: str | Path) -> list[dict]:
+    t_start, job, m = time.perf_counter(), c.job, c.model
+    protocol.check_data(c.eval, m.path)
+    plan = protocol.checkpoint_plan(m.path)
+    calibration = CalibrationConfig.from_record(plan.extra.get("calibration") if plan else None)
+    data = protocol.check_disjoint(calibration, c.eval, c.allow_overlap)
     run_id, identity = protocol.run_identity(c)
-    if not job["force"] and recorded(run_id, job["results_file"]):
-        log.info("run %s already has rows in %s; skipped (job.force=true recomputes)", run_id, job["results_file"])
+    done = runner.finished_in(run_id, job.results_file, force=job.force)
+    if done:
+        log.info("run %s already has rows in %s; skipped (job.force=true recomputes)", run_id, done)
         return []
-    texts = protocol.load_eval_texts(c["eval"])  # before the model: a missing dataset must not cost a load
+    texts = protocol.load_eval_texts(c.eval)  # before the model: a missing dataset must not cost a load
 
     model, tokenizer = load_from_config(m)
-    run = {"run_id": run_id, **protocol.checkpoint_columns(m.get("path"), m["name"], m["name_or_path"], plan),
+    run = {"run_id": run_id, **protocol.checkpoint_columns(m.path, m.name, m.name_or_path, plan),
            **protocol.placement_columns(model)}
     rows = protocol.pruning_rows(run, plan)
-    rows += protocol.evaluation_rows(c["eval"], run, model, tokenizer, texts, job["progress"])
+    rows += protocol.evaluation_rows(c.eval, run, model, tokenizer, texts, job.progress)
     protocol.mark_overlaps(rows, data)
-
-    out_dir = Path(out_dir)
-    record_run(rows, out_dir, job["results_file"])
-    seconds = time.perf_counter() - t_start
-    write_json(out_dir / "summary.json", {"run_id": run_id, "config": identity, "rows": len(rows), "data": data,
-                                          "seconds": round(seconds, 1),
-                                          "results_file": str(Path(job["results_file"]).resolve())})
-    log.info(protocol.summary_line(run, rows, seconds, job["results_file"]))
-    return rows
+    return runner.finish(log, run, rows, out_dir, job.results_file, time.perf_counter() - t_start,
+                         {"config": identity, "data": data, "results_file": str(Path(job.results_file).resolve())})
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    run_evaluate(cfg, HydraConfig.get().runtime.output_dir)
+    run_evaluate(typed(cfg), HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

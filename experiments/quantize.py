@@ -12,25 +12,27 @@ puts them back into the float checkpoint they came from. To evaluate, quantize i
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nirvana.atomic import write_json
+from nirvana.config import QuantizeConfig, typed
 from nirvana.models import load_from_config
-from nirvana.quantization import quantize_stage, save_quantized, spec_from_config
+from nirvana.quantization import quantize_stage, save_quantized
 
 log = logging.getLogger("experiments.quantize")
 
 
-def run_quantize(cfg: DictConfig, out_dir: str | Path) -> dict:
-    c = OmegaConf.to_container(cfg, resolve=True)
-    spec = spec_from_config(c["quant"])  # bad scheme or option: an error before the model loads
-    model, tokenizer = load_from_config(c["model"])
-    result = quantize_stage(model, tokenizer, spec, c["calibration"], None)
-    save_dir = save_quantized(model, spec, result["layers"], c["save_dir"] or out_dir)
-    summary = {"spec": c["quant"], "bytes_before": result["bytes_before"], "bytes_after": result["bytes_after"],
+def run_quantize(c: QuantizeConfig, out_dir: str | Path) -> dict:
+    spec = c.quant  # a bad scheme or option failed when the config was built, before the model loads
+    spec.check_runtime()
+    model, tokenizer = load_from_config(c.model)
+    result = quantize_stage(model, tokenizer, spec, c.calibration, None)
+    save_dir = save_quantized(model, spec, result["layers"], c.save_dir or out_dir)
+    summary = {"spec": asdict(spec), "bytes_before": result["bytes_before"], "bytes_after": result["bytes_after"],
                "decisions": sorted(set(result["layers"].values())), "save_dir": str(save_dir)}
     write_json(Path(out_dir) / "summary.json", summary)
     log.info("%s: %d projections → %s; %.1f → %.1f MiB; saved to %s", spec.label(), len(result["layers"]),
@@ -42,7 +44,7 @@ def run_quantize(cfg: DictConfig, out_dir: str | Path) -> dict:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    run_quantize(cfg, HydraConfig.get().runtime.output_dir)
+    run_quantize(typed(cfg), HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,21 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass
+class LoggerConfig:
+    """conf/logger/*.yaml (under `job.logger`): none, or wandb's project and mode."""
+
+    kind: str = "none"  # none | wandb
+    project: str = "nirvana"
+    mode: str = "offline"  # wandb: offline unless told otherwise (online needs an account)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("none", "wandb"):
+            raise ValueError(f"unknown logger {self.kind!r}; choose none or wandb")
 
 
 class NullLogger:
@@ -55,9 +69,7 @@ class WandbLogger(NullLogger):
             self.run.finish()
 
 
-def make_logger(kind: str = "none", **kwargs) -> NullLogger:
-    if kind == "none":  # the result rows are the record; nothing mirrors them
+def make_logger(c: LoggerConfig) -> NullLogger:
+    if c.kind == "none":  # the result rows are the record; nothing mirrors them
         return NullLogger()
-    if kind == "wandb":
-        return WandbLogger(**kwargs)
-    raise ValueError(f"unknown logger {kind!r}; choose none or wandb")
+    return WandbLogger(project=c.project, mode=c.mode)

@@ -8,11 +8,38 @@ float32 (bf16 matmuls are slow on CPUs, and fp32 is where plans match the offici
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from omegaconf import MISSING
 
 from . import paths
+from .adapters import adapter_class_for
+from .schema import later, unhashed
+
+
+@dataclass
+class ModelConfig:
+    """The model to load (conf/model/*.yaml): a hub id, a local folder, `builtin:<asset>` or `tiny:<family>`."""
+
+    name: str = MISSING  # what rows and tables call it
+    name_or_path: str = MISSING
+    path: str | None = later(None)  # a checkpoint folder (dense or pruned): wins over name_or_path
+    dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU (module docstring)
+    device: str = "auto"
+    device_map: Any = None  # accelerate's device_map ("auto" spreads a model over several GPUs)
+    trust_remote_code: bool | None = unhashed(None)  # run the folder's own code? None: only our pruned checkpoints
+    max_length: int | None = None  # lm-eval's context cap (long contexts make rolling loglikelihood allocate a lot)
+    prefix_fraction: float | None = later(None)  # seq2seq protocol: share of each window fed to the encoder
+
+    def __post_init__(self) -> None:
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"model.max_length must be ≥ 1 or null, got {self.max_length}")
+        if self.prefix_fraction is not None and not 0 < self.prefix_fraction < 1:
+            raise ValueError(f"model.prefix_fraction must lie in (0, 1), got {self.prefix_fraction}")
+        resolve_dtype(self.dtype, "cpu")  # names the accepted dtypes
 
 # `builtin:<name>` → (the asset folder, the command that builds it)
 BUILTIN = {"smollm2-135m-instruct": (paths.smollm2_dir, "make assets"),
@@ -88,11 +115,8 @@ def read_config(name_or_path: str, trust: bool | None = None):
 def skeleton(config):
     """The model's modules with no weights (PyTorch's meta device): unit counts and costs for checks made before
     anything is loaded, at no memory cost."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     with torch.device("meta"):
-        return auto.from_config(config)
+        return auto_class_for(config).from_config(config)
 
 
 def load_model(
@@ -128,20 +152,25 @@ def load_model(
     return model.eval(), tokenizer
 
 
-def load_from_config(m: dict) -> tuple:
-    """(model, tokenizer) from a model config (conf/model/*.yaml as a dict): `path` (a checkpoint folder) wins
-    over `name_or_path`; protocol settings the model carries (a seq2seq model's `prefix_fraction`) are set on
-    its config, where its adapter reads them and its saved checkpoint records them."""
-    model, tokenizer = load_model(m.get("path") or m["name_or_path"], m.get("dtype", "auto"), m.get("device", "auto"),
-                                  m.get("device_map"), m.get("trust_remote_code"))
-    if m.get("prefix_fraction") is not None:
-        model.config.nirvana_prefix_fraction = float(m["prefix_fraction"])
+def load_from_config(m: ModelConfig) -> tuple:
+    """(model, tokenizer) from a model config: `path` (a checkpoint folder) wins over `name_or_path`; protocol
+    settings the model carries (a seq2seq model's `prefix_fraction`) are set on its config, where its adapter reads
+    them and its saved checkpoint records them."""
+    model, tokenizer = load_model(m.path or m.name_or_path, m.dtype, m.device, m.device_map, m.trust_remote_code)
+    if m.prefix_fraction is not None:
+        model.config.nirvana_prefix_fraction = float(m.prefix_fraction)
     return model, tokenizer
 
 
-def auto_model_class(path: str, trust: bool = False):
-    """AutoModelForSeq2SeqLM for encoder–decoder configs (T5), else AutoModelForCausalLM."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+def auto_class_for(config):
+    """The transformers Auto class of the model's family (its adapter's `auto_model_class`)."""
+    import transformers
 
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
-    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    return getattr(transformers, adapter_class_for(config.model_type).auto_model_class)
+
+
+def auto_model_class(path: str, trust: bool = False):
+    """The Auto class that loads the checkpoint at `path` (AutoModelForSeq2SeqLM for T5, else AutoModelForCausalLM)."""
+    from transformers import AutoConfig
+
+    return auto_class_for(AutoConfig.from_pretrained(path, trust_remote_code=trust))

@@ -1,51 +1,44 @@
 """The one pruning path every entry point uses: calibrate → score → allocate → (KL probe) → cut.
 
-    recipe = PruneRecipe("nirvana", sparsity=0.2, options={"gamma": 3.36}, calibration={"source": "lambada_tail"})
-    check_recipe(recipe)                        # cheap: bad names and values fail before any model is loaded
+    recipe = PruneRecipe("nirvana", sparsity=0.2, options={"gamma": 3.36},
+                         calibration=CalibrationConfig(source="lambada_tail", join=4, seed=12))
+    check_recipe(recipe, read_config(path))     # cheap: bad names and values fail before any model is loaded
     outcome = prune(model, tokenizer, recipe)   # the model is cut in place; outcome.plan says how
 
 Everything here is plain Python values (no Hydra): `experiments/*` turn their configs into a `PruneRecipe`,
 notebooks build one by hand. The outcome carries what result rows and plans record: the calibration actually
 used and how it was chosen (with each KL candidate), the KL of the plan to the dense model on the probe set,
-and the wall time.
+and the wall time. Every KL a run needs — the calibration draw, γ = auto, the final plan's — is rated by the one
+`KLProbe` built here.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from .adapters import adapter_class_for, get_adapter
-from .allocation import (
-    check_feasible,
-    gamma_candidates,
-    grid_edge,
-    largest_feasible_sparsity,
-    layer_range_mask,
-    uniform_fractions,
-    validate_hyperparameters,
-)
+from .allocation import ROUND_TO, gamma_candidates, validate_hyperparameters
+from .allocation.gamma import choose_gamma, feasible_gammas
 from .calibration import (
-    PROBE_KEYS,
-    SELECTIONS,
-    SOURCES,
-    KLMemo,
-    build_probe,
+    CalibrationConfig,
+    Candidate,
     check_source,
-    choose_calibration,
-    kl_to_dense,
-    kls_to_dense,
+    draw_candidates,
+    lowest,
+    per_sample_candidates,
+    plan_stability,
 )
 from .models import skeleton
-from .plan import PruningPlan
-from .pruning import CALIBRATION_FREE, PRUNERS, compute_plans
-from .score_cache import kl_memo_path
-from .scoring import SCORERS
-from .surgery import apply_plan
+from .probe import KLProbe, kl_memo_path
+from .pruners import compute_plans, get_pruner
+from .surgery.cut import apply_plan
+from .surgery.plan import PruningPlan
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +51,23 @@ class PruneRecipe:
     sparsity: float
     options: dict[str, Any] = field(default_factory=dict)
     variant: str | None = None  # a named setting of the pruner ("matched"), shown as "<pruner>:<variant>" in rows
-    calibration: dict[str, Any] = field(default_factory=dict)  # nirvana.calibration.choose_calibration kwargs
+    calibration: CalibrationConfig | None = None  # None: a method that reads no calibration (magnitude, random)
     measure_kl: bool = False  # KL(dense ‖ pruned) of the final plan on the probe set
-    score_cache: str | None = None  # folder of cached unit scores (nirvana.score_cache); None: off
+    score_cache: str | None = None  # folder of cached unit scores (nirvana.scoring.cache); None: off
     model_name: str | None = None  # recorded in the plan
+    progress: bool = True  # progress bars (never part of a run's identity)
 
     @property
     def gamma(self) -> float | None:
         return self.options.get("gamma")
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> PruneRecipe:
-        """From a resolved run/prune config (conf/run.yaml, conf/prune.yaml) as a plain dict."""
-        pruner = dict(config["pruner"])
-        return cls(pruner=pruner.pop("name"), variant=pruner.pop("variant", None), sparsity=config["sparsity"],
-                   options=pruner, calibration=dict(config["calibration"]),
-                   measure_kl=bool(config.get("measure_kl", False)),
-                   score_cache=(config.get("job") or {}).get("score_cache"), model_name=config["model"]["name"])
+    def from_config(cls, config) -> PruneRecipe:
+        """From a typed run or prune config (nirvana.config.RunConfig, PruneConfig)."""
+        p = config.pruner
+        return cls(pruner=p.name, variant=p.variant, sparsity=config.sparsity, options=p.options(),
+                   calibration=config.calibration, measure_kl=config.measure_kl, score_cache=config.job.score_cache,
+                   model_name=config.model.name, progress=config.job.progress)
 
     def row_columns(self, outcome: PruneOutcome) -> dict[str, Any]:
         """The result rows' pruning columns (nirvana.results.RUN_FIELDS) for this recipe's outcome."""
@@ -103,77 +96,56 @@ def method_name(pruner: str, variant: str | None) -> str:
     return f"{pruner}:{variant}" if variant else pruner
 
 
+def _calibrated(recipe: PruneRecipe) -> bool:
+    """Whether the run reads calibration text: to prune with, or to rate plans on the probe."""
+    return (get_pruner(recipe.pruner).needs_calibration or recipe.measure_kl
+            or len(gamma_candidates(recipe.gamma if recipe.gamma is not None else 1.0)) > 1)
+
+
 def check_recipe(recipe: PruneRecipe, config=None) -> None:
     """Every check that needs no weights, naming the bad value and what is accepted. With the model's config
     (`nirvana.models.read_config`) also: a supported architecture and pruner, calibration and probe windows
-    within the model's context, a (sparsity, γ) the allocation can meet — checked on the model's skeleton."""
-    if recipe.pruner not in PRUNERS:
-        raise ValueError(f"unknown pruner {recipe.pruner!r}; choose one of {sorted(PRUNERS)}")
+    within the model's context, a (sparsity, γ) the method can meet — checked on the model's skeleton."""
+    method = get_pruner(recipe.pruner)
     gammas = gamma_candidates(recipe.gamma if recipe.gamma is not None else 1.0)
     for gamma in gammas:
-        validate_hyperparameters(recipe.sparsity, gamma, recipe.options.get("round_to", 8))
-    gamma = gammas[0]
-    allocator = recipe.options.get("allocator")
-    c = recipe.calibration
-    choosing_gamma = len(gammas) > 1
+        validate_hyperparameters(recipe.sparsity, gamma, recipe.options.get("round_to", ROUND_TO))
     slack = recipe.options.get("gamma_sparsity_slack")
     if slack is not None and (isinstance(slack, bool) or not isinstance(slack, int | float) or not 0 <= slack < 1):
         raise ValueError(f"gamma_sparsity_slack must be null or a number in [0, 1), got {slack!r}")
-    if choosing_gamma:
-        if recipe.pruner not in SCORERS or allocator not in (None, "global"):
-            raise ValueError(f"gamma={recipe.gamma!r} chooses the γ of NIRVANA's global allocation by KL; pruner "
-                             f"{recipe.pruner!r} with allocator {allocator!r} takes one γ")
-        if c.get("source") == "tensor":
+    c = recipe.calibration
+    choosing_gamma = len(gammas) > 1
+    if choosing_gamma and not method.chooses_gamma(recipe.options):
+        raise ValueError(f"gamma={recipe.gamma!r} chooses the γ of NIRVANA's global allocation by KL; pruner "
+                         f"{recipe.pruner!r} with allocator {recipe.options.get('allocator')!r} takes one γ")
+    if _calibrated(recipe):
+        if c is None:
+            raise ValueError(f"pruner {recipe.pruner!r} (or a KL on the probe) needs a calibration config")
+        if choosing_gamma and c.source == "tensor":
             raise ValueError(f"gamma={recipe.gamma!r} judges each γ on the KL probe, which is cut from a text "
                              f"source; calibration.source=tensor has none")
-    calibrated = recipe.pruner not in CALIBRATION_FREE or recipe.measure_kl or choosing_gamma
-    if calibrated:
-        if c.get("source") not in SOURCES:
-            raise ValueError(f"unknown calibration source {c.get('source')!r}; choose one of {sorted(SOURCES)}")
-        if c.get("selection", "none") not in SELECTIONS:
-            raise ValueError(f"unknown calibration selection {c.get('selection')!r}; choose one of {SELECTIONS}")
         check_source(c)
     if config is None:
         return
-    adapter_cls = adapter_class_for(config.model_type)  # lists the supported types
-    if recipe.pruner in adapter_cls.unsupported_pruners:
+    adapter = adapter_class_for(config.model_type)(skeleton(config))  # lists the supported types
+    if recipe.pruner in adapter.unsupported_pruners:
         raise ValueError(f"pruner {recipe.pruner!r} does not apply to {config.model_type} models "
-                         f"({adapter_cls.__name__})")
-    context = getattr(config, "max_position_embeddings", None) if not config.is_encoder_decoder else None
-    if calibrated and context is not None:
-        lengths = {"calibration.seq_len": c.get("seq_len", 128)}
-        if recipe.measure_kl or choosing_gamma or c.get("selection", "none") != "none":
-            lengths["calibration.probe.seq_len"] = (c.get("probe") or {}).get("seq_len", 64)
+                         f"({type(adapter).__name__})")
+    context = adapter.max_context()
+    if _calibrated(recipe) and context is not None:
+        lengths = {"calibration.seq_len": c.seq_len}
+        if recipe.measure_kl or choosing_gamma or c.selection != "none":
+            lengths["calibration.probe.seq_len"] = c.probe.seq_len
         for key, length in lengths.items():
             if length > context:
                 raise ValueError(f"{key}={length} exceeds the model's context of {context} tokens")
-    layers = adapter_cls(skeleton(config)).layers()
+    layers = adapter.layers()
     if choosing_gamma:
         if not feasible_gammas(layers, recipe.sparsity, gammas):
             raise ValueError(f"sparsity {recipe.sparsity}: no γ among {gammas} lets the global allocation meet it "
                              f"(each γ's limit: largest_feasible_sparsity); lower the sparsity or add γ values near 1")
-    elif recipe.pruner in SCORERS and allocator in (None, "global"):
-        check_feasible(layers, recipe.sparsity, gamma)
-    elif allocator == "uniform" or recipe.pruner == "wanda_sp":
-        o = recipe.options
-        in_range = layer_range_mask(len(layers), o.get("layer_start", 0), o.get("layer_end"))
-        uniform_fractions(layers, recipe.sparsity, gamma, in_range, o.get("ratio", "matched"))
-
-
-def eligible_gammas(plans: list[PruningPlan], sparsity: float, slack: float | None) -> list[int]:
-    """Which γ candidates' plans may win the KL choice: all (slack None), else those removing at least
-    sparsity − slack — a plan that removes less has a lower KL for that reason alone (the keep-one-group guard
-    can leave part of a γ's attention budget unspent). None within the slack: the ones that remove the most."""
-    if slack is None:
-        return list(range(len(plans)))
-    within = [i for i, p in enumerate(plans) if p.achieved_sparsity >= sparsity - slack]
-    most = max(p.achieved_sparsity for p in plans)
-    return within or [i for i, p in enumerate(plans) if p.achieved_sparsity == most]
-
-
-def feasible_gammas(layers, sparsity: float, gammas: list[float]) -> list[float]:
-    """The candidates whose global allocation can meet `sparsity` (large γ cannot at high sparsity)."""
-    return [g for g in gammas if sparsity < largest_feasible_sparsity(layers, g)]
+    else:
+        method.check(layers, recipe.sparsity, gammas[0], recipe.options)
 
 
 def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = True) -> PruneOutcome:
@@ -185,66 +157,84 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
     γ cost K scoring passes and K·G probe forwards. The plan records every γ's KL (`extra.gamma_choice`)."""
     check_recipe(recipe)
     t0 = time.perf_counter()
+    method, c = get_pruner(recipe.pruner), recipe.calibration
     options = {k: v for k, v in recipe.options.items() if k not in ("gamma", "gamma_sparsity_slack")}
     slack = recipe.options.get("gamma_sparsity_slack")
     gammas = asked = gamma_candidates(recipe.gamma if recipe.gamma is not None else 1.0)
-    c = dict(recipe.calibration)
-    probe_cfg = {k: v for k, v in (c.get("probe") or {}).items() if k in PROBE_KEYS}
-    hub = {k: c[k] for k in ("hf_name", "hf_config", "split") if k in c}
-    batch_size = (c.get("probe") or {}).get("batch_size", 16)
     skipped: list[float] = []
     if len(gammas) > 1:
         feasible = feasible_gammas(get_adapter(model).layers(), recipe.sparsity, gammas)
         skipped, gammas = [g for g in gammas if g not in feasible], feasible
         if skipped:
             log.warning("γ %s cannot meet sparsity %s with the global allocation: not tried", skipped, recipe.sparsity)
-    gamma_probe: list = []  # built on first use: the same fixed probe every run of this source uses
-    # a plan rated once on a probe is not rated again (the chosen draw's plan, the final plan); with the score
-    # cache on, not in a later run either (an interrupted selection resumes)
-    rates = len(gammas) > 1 or c.get("selection", "none") != "none" or recipe.measure_kl
-    memo = KLMemo(kl_memo_path(recipe.score_cache, model) if recipe.score_cache and rates else None)
+    # The one probe every KL of this run is rated on. A plan rated once is not rated again (the chosen draw's
+    # plan, the final plan); with the score cache on, not in a later run either (an interrupted selection resumes).
+    selecting = c is not None and c.selection != "none"
+    probe = None
+    if (len(gammas) > 1 or selecting or recipe.measure_kl) and c is not None and c.source != "tensor":
+        memo = kl_memo_path(recipe.score_cache, model) if recipe.score_cache else None
+        probe = KLProbe.build(model, tokenizer, c, memo)
+    recorded_probe = probe if probe is not None and (selecting or recipe.measure_kl) else None
 
     def plan_for(ids, extra=None) -> PruningPlan:
         plans = compute_plans(model, ids, recipe.pruner, recipe.sparsity, gammas, model_name=recipe.model_name,
-                              extra=extra, score_cache=recipe.score_cache, **options)
+                              extra=extra, score_cache=recipe.score_cache, progress=recipe.progress, **options)
         if len(plans) == 1:
             return plans[0]
-        if not gamma_probe:
-            source = (c.get("candidate_sources") or [c["source"]])[0]
-            gamma_probe.append(build_probe(source, tokenizer, path=c.get("path"), field=c.get("field", "text"),
-                                           **probe_cfg, **hub))
-        kls = kls_to_dense(model, plans, gamma_probe[0].ids, batch_size, memo)  # one dense pass shared by every γ
-        best = min(eligible_gammas(plans, recipe.sparsity, slack), key=kls.__getitem__)
-        for g, kl in zip(gammas, kls, strict=True):
-            log.info("γ candidate %g: KL %.5f%s", g, kl, " ← chosen" if g == gammas[best] else "")
-        plan = plans[best]
-        edge = grid_edge(asked, gammas[best])
-        if edge:
-            log.warning("γ %g is the %s value asked for: the KL may fall further beyond it; a wider list "
-                        "(gamma=[...]) would tell", gammas[best], edge)
-        plan.extra["gamma_choice"] = {"chosen": gammas[best], "edge": edge, "infeasible": skipped, "slack": slack,
-                                      "candidates": [{"gamma": g, "kl": kl, "achieved": p.achieved_sparsity}
-                                                     for g, kl, p in zip(gammas, kls, plans, strict=True)]}
-        return plan
+        return choose_gamma(plans, probe.rate(plans), gammas, asked, recipe.sparsity, slack, skipped)
 
-    ids, record, probe = None, {"selection": "none", "source": None, "seed": None}, None
-    if recipe.pruner not in CALIBRATION_FREE:
-        choice = choose_calibration(model, tokenizer, plan_for, want_probe=recipe.measure_kl, kl_memo=memo, **c)
-        ids, record, probe = choice.ids, choice.record, choice.probe
-    elif recipe.measure_kl and c.get("source") != "tensor":  # no calibration, but the same probe as every run
-        probe = build_probe(c["source"], tokenizer, path=c.get("path"), field=c.get("field", "text"), **probe_cfg,
-                            **hub)
-    plan = plan_for(ids, {"calibration": c, "calibration_choice": record, "variant": recipe.variant,
+    ids, record = None, {"selection": "none", "source": None, "seed": None}
+    if method.needs_calibration:
+        ids, record = choose_calibration(c, tokenizer, plan_for, probe, recorded_probe, recipe.progress)
+    plan = plan_for(ids, {"calibration": _plain(c), "calibration_choice": record, "variant": recipe.variant,
                           "calibration_shape": list(ids.shape) if ids is not None else None})
-    for cand in record.get("candidates") or []:
-        if record["selection"] == "kl":
-            mark = " ← chosen" if cand["label"] == record["chosen"] else ""
-            log.info("calibration candidate %s: KL %.5f%s", cand["label"], cand["kl"], mark)
-    kl = None
-    if probe is not None:
-        kl = kl_to_dense(model, plan, probe.ids, batch_size, memo)
+    kl = probe.rate([plan])[0] if recorded_probe is not None else None
     if apply:
         apply_plan(model, plan)
     seconds = time.perf_counter() - t0
     log.info("%s (%.0f s)", plan.summary(), seconds)
-    return PruneOutcome(plan, ids, record, kl, probe.record if probe is not None else None, seconds)
+    return PruneOutcome(plan, ids, record, kl, recorded_probe.record if recorded_probe is not None else None, seconds)
+
+
+def choose_calibration(c: CalibrationConfig, tokenizer, plan_for, probe: KLProbe | None,
+                       recorded_probe: KLProbe | None, progress: bool = True) -> tuple[torch.Tensor, dict]:
+    """(the calibration batch to prune with, how it was chosen). selection=none: the official draw at `c.seed`;
+    kl: the candidate set whose plan has the lowest KL on the probe; kl_per_sample: the `c.n_samples` single
+    windows whose plans, each made from that window alone, have the lowest KL (one scoring pass per window)."""
+    pool = draw_candidates(c, tokenizer)
+    if c.source == "tensor":
+        return pool[0].ids, {"selection": "none", "source": "tensor"}
+    record = {"selection": c.selection, "probe": recorded_probe.record if recorded_probe is not None else None}
+    if c.selection == "none":
+        return pool[0].ids, {**record, "source": c.source, "seed": c.seed}
+    if c.selection == "kl":
+        _rate(pool, plan_for, probe, "KL selection", progress)
+        best = lowest(pool)
+        for cand in pool:
+            log.info("calibration candidate %s: KL %.5f%s", cand.label, cand.kl, " ← chosen" if cand is pool[best] else "")
+        record.update(candidates=[cand.record() for cand in pool], chosen=pool[best].label,
+                      source=pool[best].source, seed=pool[best].seed,
+                      stability=plan_stability([cand.plan for cand in pool]))
+        return pool[best].ids, record
+    singles = per_sample_candidates(pool)
+    if len(singles) < c.n_samples:
+        raise ValueError(f"kl_per_sample needs ≥ {c.n_samples} distinct candidate windows, the pool has {len(singles)}")
+    _rate(singles, plan_for, probe, "KL per sample", progress)
+    best = sorted(range(len(singles)), key=lambda i: singles[i].kl)[: c.n_samples]
+    record.update(candidates=[s.record() for s in singles], chosen=[singles[i].label for i in best],
+                  source=c.source, seed=c.seed)
+    return torch.cat([singles[i].ids for i in best]), record
+
+
+def _rate(candidates: list[Candidate], plan_for, probe: KLProbe, desc: str, progress: bool) -> None:
+    """Plan every candidate (one scoring pass each), then rate all plans in ONE probe pass: the probe's dense
+    forward is shared by the K candidates."""
+    for cand in tqdm(candidates, desc=desc, disable=not progress):
+        cand.plan = plan_for(cand.ids)
+    for cand, kl in zip(candidates, probe.rate([cand.plan for cand in candidates]), strict=True):
+        cand.kl = kl
+
+
+def _plain(c: CalibrationConfig | None) -> dict | None:
+    """The calibration config as the plan's JSON records it."""
+    return asdict(c) if c is not None else None

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import MISSING
 from torch import nn
 
 from .adapters import get_adapter
@@ -37,9 +38,12 @@ QUANT_FILENAME = "quantized.pt"  # state dict with torchao tensors (loads with w
 SPEC_FILENAME = "quantization.json"
 
 
-@dataclass(frozen=True)
+@dataclass
 class QuantSpec:
-    scheme: str
+    """A quantization scheme and its options: the schema of conf/quant/*.yaml (registered by nirvana.config)."""
+
+
+    scheme: str = MISSING  # SCHEMES
     group_size: int = 128  # int4_wo
     group_rule: str = "shrink"  # int4_wo: shrink | error (module docstring)
     alpha: float = 0.5  # w8a8_smoothquant
@@ -52,8 +56,8 @@ class QuantSpec:
             return f"w8a8_smoothquant-a{self.alpha:g}"
         return self.scheme
 
-    def check(self) -> None:
-        """Everything that needs no model: bad names and values fail here, before anything is loaded."""
+    def __post_init__(self) -> None:
+        """Bad names and values fail here, before anything is loaded."""
         if self.scheme not in SCHEMES:
             raise ValueError(f"unknown quantization scheme {self.scheme!r}; choose one of {SCHEMES}")
         if self.group_rule not in GROUP_RULES:
@@ -62,6 +66,10 @@ class QuantSpec:
             raise ValueError(f"group_size must be a power of two ≥ {MIN_GROUP}, got {self.group_size}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha (SmoothQuant migration strength) must be in [0, 1], got {self.alpha}")
+
+    @staticmethod
+    def check_runtime() -> None:
+        """torchao is importable (it is a dependency; a broken install fails here, not after pruning)."""
         try:
             import torchao  # noqa: F401
         except ImportError as exc:
@@ -83,7 +91,7 @@ def group_for(width: int, spec: QuantSpec) -> int | None:
 def plan_layers(model: nn.Module, spec: QuantSpec) -> dict[str, str]:
     """{module name: what it becomes}, checked before any weight changes: a float model, and (group_rule=error) every
     width divisible by group_size, or a ValueError naming the first layer that is not."""
-    spec.check()
+    spec.check_runtime()
     linears = get_adapter(model).block_linears()
     if not linears:
         raise ValueError("no block projections to quantize in this model")
@@ -197,26 +205,17 @@ def model_bytes(model: nn.Module) -> int:
     return sum(storage_bytes(t) for t in model.state_dict().values())
 
 
-def spec_from_config(quant: dict | None) -> QuantSpec | None:
-    """The run config's `quant` node (conf/quant/*.yaml; absent or null: no quantization) as a checked spec."""
-    if not quant:
-        return None
-    spec = QuantSpec(**quant)
-    spec.check()
-    return spec
-
-
-def quantize_stage(model: nn.Module, tokenizer, spec: QuantSpec, calibration: dict,
-                   calibration_ids: torch.Tensor | None) -> dict:
+def quantize_stage(model: nn.Module, tokenizer, spec: QuantSpec, calibration, calibration_ids: torch.Tensor | None) -> dict:
     """The run stage after pruning: quantize in place, with SmoothQuant's activation ranges from the pruning
-    calibration batch (or, for a dense model, one drawn from the run's calibration config). Returns what rows
-    record: the decision per layer, and bytes before and after."""
+    calibration batch (or, for a dense model, one drawn from the run's calibration config,
+    nirvana.calibration.CalibrationConfig). Returns what rows record: the decision per layer, and bytes before and
+    after."""
     if spec.scheme == "w8a8_smoothquant" and calibration_ids is None:
         from .calibration import build_calibration
 
-        keys = ("n_samples", "seq_len", "seed", "path", "join", "field")
-        calibration_ids = build_calibration(calibration["source"], tokenizer,
-                                            **{k: calibration[k] for k in keys if k in calibration})
+        c = calibration
+        calibration_ids = build_calibration(c.source, tokenizer, c.n_samples, c.seq_len, c.seed, c.path, c.join,
+                                            c.field)
     before = model_bytes(model)
     decisions = quantize(model, spec, calibration_ids)
     return {"layers": decisions, "bytes_before": before, "bytes_after": model_bytes(model)}

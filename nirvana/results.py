@@ -186,6 +186,11 @@ def recorded(run_id: str, results_file: str | os.PathLike, sweep: str | None = N
                for r in iter_rows(results_file))
 
 
+def recorded_in(run_id: str, results_files: Iterable[str | os.PathLike]) -> list[str]:
+    """The files among `results_files` where `run_id` finished (a sweep extending another one reads both)."""
+    return [str(f) for f in results_files if recorded(run_id, f)]
+
+
 def completed_run_ids(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> set[str]:
     """Run ids with rows in the file(s). A run's rows are written in one batch at its end, so these runs
     are complete: a sweep skips a config when `make_run_id(config) in completed_run_ids(file)`."""

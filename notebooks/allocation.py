@@ -42,7 +42,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from nirvana.paths import REPO_ROOT
-from nirvana.plan import PruningPlan
+from nirvana.surgery.plan import PruningPlan
 from nirvana.results import iter_rows, read_rows
 
 RESULTS = Path(os.environ.get("NIRVANA_RESULTS", REPO_ROOT / "results"))

@@ -10,13 +10,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "nirvana"
 # Lower number = lower layer. A module may import modules of its own layer or below, never above.
 LAYERS = {
-    "paths": 0, "atomic": 0, "targets": 0, "tiny": 0, "requirements": 0, "loggers": 0, "checkpoint_code": 0, "sysmem": 0,
-    "provenance": 0,
-    "plan": 1, "adapters": 1, "texts": 1, "results": 1, "models": 1, "tasks": 1, "assets": 1,
-    "units": 2, "surgery": 2, "schedule": 2, "masking": 3, "checkpoint": 3, "scoring": 3, "statistics": 3, "score_cache": 3,
-    "allocation": 4, "compensation": 4, "calibration": 5, "baselines": 5, "pruning": 6, "pipeline": 7,
-    "quantization": 7,
-    "evaluation": 8, "recovery": 8, "reporting": 9, "bench": 10,
+    "paths": 0, "atomic": 0, "provenance": 0, "tiny": 0, "requirements": 0, "loggers": 0, "checkpoint_code": 0,
+    "sysmem": 0, "schema": 0,
+    "adapters": 1, "texts": 1, "results": 1, "models": 1, "tasks": 1, "assets": 1,
+    "surgery": 2, "scoring": 3, "allocation": 4, "calibration": 5, "probe": 6, "baselines": 6, "pruners": 7,
+    "pipeline": 8, "quantization": 8, "evaluation": 9, "recovery": 9, "config": 10, "reporting": 11, "bench": 12,
 }
 # Names that only an adapter may spell: a model's modules and attribute paths.
 MODEL_INTERNALS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "self_attn",

@@ -6,12 +6,12 @@ import torch
 from nirvana.adapters import ATTENTION, MLP, get_adapter
 from nirvana.baselines.flap import flap_plan
 from nirvana.baselines.wanda_sp import wanda_sp_plan, wanda_unit_scores
-from nirvana.masking import masked
-from nirvana.plan import LayerPlan, PruningPlan
-from nirvana.pruning import compute_plan, prune, score_units
-from nirvana.scoring import TaylorScorer
-from nirvana.statistics import ChannelStats, layerwise_channel_stats
-from nirvana.surgery import apply_plan, count_parameters
+from nirvana.pruners import compute_plan, prune, score_units
+from nirvana.scoring.scorers import TaylorScorer
+from nirvana.scoring.statistics import ChannelStats, layerwise_channel_stats
+from nirvana.surgery.cut import apply_plan, count_parameters
+from nirvana.surgery.masking import masked
+from nirvana.surgery.plan import LayerPlan, PruningPlan
 from nirvana.tiny import tiny_model
 
 OPTIONS = {

@@ -8,9 +8,9 @@ import textwrap
 import pytest
 import torch
 
-from nirvana.checkpoint import load_pruned, save_pruned
-from nirvana.plan import PruningPlan
-from nirvana.pruning import prune
+from nirvana.pruners import prune
+from nirvana.surgery.checkpoint import load_pruned, save_pruned
+from nirvana.surgery.plan import PruningPlan
 from nirvana.tiny import tiny_model
 
 FRESH_LOAD = textwrap.dedent(

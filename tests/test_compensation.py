@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from nirvana.adapters import get_adapter
-from nirvana.checkpoint import load_pruned, save_pruned
-from nirvana.pruning import compute_plan
-from nirvana.surgery import apply_plan
+from nirvana.pruners import compute_plan
+from nirvana.surgery.checkpoint import load_pruned, save_pruned
+from nirvana.surgery.cut import apply_plan
 from nirvana.tiny import tiny_model
 
 

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 import experiments.evaluate as ev
-from nirvana import paths
-from nirvana.checkpoint import save_pruned
+from nirvana.config import typed
 from nirvana.evaluation.protocol import run_identity
-from nirvana.pruning import prune
+from nirvana.pruners import prune
 from nirvana.results import ROW_FIELDS, read_rows
+from nirvana.surgery.checkpoint import save_pruned
 from nirvana.tiny import pydoc_text, tiny_model
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -31,8 +30,8 @@ def text_file(tmp_path_factory):
 
 def cfg(tmp_path, *overrides):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="evaluate", overrides=[
-            "model=tiny_llama", f"job.results_file={tmp_path / 'rows.jsonl'}", "job.progress=false", *overrides])
+        return typed(compose(config_name="evaluate", overrides=[
+            "model=tiny_llama", f"job.results_file={tmp_path / 'rows.jsonl'}", "job.progress=false", *overrides]))
 
 
 def ppl_overrides(text_file):
@@ -75,7 +74,7 @@ def test_perplexity_rows_and_a_rerun_skips_the_complete_run(tmp_path, monkeypatc
     no_model_load(monkeypatch)  # same config → same run id → skipped without loading anything
     c2 = cfg(tmp_path, *ppl_overrides(text_file), "job.progress=true")
     assert ev.run_evaluate(c2, tmp_path / "run2") == []
-    assert run_identity(OmegaConf.to_container(c2, resolve=True))[0] == rows[0]["run_id"]  # bookkeeping: same id
+    assert run_identity(c2)[0] == rows[0]["run_id"]  # bookkeeping: same id
 
 
 def test_pruned_checkpoint_provenance_and_speedup(tmp_path, calib_ids, tokenizer, text_file):
@@ -91,7 +90,7 @@ def test_pruned_checkpoint_provenance_and_speedup(tmp_path, calib_ids, tokenizer
     assert by_metric["decode_tok_s"]["metric"] == "decode_tok_s@bs1,p16,n4"
 
 
-@pytest.mark.skipif(not (paths.data_dir() / "piqa.jsonl").is_file(), reason="benchmark data not built")
+@pytest.mark.slow  # reads the built benchmark data (make assets)
 def test_cli_zeroshot_rows_and_summary_line(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "experiments.evaluate", "model=tiny_llama", "eval=zeroshot", "eval.limit=4",

@@ -10,11 +10,11 @@ import pytest
 import torch
 from fixture_text import PYDOC_FILE
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from experiments.run import run_experiment
+from nirvana.config import typed
 from nirvana.evaluation.protocol import check_disjoint
-from nirvana.pruning import compute_plan
+from nirvana.pruners import compute_plan
 from nirvana.results import read_rows
 from nirvana.texts import OFFLINE_SETS, Span
 from nirvana.tiny import tiny_model
@@ -30,7 +30,8 @@ TINY = ["model=tiny_llama", "calibration=pydoc", "calibration.n_samples=4", "cal
 
 def cfg(*overrides, hydra=False):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="run", overrides=list(overrides), return_hydra_config=hydra)
+        c = compose(config_name="run", overrides=list(overrides), return_hydra_config=hydra)
+        return c if hydra else typed(c)
 
 
 def test_spans_overlap_only_where_items_are_shared():
@@ -44,8 +45,8 @@ def test_spans_overlap_only_where_items_are_shared():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_shipped_experiment_keeps_calibration_and_probe_off_evaluated_items(name):
-    c = OmegaConf.to_container(cfg(f"experiment={name}"), resolve=True)
-    record = check_disjoint(c["calibration"], c["eval"])  # raises on any overlap
+    c = cfg(f"experiment={name}")
+    record = check_disjoint(c.calibration, c.eval)  # raises on any overlap
     assert record["calibration_and_probe"] and record["evaluated"]
 
 

@@ -3,20 +3,23 @@ per calibration candidate (nirvana.pipeline)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from test_evidence import TINY, cfg
 
 from experiments.run import run_experiment
 from nirvana.allocation import AUTO_GAMMAS, gamma_candidates, grid_edge
-from nirvana.calibration import build_probe, kl_to_dense
+from nirvana.calibration import CalibrationConfig, ProbeConfig
 from nirvana.evaluation.protocol import run_identity
 from nirvana.pipeline import PruneRecipe, check_recipe, prune
-from nirvana.pruning import compute_plan, compute_plans
-from nirvana.scoring import NirvanaScorer
+from nirvana.probe import KLMemo, build_probe, kl_to_dense, kls_to_dense
+from nirvana.pruners import compute_plan, compute_plans
+from nirvana.scoring.scorers import NirvanaScorer
 from nirvana.tiny import tiny_model
 
-CAL = {"source": "pydoc", "n_samples": 4, "seq_len": 32, "seed": 0,
-       "probe": {"n_samples": 4, "seq_len": 16, "documents": 10, "batch_size": 4}}
+CAL = CalibrationConfig(source="pydoc", n_samples=4, seq_len=32, seed=0,
+                        probe=ProbeConfig(n_samples=4, seq_len=16, documents=10, batch_size=4))
 
 
 def test_gamma_candidates_spellings():
@@ -49,7 +52,7 @@ def test_auto_picks_the_lowest_kl_and_records_every_candidate(tokenizer):
     kls = {c["gamma"]: c["kl"] for c in choice["candidates"]}
     assert set(kls) == {0.5, 1.0, 3.36} and choice["chosen"] == min(kls, key=kls.get) == outcome.plan.gamma
     assert outcome.kl_probe == pytest.approx(kls[choice["chosen"]], rel=1e-12)  # the run's KL is the winner's
-    probe = build_probe("pydoc", tokenizer, **{k: v for k, v in CAL["probe"].items() if k != "batch_size"})
+    probe = build_probe(CAL, tokenizer)
     # Each candidate's KL is that γ's plan's KL on the fixed probe, computed independently here.
     ids = outcome.calibration_ids
     plan_1 = compute_plan(model, ids, "nirvana", sparsity=0.3, gamma=1.0)
@@ -60,11 +63,11 @@ def test_auto_picks_the_lowest_kl_and_records_every_candidate(tokenizer):
 @pytest.mark.parametrize("kls,edge", [([3.0, 2.0, 1.0], "largest"), ([1.0, 2.0, 3.0], "smallest"),
                                       ([2.0, 1.0, 3.0], None)])
 def test_a_choice_at_an_end_of_the_list_is_flagged(tokenizer, monkeypatch, caplog, kls, edge):
-    import nirvana.pipeline as pipeline
+    from nirvana.probe import KLProbe
 
-    monkeypatch.setattr(pipeline, "kls_to_dense", lambda model, plans, *args: list(kls))
+    monkeypatch.setattr(KLProbe, "rate", lambda self, plans: list(kls))
     recipe = PruneRecipe("nirvana", 0.3, options={"gamma": [0.5, 1.0, 3.36]}, calibration=CAL)
-    with caplog.at_level("WARNING", logger="nirvana.pipeline"):
+    with caplog.at_level("WARNING", logger="nirvana.allocation.gamma"):
         choice = prune(tiny_model("llama"), tokenizer, recipe, apply=False).plan.extra["gamma_choice"]
     assert choice["edge"] == edge and ("may fall further" in caplog.text) == (edge is not None)
     assert grid_edge([1.0, 2.0], 2.0) is None  # a two-value list is the user's own comparison, not a search
@@ -86,7 +89,8 @@ def test_bad_auto_requests_fail_before_any_model_is_loaded():
     with pytest.raises(ValueError, match="takes one γ"):
         check_recipe(PruneRecipe("wanda_sp", 0.2, options={"gamma": "auto"}, calibration=CAL))
     with pytest.raises(ValueError, match="calibration.source=tensor"):
-        check_recipe(PruneRecipe("nirvana", 0.2, options={"gamma": "auto"}, calibration={"source": "tensor"}))
+        check_recipe(PruneRecipe("nirvana", 0.2, options={"gamma": "auto"},
+                                 calibration=CalibrationConfig(source="tensor", path="ids.pt")))
     with pytest.raises(ValueError, match="no γ among"):
         check_recipe(PruneRecipe("nirvana", 0.8, options={"gamma": [0.5, 5.0]}, calibration=CAL),
                      tiny_config("llama"))
@@ -102,15 +106,12 @@ def test_auto_in_a_run_records_the_chosen_gamma_and_hashes_the_grid(tmp_path):
     probe = next(r for r in rows if r["metric"] == "kl/probe")
     assert chosen["extra"]["gamma"] == rows[0]["gamma"] and chosen["value"] == pytest.approx(probe["value"], rel=1e-12)
     auto = cfg(*TINY, "gamma=auto")
-    from omegaconf import OmegaConf
 
-    _, identity = run_identity(OmegaConf.to_container(auto, resolve=True))
+    _, identity = run_identity(auto)
     assert identity["pruner"]["gamma"] == list(AUTO_GAMMAS)
 
 
 def test_kls_of_many_plans_share_the_dense_pass_and_match_each_alone(calib_ids):
-    from nirvana.calibration import kls_to_dense
-
     model = tiny_model("llama")
     plans = compute_plans(model, calib_ids, "nirvana", 0.4, [1.0, 2.0, 3.36])
     forwards = []
@@ -128,8 +129,6 @@ def test_a_plan_rated_once_is_not_rated_again(calib_ids, tokenizer):
     """KLMemo: the same plan on the same probe costs no forward the second time, with the same number; a plan
     with other kept units or another probe is measured. In a joint (calibration × γ) selection the memo saves the
     draws' re-ratings and the final plan's: probe forwards = draws × (G + 1) per batch, nothing more."""
-    from nirvana.calibration import KLMemo, kls_to_dense
-
     model = tiny_model("llama")
     plans = compute_plans(model, calib_ids, "nirvana", 0.4, [1.0, 3.36])
     probe = calib_ids[:6, :16]
@@ -145,17 +144,17 @@ def test_a_plan_rated_once_is_not_rated_again(calib_ids, tokenizer):
     handle.remove()
     assert first == kls_to_dense(model, plans, probe, 4)  # the memo changes no number
 
-    cal = {**CAL, "selection": "kl", "candidates": 2}
+    cal = dataclasses.replace(CAL, selection="kl", candidates=2)
     recipe = PruneRecipe("nirvana", 0.3, options={"gamma": [1.0, 3.36]}, calibration=cal, measure_kl=True)
 
     def run(memo_on: bool):
-        import nirvana.pipeline as pipeline
+        import nirvana.probe as probe
 
         fresh, count = tiny_model("llama"), []
         handle = fresh.register_forward_pre_hook(lambda *_: count.append(1))
         with pytest.MonkeyPatch.context() as mp:
             if not memo_on:
-                mp.setattr(pipeline, "KLMemo", lambda path=None: None)
+                mp.setattr(probe, "KLMemo", lambda path=None: None)
             outcome = prune(fresh, tokenizer, recipe, apply=False)
         handle.remove()
         return outcome, len(count)
@@ -168,7 +167,7 @@ def test_a_plan_rated_once_is_not_rated_again(calib_ids, tokenizer):
     # draw's γ ratings, dense + 2 plans per batch, and nothing else; saved per batch: the draws' re-rating of their
     # best plans (one call: dense + a plan per draw), the final plan_for's γ ratings (dense + 2 plans) and the final
     # KL (dense + plan)
-    probe_batches = -(-CAL["probe"]["n_samples"] // CAL["probe"]["batch_size"])
+    probe_batches = -(-CAL.probe.n_samples // CAL.probe.batch_size)
     assert n_with == 2 * (1 + 2) * probe_batches
     assert n_without - n_with == ((1 + 2) + 3 + 2) * probe_batches
 
@@ -176,7 +175,7 @@ def test_a_plan_rated_once_is_not_rated_again(calib_ids, tokenizer):
 def test_a_sparsity_slack_keeps_gammas_that_remove_less_from_winning(tokenizer, calib_ids):
     from types import SimpleNamespace
 
-    from nirvana.pipeline import eligible_gammas
+    from nirvana.allocation.gamma import eligible_gammas
 
     plans = [SimpleNamespace(achieved_sparsity=a) for a in (0.38, 0.395, 0.40)]
     assert eligible_gammas(plans, 0.4, None) == [0, 1, 2]
@@ -198,9 +197,8 @@ def test_a_sparsity_slack_keeps_gammas_that_remove_less_from_winning(tokenizer, 
 
 
 def test_the_slack_option_leaves_every_earlier_run_id_unchanged():
-    from omegaconf import OmegaConf
 
-    ids = [run_identity(OmegaConf.to_container(cfg(*TINY, "gamma=auto", *extra), resolve=True))[0]
+    ids = [run_identity(cfg(*TINY, "gamma=auto", *extra))[0]
            for extra in ([], ["pruner.gamma_sparsity_slack=null"], ["pruner.gamma_sparsity_slack=0.01"])]
     assert ids[0] == ids[1] != ids[2]
 
@@ -209,11 +207,11 @@ def test_kls_kept_on_disk_let_an_interrupted_selection_resume_without_a_forward(
     """γ by KL on a 0.5B model is hours of probe forwards on a CPU: with the score cache on, every KL is appended
     to the model's memo file as it is measured, and the next run (here: the same one again) reads it instead of
     running the probe — same choice, same numbers. Another model's weights get another file."""
-    from nirvana.calibration import KLMemo
-    from nirvana.score_cache import kl_memo_path
+    from nirvana.probe import kl_memo_path
 
-    recipe = PruneRecipe("nirvana", 0.3, options={"gamma": [1.0, 3.36]}, calibration={**CAL, "selection": "kl",
-                         "candidates": 2}, measure_kl=True, score_cache=str(tmp_path / "cache"))
+    recipe = PruneRecipe("nirvana", 0.3, options={"gamma": [1.0, 3.36]},
+                         calibration=dataclasses.replace(CAL, selection="kl", candidates=2), measure_kl=True,
+                         score_cache=str(tmp_path / "cache"))
 
     def run():
         model, forwards = tiny_model("llama"), []

@@ -17,11 +17,12 @@ from fixture_text import PYDOC_FILE
 from hydra import compose, initialize_config_dir
 
 from experiments.prune import run_prune
-from nirvana.checkpoint import load_pruned, save_pruned
+from nirvana.config import typed
 from nirvana.evaluation.perplexity import evaluate_perplexity
 from nirvana.evaluation.zeroshot import evaluate_zeroshot
-from nirvana.pruning import compute_plan, prune
+from nirvana.pruners import compute_plan, prune
 from nirvana.results import read_rows
+from nirvana.surgery.checkpoint import load_pruned, save_pruned
 from nirvana.tiny import pydoc_text, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ TINY = ["model=tiny_llama", "calibration=pydoc", "calibration.n_samples=4", "cal
 
 def cfg(*overrides, name="prune"):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
+        return typed(compose(config_name=name, overrides=list(overrides)))
 
 
 @pytest.fixture
@@ -104,14 +105,14 @@ def test_nan_weights_stop_the_run_naming_the_unit_and_leave_the_cache_untouched(
 
 
 def test_a_non_finite_kl_or_perplexity_is_an_error(calib_ids, tokenizer):
-    from nirvana.calibration import kl_to_dense
+    from nirvana.probe import kl_to_dense
 
     model = tiny_model("llama")
     plan = compute_plan(model, calib_ids, "magnitude", sparsity=0.3)
     with torch.no_grad():
         model.model.norm.weight[0] = math.inf  # not a prunable unit: scores can be fine, outputs are not
     with pytest.raises(ValueError, match="KL to the dense model is not finite"):
-        kl_to_dense(model, plan, calib_ids[:2, :16])
+        kl_to_dense(model, plan, calib_ids[:2, :16], 16)
     with pytest.raises(ValueError, match="non-finite NLL"):
         evaluate_perplexity(model, tokenizer, "pydoc", seq_len=32, texts=[pydoc_text()[:4000]], progress=False)
 
@@ -165,7 +166,7 @@ def test_every_torch_load_refuses_pickled_code():
 
 
 def test_the_score_cache_key_sees_a_permutation_of_the_weights():
-    from nirvana.score_cache import cache_key
+    from nirvana.scoring.cache import cache_key
 
     ids = torch.zeros(2, 8, dtype=torch.long)
     a, b = tiny_model("llama"), tiny_model("llama")
@@ -180,8 +181,8 @@ def test_the_score_cache_key_sees_a_permutation_of_the_weights():
 def test_a_failed_score_cache_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     import safetensors.torch
 
-    from nirvana.score_cache import save_scores
-    from nirvana.units import UnitScores
+    from nirvana.scoring.cache import save_scores
+    from nirvana.scoring.units import UnitScores
 
     def half_write(tensors, path):
         Path(path).write_bytes(b"partial")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from nirvana.plan import LayerPlan, PruningPlan
 from nirvana.reporting import notebooks as nbs
 from nirvana.results import append_rows, make_row
+from nirvana.surgery.plan import LayerPlan, PruningPlan
 
 NAMES = ["allocation", "beyond", "calibration_ablation", "gamma_ablation", "method_comparison", "recovery"]
 BASE = {"model": "tiny", "checkpoint": "ckpt", "calibration_source": "lambada_tail", "calibration_seed": 0,

@@ -6,6 +6,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,7 @@ def test_makefile_installs_torch_first_from_a_variable():
     assert text.index("$(TORCH_SPEC)") < text.index('pip install -e ".[dev]"')
 
 
+@pytest.mark.slow  # the recovery sweep's preflight checks its built training text
 def test_make_sweep_status_lists_each_run_once_and_counts_what_is_left(tmp_path):
     # the recovery sweep: three runs; none is in an empty results file
     out = subprocess.run(
@@ -55,6 +57,7 @@ def test_make_sweep_status_lists_each_run_once_and_counts_what_is_left(tmp_path)
     assert [line.split(" (")[1].split()[0] for line in lines[:-1]] == ["nirvana", "flap", "taylor"]
 
 
+@pytest.mark.slow  # the recovery sweep's preflight checks its built training text
 def test_make_sweep_status_says_where_an_invalid_sweep_stops(tmp_path):
     # a sparsity no pruner accepts: the first run fails its checks, so nothing is listed and nothing is counted
     out = subprocess.run(

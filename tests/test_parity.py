@@ -5,8 +5,8 @@ import reference_official
 from reference_official import official_counts, official_plan, official_unit_scores
 from reference_official import plan_from_scores as ref_plan_from_scores
 
-from nirvana.pruning import compute_plan, plan_from_scores, score_units
-from nirvana.scoring import NirvanaScorer
+from nirvana.pruners import compute_plan, plan_from_scores, score_units
+from nirvana.scoring.scorers import NirvanaScorer
 from nirvana.tiny import tiny_model
 
 
@@ -66,7 +66,7 @@ SMOL_CASES = [("nirvana", 0.2, 3.36), ("nirvana", 0.5, 3.36), ("nirvana", 0.2, 1
 def smol_scores(smollm2, smollm2_calibration):
     """One scoring pass per criterion and implementation (each nirvana pass is ~25 s on 2 cores)."""
     ours = {c: score_units(smollm2, smollm2_calibration, c) for c in ("nirvana", "magnitude")}
-    # The memory options must not change the plan either (nirvana/scoring.py): all of them at once.
+    # The memory options must not change the plan either (nirvana/scoring/scorers.py): all of them at once.
     frugal = NirvanaScorer(checkpointing=True, micro_batch_size=8, vocab_chunk=4096)
     ours["nirvana+memory_options"] = score_units(smollm2, smollm2_calibration, frugal)
     ref = {c: official_unit_scores(smollm2, smollm2_calibration, c) for c in ("nirvana", "magnitude")}

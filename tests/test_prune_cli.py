@@ -10,7 +10,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from experiments.prune import run_prune
-from nirvana.plan import PruningPlan
+from nirvana.config import typed
+from nirvana.surgery.plan import PruningPlan
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 TINY = ["model=tiny_llama", "calibration=pydoc", "calibration.n_samples=4", "calibration.seq_len=32"]
@@ -18,7 +19,7 @@ TINY = ["model=tiny_llama", "calibration=pydoc", "calibration.n_samples=4", "cal
 
 def cfg(*overrides):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="prune", overrides=list(overrides))
+        return typed(compose(config_name="prune", overrides=list(overrides)))
 
 
 def test_tensor_calibration_replays_the_same_plan(tmp_path):

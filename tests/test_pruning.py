@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from nirvana.adapters import get_adapter, supported_model_types
-from nirvana.plan import PruningPlan
-from nirvana.pruning import compute_plan, prune
-from nirvana.surgery import apply_plan, count_parameters
+from nirvana.pruners import compute_plan, prune
+from nirvana.surgery.cut import apply_plan, count_parameters
+from nirvana.surgery.plan import PruningPlan
 from nirvana.tiny import tiny_model
 
 
@@ -138,7 +138,7 @@ def test_bad_hyperparameters_fail_before_scoring(calib_ids):
 
 
 def test_score_cache_reuses_scores_and_notices_changed_weights(tmp_path, calib_ids, monkeypatch):
-    from nirvana.scoring import NirvanaScorer
+    from nirvana.scoring.scorers import NirvanaScorer
 
     calls = []
     real = NirvanaScorer.score

@@ -12,8 +12,7 @@ from test_evidence import TINY, cfg
 
 from experiments.run import run_experiment
 from nirvana.adapters import get_adapter
-from nirvana.checkpoint import load_pruned, save_pruned
-from nirvana.pruning import prune
+from nirvana.pruners import prune
 from nirvana.quantization import (
     SCHEMES,
     QuantSpec,
@@ -23,6 +22,7 @@ from nirvana.quantization import (
     quantize,
     save_quantized,
 )
+from nirvana.surgery.checkpoint import load_pruned, save_pruned
 from nirvana.tiny import tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -78,11 +78,12 @@ def test_group_rule_for_pruned_widths(pruned_checkpoint):
 
 
 def test_bad_requests_fail_before_any_weight_changes(pruned_checkpoint, calib_ids):
-    for spec, match in ((QuantSpec("int3"), "unknown quantization scheme"), (QuantSpec("int4_wo", group_size=48),
-                        "power of two"), (QuantSpec("int8_wo", alpha=2.0), "alpha"),
-                        (QuantSpec("int4_wo", group_rule="pad"), "group_rule")):
-        with pytest.raises(ValueError, match=match):
-            spec.check()
+    for spec, match in (({"scheme": "int3"}, "unknown quantization scheme"),
+                        ({"scheme": "int4_wo", "group_size": 48}, "power of two"),
+                        ({"scheme": "int8_wo", "alpha": 2.0}, "alpha"),
+                        ({"scheme": "int4_wo", "group_rule": "pad"}, "group_rule")):
+        with pytest.raises(ValueError, match=match):  # when the spec is built: before any model is touched
+            QuantSpec(**spec)
     model = load_pruned(pruned_checkpoint)
     with pytest.raises(ValueError, match="pass calibration_ids"):
         quantize(model, QuantSpec("w8a8_smoothquant"))

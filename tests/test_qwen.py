@@ -13,10 +13,10 @@ from test_checkpoint import fresh_process_logits
 
 from nirvana import assets, paths
 from nirvana.assets import _manifest, qwen2_5_coder
-from nirvana.checkpoint import save_pruned
-from nirvana.pruning import plan_from_scores, score_units
-from nirvana.scoring import NirvanaScorer
-from nirvana.surgery import apply_plan
+from nirvana.pruners import plan_from_scores, score_units
+from nirvana.scoring.scorers import NirvanaScorer
+from nirvana.surgery.checkpoint import save_pruned
+from nirvana.surgery.cut import apply_plan
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +103,7 @@ def test_a_pruned_checkpoint_reloads_in_stock_transformers_with_the_same_logits(
     torch.testing.assert_close(fresh_process_logits(ckpt, ids, tmp_path), expected, rtol=1e-5, atol=2e-4)
 
 
-@pytest.mark.skipif(not (paths.data_dir() / "arc_easy.jsonl").is_file(), reason="benchmark data not built")
+@pytest.mark.slow  # reads the built benchmark data (make assets)
 def test_the_stock_lm_eval_cli_scores_the_pruned_checkpoint(qwen_pruned, tmp_path):
     import json
     import subprocess

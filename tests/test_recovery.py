@@ -14,10 +14,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from nirvana import recovery as rec
-from nirvana.checkpoint import save_pruned
-from nirvana.plan import PruningPlan
-from nirvana.pruning import prune
+from nirvana.config import typed
+from nirvana.pruners import prune
 from nirvana.results import read_rows
+from nirvana.surgery.checkpoint import save_pruned
+from nirvana.surgery.plan import PruningPlan
 from nirvana.tiny import pydoc_text, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,7 +235,7 @@ def test_entry_point_writes_before_after_rows_and_a_rerun_resumes(calib_ids, tok
         "job.progress=false",
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="recover", overrides=overrides)
+        cfg = typed(compose(config_name="recover", overrides=overrides))
     rows = run_recover(cfg, tmp_path / "run")
     df = read_rows(rows_file)
     assert len(df) == len(rows)
@@ -248,7 +249,7 @@ def test_entry_point_writes_before_after_rows_and_a_rerun_resumes(calib_ids, tok
 
     assert run_recover(cfg, tmp_path / "run") == []  # complete: skipped
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        again = compose(config_name="recover", overrides=overrides + ["job.force=true"])
+        again = typed(compose(config_name="recover", overrides=overrides + ["job.force=true"]))
     run_recover(again, tmp_path / "run2")  # the training state is complete: nothing is retrained
     summary = json.loads((tmp_path / "work" / "summary.json").read_text())
     assert summary["result"]["resumed_from"] == 4
@@ -269,7 +270,7 @@ def test_lora_on_pruned_smollm2_fits_and_trains(smollm2_tokenizer, tmp_path):
 
 
 def test_t5_recovery_trains_the_decoder_on_responses_merges_and_reloads(calib_ids, tokenizer, examples, tmp_path):
-    from nirvana.checkpoint import load_pruned
+    from nirvana.surgery.checkpoint import load_pruned
     from nirvana.tiny import tiny_t5_model
 
     model = tiny_t5_model("flan_t5")
@@ -319,6 +320,7 @@ def test_a_run_prunes_recovers_and_evaluates_with_rows_that_say_so(passages_file
     assert saved.extra["recovery"]["steps"] == 3 and saved.extra["recovery"]["data"]["source"] == "local"
 
 
+@pytest.mark.slow  # the overlap check reads the built LAMBADA head to know its items
 def test_recovery_training_text_must_not_be_evaluated():
     from test_evidence import cfg
 

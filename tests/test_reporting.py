@@ -141,7 +141,7 @@ def test_dirty_rows_whose_code_is_a_commits_are_verified_not_warned_about(tmp_pa
 
 
 def test_allocation_figures_come_from_the_rows_widths_and_from_plans_for_older_rows(tmp_path, calib_ids):
-    from nirvana.pruning import compute_plan
+    from nirvana.pruners import compute_plan
     from nirvana.tiny import tiny_model
 
     plan = compute_plan(tiny_model("llama"), calib_ids, "nirvana", sparsity=0.4, gamma=1.0)

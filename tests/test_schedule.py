@@ -1,4 +1,4 @@
-"""The automatic scoring schedule (nirvana/schedule.py): its memory estimate, its choice, and that the choice
+"""The automatic scoring schedule (nirvana/scoring/schedule.py): its memory estimate, its choice, and that the choice
 never changes the plan."""
 
 import gc
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from nirvana.adapters import get_adapter
-from nirvana.pruning import compute_plan
-from nirvana.schedule import (
+from nirvana.pruners import compute_plan
+from nirvana.scoring.schedule import (
     DEFAULT_TIME_TOLERANCE,
     ActivationProfile,
     MemoryBudgetError,
@@ -17,7 +17,7 @@ from nirvana.schedule import (
     choose_schedule,
     memory_budget,
 )
-from nirvana.scoring import NirvanaScorer, TaylorScorer, gradients_for, scored_parameters
+from nirvana.scoring.scorers import NirvanaScorer, TaylorScorer, gradients_for, scored_parameters
 from nirvana.sysmem import GIB
 from nirvana.tiny import tiny_model, tiny_t5_model
 
@@ -183,7 +183,7 @@ def test_auto_choice_is_recorded_and_gives_the_manual_plan(calib_ids, monkeypatc
     # A budget that only micro-batches fit: the choice changes, the plan does not.
     profile = NirvanaScorer().memory_profile(get_adapter(model), calib_ids)
     budget = profile.memory(Schedule(micro_batch_size=1), calib_ids.shape[0])
-    monkeypatch.setattr("nirvana.scoring.memory_budget", lambda device, cap: budget)
+    monkeypatch.setattr("nirvana.scoring.scorers.memory_budget", lambda device, cap: budget)
     auto = compute_plan(model, calib_ids, "nirvana", 0.4, 3.36)
     choice = auto.extra["schedule_choice"]
     assert choice["micro_batch_size"] is not None or choice["checkpointing"]

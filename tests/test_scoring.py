@@ -3,8 +3,8 @@
 import torch
 
 from nirvana.adapters import get_adapter
-from nirvana.pruning import score_units
-from nirvana.scoring import MagnitudeScorer
+from nirvana.pruners import score_units
+from nirvana.scoring.scorers import MagnitudeScorer
 from nirvana.tiny import tiny_model
 
 

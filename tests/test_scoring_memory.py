@@ -1,15 +1,15 @@
-"""The memory-frugal scoring options change the schedule, never the criterion (nirvana/scoring.py)."""
+"""The memory-frugal scoring options change the schedule, never the criterion (nirvana/scoring/scorers.py)."""
 
 import pytest
 import torch
 
 from nirvana.adapters import get_adapter
 from nirvana.bench.naive import full_gradient_scores
-from nirvana.pruning import compute_plan, plan_from_scores
-from nirvana.scoring import NirvanaScorer, TaylorScorer, scored_parameters
-from nirvana.targets import chunked_output_max_target, output_max_target
+from nirvana.pruners import compute_plan, plan_from_scores
+from nirvana.scoring.scorers import NirvanaScorer, TaylorScorer, scored_parameters
+from nirvana.scoring.targets import chunked_output_max_target, output_max_target
+from nirvana.scoring.units import UnitScores, blocked_sum
 from nirvana.tiny import tiny_model, tiny_t5_model
-from nirvana.units import UnitScores, blocked_sum
 
 OPTIONS = [
     {"vocab_chunk": None},

@@ -4,16 +4,20 @@ import pytest
 import torch
 
 from nirvana.calibration import (
+    CalibrationConfig,
     Candidate,
-    choose_calibration,
+    ProbeConfig,
     draw_windows,
-    kl_to_dense,
     load_texts,
+    lowest,
     plan_stability,
-    select_by_kl,
 )
-from nirvana.pruning import compute_plan
+from nirvana.pipeline import choose_calibration
+from nirvana.probe import KLMemo, KLProbe, Probe, build_probe, kl_to_dense, kls_to_dense
+from nirvana.pruners import compute_plan
 from nirvana.tiny import tiny_model
+
+BATCH = ProbeConfig().batch_size
 
 
 def keep_all(model, calib_ids):
@@ -23,18 +27,18 @@ def keep_all(model, calib_ids):
 def test_kl_is_zero_for_the_dense_plan_and_positive_otherwise(calib_ids):
     model = tiny_model("llama")
     probe = calib_ids[:, :16]
-    assert kl_to_dense(model, keep_all(model, calib_ids), probe) == pytest.approx(0.0, abs=1e-7)
+    assert kl_to_dense(model, keep_all(model, calib_ids), probe, BATCH) == pytest.approx(0.0, abs=1e-7)
     pruned = compute_plan(model, calib_ids, "nirvana", sparsity=0.5, gamma=1.0)
-    assert kl_to_dense(model, pruned, probe) > 1e-4
+    assert kl_to_dense(model, pruned, probe, BATCH) > 1e-4
 
 
 def test_kl_matches_the_physically_pruned_model(calib_ids):
-    from nirvana.surgery import apply_plan
+    from nirvana.surgery.cut import apply_plan
 
     model = tiny_model("qwen3")
     plan = compute_plan(model, calib_ids, "nirvana", sparsity=0.5, gamma=1.0)
     probe = calib_ids[:4, :16]
-    kl = kl_to_dense(model, plan, probe)
+    kl = kl_to_dense(model, plan, probe, BATCH)
     with torch.no_grad():
         dense = torch.log_softmax(model(probe).logits, -1)
         apply_plan(model, plan)
@@ -42,15 +46,15 @@ def test_kl_matches_the_physically_pruned_model(calib_ids):
     assert kl == pytest.approx(float((dense.exp() * (dense - pruned)).sum(-1).mean()), rel=1e-4)
 
 
-def test_selection_returns_the_argmin(calib_ids):
+def test_the_lowest_kl_candidate_wins(calib_ids):
     model = tiny_model("llama")
     cands = [Candidate(f"c{i}", "x", i, calib_ids[i : i + 2]) for i in range(4)]
-
-    def plan_for(ids):  # candidate 2 induces the dense plan (KL 0); the others prune more and more
-        i = next(j for j, c in enumerate(cands) if torch.equal(c.ids, ids))
-        return keep_all(model, calib_ids) if i == 2 else compute_plan(model, ids, "nirvana", sparsity=0.2 + 0.1 * i)
-
-    assert select_by_kl(model, cands, calib_ids[:, :16], plan_for) == 2
+    # candidate 2 induces the dense plan (KL 0); the others prune more and more
+    plans = [keep_all(model, calib_ids) if i == 2 else compute_plan(model, c.ids, "nirvana", sparsity=0.2 + 0.1 * i)
+             for i, c in enumerate(cands)]
+    for c, kl in zip(cands, kls_to_dense(model, plans, calib_ids[:, :16], BATCH)):
+        c.kl = kl
+    assert lowest(cands) == 2
     assert cands[2].kl == pytest.approx(0.0, abs=1e-7) and all(c.kl > 0 for i, c in enumerate(cands) if i != 2)
 
 
@@ -69,17 +73,17 @@ def test_choose_calibration_records_candidates_and_keeps_probe_disjoint(selectio
         return w
 
     monkeypatch.setattr(cal, "draw_windows", spy)
-    kw = dict(n_samples=3, seq_len=24, seed=5, selection=selection, candidates=3,
-              probe={"n_samples": 6, "seq_len": 16, "documents": 10})
-    choice = choose_calibration(
-        model, tokenizer, lambda x: compute_plan(model, x, "nirvana", sparsity=0.4, gamma=1.0), "pydoc", **kw)
-    ids, record = choice.ids, choice.record
-    assert ids.shape == (3, 24) and choice.probe.ids.shape == (6, 16)
-    assert len(draws) == 3 and all(excluded == set(choice.probe.texts) for _, excluded in draws)
-    assert all(not drawn & set(choice.probe.texts) for drawn, _ in draws)
-    assert record["probe"] == choice.probe.record and record["probe"]["span"] == "pydoc[-10:]"
-    again = choose_calibration(model, tokenizer, None, "pydoc", **(kw | {"selection": "none"}), want_probe=True)
-    assert torch.equal(again.probe.ids, choice.probe.ids)  # fixed: the same probe whatever the selection
+    c = CalibrationConfig(source="pydoc", n_samples=3, seq_len=24, seed=5, selection=selection, candidates=3,
+                          probe=ProbeConfig(n_samples=6, seq_len=16, documents=10))
+    probe = KLProbe.build(model, tokenizer, c)
+    ids, record = choose_calibration(c, tokenizer, lambda x: compute_plan(model, x, "nirvana", sparsity=0.4, gamma=1.0),
+                                     probe, probe, progress=False)
+    assert ids.shape == (3, 24) and probe.windows.ids.shape == (6, 16)
+    assert len(draws) == 3 and all(excluded == set(probe.windows.texts) for _, excluded in draws)
+    assert all(not drawn & set(probe.windows.texts) for drawn, _ in draws)
+    assert record["probe"] == probe.record and record["probe"]["span"] == "pydoc[-10:]"
+    again = build_probe(CalibrationConfig(source="pydoc", probe=c.probe), tokenizer)
+    assert torch.equal(again.ids, probe.windows.ids)  # fixed: the same probe whatever the selection or seed
     kls = [c["kl"] for c in record["candidates"]]
     assert all(k is not None and k >= 0 for k in kls)
     if selection == "kl":
@@ -95,11 +99,15 @@ def test_choose_calibration_records_candidates_and_keeps_probe_disjoint(selectio
         assert all(c["kl"] >= worst_chosen for c in record["candidates"] if c["label"] not in chosen)
 
 
-def test_selection_rejects_a_fixed_tensor(tokenizer):
+def test_a_bad_calibration_config_fails_when_built():
     with pytest.raises(ValueError, match="nothing to choose from"):
-        choose_calibration(None, tokenizer, None, "tensor", selection="kl")
+        CalibrationConfig(source="tensor", path="ids.pt", selection="kl")
     with pytest.raises(ValueError, match="unknown calibration selection"):
-        choose_calibration(None, tokenizer, None, "pydoc", selection="best")
+        CalibrationConfig(source="pydoc", selection="best")
+    with pytest.raises(ValueError, match="unknown calibration source 'bookcorpa'"):
+        CalibrationConfig(source="bookcorpa")
+    with pytest.raises(ValueError, match="calibration.probe needs n_samples ≥ 1"):
+        CalibrationConfig(source="pydoc", probe={"n_samples": 0})
 
 
 def test_probe_exclusion_is_honoured(tokenizer):
@@ -159,8 +167,7 @@ def test_plan_stability_is_the_mean_and_min_pairwise_iou_of_kept_units(calib_ids
 
 @pytest.mark.parametrize("pruner", ["nirvana", "flap"])  # flap: compensation biases on the cut copy too
 def test_cut_copies_give_the_masked_kls_and_leave_the_dense_model_alone(family, pruner, calib_ids):
-    from nirvana.calibration import kls_to_dense
-    from nirvana.surgery import cut_copy
+    from nirvana.surgery.cut import cut_copy
 
     model = tiny_model(family)
     before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
@@ -178,8 +185,8 @@ def test_cut_copies_give_the_masked_kls_and_leave_the_dense_model_alone(family, 
 
 
 def test_plan_forward_cuts_only_when_every_copy_fits(calib_ids, monkeypatch):
-    import nirvana.calibration.selection as sel
-    from nirvana.surgery import cut_copy_bytes
+    import nirvana.probe.kl as sel
+    from nirvana.surgery.cut import cut_copy_bytes
 
     model = tiny_model("llama")
     plans = [compute_plan(model, calib_ids, "nirvana", sparsity=s, gamma=1.0) for s in (0.2, 0.5)]
@@ -194,17 +201,13 @@ def test_plan_forward_cuts_only_when_every_copy_fits(calib_ids, monkeypatch):
         sel.plan_forward(model, plans, "copy")
 
 
-def test_selection_shares_the_dense_probe_forward_and_gives_each_candidate_its_own_kl(calib_ids):
+def test_rating_shares_the_dense_probe_forward_and_gives_each_plan_its_own_kl(calib_ids):
     model = tiny_model("llama")
-    cands = [Candidate(f"c{i}", "x", i, calib_ids[2 * i : 2 * i + 2]) for i in range(3)]
-    probe = calib_ids[:, :16]  # 8 rows: 2 batches of 4
-
-    def plan_for(ids):
-        return compute_plan(model, ids, "nirvana", sparsity=0.4, gamma=1.0)
-
-    alone = [kl_to_dense(model, plan_for(c.ids), probe, batch_size=4) for c in cands]
+    plans = [compute_plan(model, calib_ids[2 * i : 2 * i + 2], "nirvana", sparsity=0.4, gamma=1.0) for i in range(3)]
+    probe = KLProbe(model, Probe(calib_ids[:, :16], [], {}), batch_size=4, memo=KLMemo())  # 8 rows: 2 batches
+    alone = [kl_to_dense(model, plan, probe.windows.ids, 4) for plan in plans]
     calls = []  # hooks travel into the cut copies: count the calls on the dense model itself
     model.register_forward_hook(lambda module, args, out: calls.append(module is model))
-    best = select_by_kl(model, cands, probe, plan_for, batch_size=4)
-    assert [c.kl for c in cands] == alone and best == min(range(3), key=alone.__getitem__)
-    assert sum(calls) == 2  # one dense forward per probe batch, not one per candidate and batch
+    assert probe.rate(plans) == alone
+    assert sum(calls) == 2  # one dense forward per probe batch, not one per plan and batch
+    assert probe.rate(plans[::-1]) == alone[::-1] and sum(calls) == 2  # met before: the memo answers

@@ -12,7 +12,7 @@ from lm_eval.models.huggingface import HFLM
 
 from nirvana import paths
 from nirvana.evaluation.shared_prefix import SharedPrefixLM, attention_mask, pack
-from nirvana.pruning import prune
+from nirvana.pruners import prune
 from nirvana.tiny import TINY_FAMILIES, pydoc_text, tiny_model, tiny_t5_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,12 +124,12 @@ def test_smollm2_dense_and_pruned_agree_with_hf_on_every_local_task(smollm2, smo
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (paths.data_dir() / "arc_easy.jsonl").is_file(), reason="benchmark data not built")
+@pytest.mark.slow  # reads the built benchmark data (make assets)
 def test_stock_cli_with_our_model_class_matches_hf_to_the_item(tmp_path, tokenizer, calib_ids):
     """`nirvana-lm-eval --model hf-shared-prefix` (the stock CLI, our class registered) on a pruned checkpoint
     gives `lm_eval --model hf`'s answers, item for item."""
-    from nirvana.checkpoint import save_pruned
     from nirvana.evaluation import zeroshot as Z
+    from nirvana.surgery.checkpoint import save_pruned
 
     model = tiny_model("llama")
     _, plan = prune(model, calib_ids, sparsity=0.4, gamma=1.0)

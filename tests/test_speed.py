@@ -3,7 +3,7 @@
 import pytest
 
 from nirvana.evaluation import speed as S
-from nirvana.pruning import prune
+from nirvana.pruners import prune
 from nirvana.tiny import tiny_model
 
 

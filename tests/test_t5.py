@@ -13,15 +13,14 @@ import pytest
 import torch
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from nirvana import paths
 from nirvana.adapters import get_adapter
 from nirvana.adapters.t5 import seq2seq_logits, split_windows
 from nirvana.allocation import budget_for
-from nirvana.checkpoint import load_pruned, save_pruned
-from nirvana.masking import masked
-from nirvana.plan import LayerPlan, PruningPlan
-from nirvana.pruning import compute_plan, prune
-from nirvana.surgery import apply_plan, count_parameters
+from nirvana.pruners import compute_plan, prune
+from nirvana.surgery.checkpoint import load_pruned, save_pruned
+from nirvana.surgery.cut import apply_plan, count_parameters
+from nirvana.surgery.masking import masked
+from nirvana.surgery.plan import LayerPlan, PruningPlan
 from nirvana.tiny import TINY_T5_VARIANTS, tiny_t5_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,7 +220,7 @@ def test_activation_pruners_refuse_t5_clearly(pruner, ids):
 
 
 def test_kl_selection_measure_runs_on_t5(ids):
-    from nirvana.calibration import kl_to_dense
+    from nirvana.probe import kl_to_dense
 
     model = tiny_t5_model("t5")
     plan = compute_plan(model, ids[:4], "nirvana", sparsity=0.3)
@@ -304,7 +303,7 @@ def test_seq2seq_perplexity_protocol(tokenizer):
     assert r.ppl == pytest.approx(math.exp(float(loss)), rel=1e-5)
 
 
-@pytest.mark.skipif(not (paths.data_dir() / "arc_easy.jsonl").is_file(), reason="benchmark data not built: run `make assets`")
+@pytest.mark.slow  # reads the built benchmark data (make assets)
 def test_zeroshot_uses_the_seq2seq_backend(tokenizer, ids):
     from nirvana.evaluation import zeroshot as Z
 

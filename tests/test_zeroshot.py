@@ -3,12 +3,10 @@
 import pytest
 import torch
 
-from nirvana import paths
 from nirvana.evaluation import zeroshot as Z
 from nirvana.tiny import tiny_model
 
-needs_data = pytest.mark.skipif(not (paths.data_dir() / "arc_easy.jsonl").is_file(),
-                                reason="benchmark data not built: run `make assets`")
+needs_data = pytest.mark.slow  # reads the built benchmark data (make assets)
 
 
 @needs_data

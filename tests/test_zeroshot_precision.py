@@ -7,7 +7,7 @@ import torch
 
 from nirvana.bench.models import random_llama
 from nirvana.bench.zeroshot import answer_gaps, mixed_requests
-from nirvana.evaluation.protocol import validate_eval
+from nirvana.evaluation.config import ZeroshotConfig
 from nirvana.evaluation.zeroshot import wrap_model
 from nirvana.tiny import tiny_tokenizer
 
@@ -45,6 +45,5 @@ def test_lm_evals_default_also_sums_in_bf16_in_its_own_class(answers):
 
 
 def test_an_unknown_softmax_dtype_is_refused_before_any_model():
-    e = {"name": "x", "zeroshot": {"tasks": ["arc_easy"], "suite": "local", "softmax_dtype": "bfloat16"}}
     with pytest.raises(ValueError, match="softmax_dtype='bfloat16'.*float32, float64 or null"):
-        validate_eval(e)
+        ZeroshotConfig(tasks=["arc_easy"], softmax_dtype="bfloat16")

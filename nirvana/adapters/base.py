@@ -23,8 +23,6 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from ..targets import lm_loss
-
 ATTENTION = "attention"
 MLP = "mlp"
 MODULE_KINDS = (ATTENTION, MLP)
@@ -32,6 +30,13 @@ MODULE_KINDS = (ATTENTION, MLP)
 
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass once what it needs has been seen."""
+
+
+def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, mean over predicted tokens (what `model(ids, labels=ids).loss` computes)."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="mean"
+    )
 
 
 @dataclass(frozen=True)
@@ -146,8 +151,12 @@ class ModelAdapter:
     auto_model_class: str = "AutoModelForCausalLM"
     # Pruners whose method does not apply to this architecture: compute_plan refuses them with a clear error.
     unsupported_pruners: tuple[str, ...] = ()
-    # peft's task type for LoRA recovery (nirvana.recovery)
+    # peft's task type for LoRA recovery (nirvana.recovery); seq2seq: training examples are (prompt → response)
+    # pairs for an encoder and a decoder, not one causal text
     lora_task_type: str = "CAUSAL_LM"
+    seq2seq: bool = False
+    # lm-eval HFLM's backend for zero-shot evaluation ("default": lm-eval's own detection, causal for decoders)
+    lm_eval_backend: str = "default"
     # Whether the model's logits are exactly its output embedding applied to the final hidden state (no logit
     # soft-capping or scaling): then the LM head may be applied to chosen positions only (scoring, evaluation).
     logits_are_head_of_hidden: bool = False
@@ -318,6 +327,17 @@ class ModelAdapter:
 
     def max_context(self) -> int | None:
         return getattr(self.config, "max_position_embeddings", None)
+
+    # --- generation (speed) -----------------------------------------------------------------------
+    def prefill(self, ids: torch.Tensor) -> tuple[object, torch.Tensor]:
+        """Run a prompt [B, T] building the KV cache: (state for `decode_step`, logits of its last position)."""
+        out = self.model(input_ids=ids, use_cache=True)
+        return out.cache, out.logits[:, -1:]  # transformers 5.x (pinned) names the KV cache `cache`
+
+    def decode_step(self, state: object, token: torch.Tensor) -> tuple[object, torch.Tensor]:
+        """One cached generation step for `token` [B, 1]: (new state, its logits)."""
+        out = self.model(input_ids=token, cache=state, use_cache=True)
+        return out.cache, out.logits[:, -1:]
 
     def vocab_size(self) -> int:
         return int(self.config.vocab_size)

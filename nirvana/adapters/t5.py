@@ -92,6 +92,8 @@ class T5Adapter(ModelAdapter):
     model_types = ("t5",)
     auto_model_class = "AutoModelForSeq2SeqLM"
     lora_task_type = "SEQ_2_SEQ_LM"
+    seq2seq = True
+    lm_eval_backend = "seq2seq"  # the context goes to the encoder, the continuation is scored by the decoder
     # Wanda-sp and FLAP are activation-statistics methods written for decoder-only blocks (one attention,
     # one MLP, inputs replayed layer by layer); they have no encoder–decoder formulation here.
     unsupported_pruners = ("wanda_sp", "flap")
@@ -235,3 +237,18 @@ class T5Adapter(ModelAdapter):
 
     def max_context(self) -> int | None:
         return None  # relative positions: no trained length limit to check calibration against
+
+    def prefill(self, ids):
+        """The encoder over the prompt plus the decoder's first step (which projects the encoder states into the
+        cross-attention cache)."""
+        start = torch.full((ids.shape[0], 1), int(self.config.decoder_start_token_id), dtype=ids.dtype,
+                           device=ids.device)
+        encoded = self.model.get_encoder()(input_ids=ids)
+        out = self.model(encoder_outputs=encoded, decoder_input_ids=start, use_cache=True)
+        return (encoded, out.cache), out.logits[:, -1:]
+
+    def decode_step(self, state, token):
+        """A cached decoder step reusing the encoder output and both caches."""
+        encoded, cache = state
+        out = self.model(encoder_outputs=encoded, decoder_input_ids=token, cache=cache, use_cache=True)
+        return (encoded, out.cache), out.logits[:, -1:]

@@ -23,9 +23,9 @@ import torch
 
 from ..adapters import ATTENTION, MODULE_KINDS, ModelAdapter
 from ..allocation import apply_guards
-from ..compensation import compensation_biases
-from ..statistics import layerwise_channel_stats
-from ..units import UnitScores, sum_blocks
+from ..scoring.statistics import layerwise_channel_stats
+from ..scoring.units import UnitScores, sum_blocks
+from ..surgery.compensation import compensation_biases
 
 
 def wifv_channel_metric(stats, weight: torch.Tensor, square: bool) -> torch.Tensor:
@@ -47,9 +47,10 @@ def flap_plan(
     square_attention: bool = True,
     bias_compensation: bool = True,
     batch_size: int = 8,
+    progress: bool = True,
 ) -> tuple[list[tuple[list[int], list[int]]], UnitScores, dict[int, dict[str, torch.Tensor]] | None]:
     layers = adapter.layers()
-    stats = layerwise_channel_stats(adapter, input_ids, batch_size=batch_size, progress=True)
+    stats = layerwise_channel_stats(adapter, input_ids, batch_size=batch_size, progress=progress)
     scores = UnitScores(attention=[], mlp=[])
     for layer in layers:
         for kind in MODULE_KINDS:

@@ -17,9 +17,9 @@ import torch
 
 from ..adapters import ATTENTION, MLP, ModelAdapter
 from ..allocation import apply_guards, layer_range_mask, uniform_fractions, uniform_pruned
-from ..masking import UnitMask
-from ..statistics import layerwise_channel_stats
-from ..units import UnitScores, sum_blocks
+from ..scoring.statistics import layerwise_channel_stats
+from ..scoring.units import UnitScores, sum_blocks
+from ..surgery.masking import UnitMask
 
 
 def wanda_unit_scores(group, mean_square: torch.Tensor) -> torch.Tensor:
@@ -40,6 +40,7 @@ def wanda_sp_plan(
     layer_end: int | None = None,
     ratio: str = "literal",
     batch_size: int = 8,
+    progress: bool = True,
 ) -> tuple[list[tuple[list[int], list[int]]], UnitScores]:
     layers = adapter.layers()
     in_range = layer_range_mask(len(layers), layer_start, layer_end)
@@ -63,7 +64,7 @@ def wanda_sp_plan(
         return True
 
     try:
-        layerwise_channel_stats(adapter, input_ids, batch_size, after_layer=prune_layer, progress=True,
+        layerwise_channel_stats(adapter, input_ids, batch_size, after_layer=prune_layer, progress=progress,
                                 desc="wanda-sp layers")
     finally:
         for mask in reversed(masks):

@@ -31,9 +31,9 @@ from ..adapters import get_adapter
 from ..allocation import budget_for, closed_form_budget
 from ..evaluation.speed import compare_speed
 from ..models import resolve_dtype
-from ..pruning import plan_from_scores
-from ..scoring import NirvanaScorer
-from ..surgery import apply_plan, count_parameters
+from ..pruners import plan_from_scores
+from ..scoring.scorers import NirvanaScorer
+from ..surgery.cut import apply_plan, count_parameters
 from .memory import GIB, measure, set_memory_cap
 from .models import SHAPES, random_ids, random_llama
 from .naive import full_gradient_scores

@@ -1,5 +1,5 @@
 """KL-probe benchmark: the probe forwards of KL-based selection, each plan run as a physically cut copy vs as a
-mask on the dense model (nirvana.calibration.selection.plan_forward).
+mask on the dense model (nirvana.probe.plan_forward).
 
 One measurement, in a fresh process: NIRVANA's plans at every γ of `gamma=auto`'s grid (one cached scoring of the
 calibration batch), then `kls_to_dense` over all of them on the source's fixed probe (`probe`: build_probe's
@@ -23,18 +23,20 @@ def measure_kl(model: str, sparsity: float, forward: str, probe: dict, calibrati
 
     from ..adapters import get_adapter
     from ..allocation import AUTO_GAMMAS
-    from ..calibration import build_calibration, build_probe, kls_to_dense
+    from ..allocation.gamma import feasible_gammas
+    from ..calibration import CalibrationConfig, ProbeConfig, build_calibration
     from ..models import load_model
-    from ..pipeline import feasible_gammas
-    from ..pruning import compute_plans
+    from ..probe import build_probe, kls_to_dense
+    from ..pruners import compute_plans
 
     dense, tokenizer = load_model(model, dtype="float32", device="cpu")
     ids = build_calibration(tokenizer=tokenizer, **calibration)
     gammas = feasible_gammas(get_adapter(dense).layers(), sparsity, list(AUTO_GAMMAS))
     plans = compute_plans(dense, ids, "nirvana", sparsity, gammas, score_cache=score_cache)
-    probe_ids = build_probe(calibration["source"], tokenizer, path=calibration.get("path"), **probe).ids
+    c = CalibrationConfig(**calibration, probe=ProbeConfig(**probe))
+    probe_ids = build_probe(c, tokenizer).ids
     t0 = time.perf_counter()
-    kls = kls_to_dense(dense, plans, probe_ids, forward=forward)
+    kls = kls_to_dense(dense, plans, probe_ids, c.probe.batch_size, forward=forward)
     seconds = time.perf_counter() - t0
     return {"sparsity": sparsity, "forward": forward, "seconds": seconds, "gammas": gammas, "kls": kls,
             "probe_tokens": int(probe_ids.numel()), "threads": torch.get_num_threads()}

@@ -16,23 +16,9 @@ from pathlib import Path
 
 import torch
 
-_STATUS = Path("/proc/self/status")
+from ..sysmem import resident_bytes, status_kib
+
 _CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def resident_bytes() -> int:
-    kib = _status_kib("VmRSS")
-    return (kib or 0) * 1024
 
 
 def _reset_resident_peak() -> bool:
@@ -44,7 +30,7 @@ def _reset_resident_peak() -> bool:
 
 
 def _resident_peak_bytes() -> int:
-    kib = _status_kib("VmHWM")
+    kib = status_kib("VmHWM")
     if kib is None:  # not Linux: the process-lifetime peak is the best there is
         kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib * 1024

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 
 from ..adapters import ModelAdapter
-from ..scoring import gradient_saliency, scored_parameters
-from ..targets import output_max_target
-from ..units import UnitScores, add_weight_scores
+from ..scoring.scorers import gradient_saliency, scored_parameters
+from ..scoring.targets import output_max_target
+from ..scoring.units import UnitScores, add_weight_scores
 
 
 def full_gradient_scores(adapter: ModelAdapter, input_ids: torch.Tensor) -> UnitScores:

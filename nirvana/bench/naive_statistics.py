@@ -1,6 +1,6 @@
 """The straightforward statistics pass of Wanda-sp and FLAP: the benchmark's reference point, not something to use.
 
-Before the layer-wise pass (nirvana/statistics.py), the activation statistics came from whole-model forwards with
+Before the layer-wise pass (nirvana/scoring/statistics.py), the activation statistics came from whole-model forwards with
 hooks: FLAP ran the calibration batch through the model once; Wanda-sp, which prunes layer by layer, ran a
 forward truncated after layer i for every layer i (with layers < i already masked) — a cost quadratic in depth.
 This module keeps that schedule, so `make bench` can time both side by side and check the plans are the same.
@@ -13,9 +13,9 @@ import torch
 from ..adapters import ATTENTION, MLP, MODULE_KINDS, ModelAdapter
 from ..allocation import apply_guards, layer_range_mask, uniform_fractions, uniform_pruned
 from ..baselines.wanda_sp import wanda_unit_scores
-from ..masking import UnitMask
-from ..statistics import ChannelStats
-from ..units import UnitScores
+from ..scoring.statistics import ChannelStats
+from ..scoring.units import UnitScores
+from ..surgery.masking import UnitMask
 
 
 class _Stop(Exception):

@@ -51,7 +51,7 @@ def check_variants(variants) -> list[str]:
 
 
 def make_variant_scorer(variant: str, batch: int, memory_budget_gib: float | None = None):
-    from ..scoring import NirvanaScorer
+    from ..scoring.scorers import NirvanaScorer
 
     options = dict(VARIANTS[variant])
     if options.get("micro_batch_size") == "B/4":
@@ -77,7 +77,7 @@ def measure_scoring(model: str, variant: str, batch: int, seq_len: int, device: 
     `reference` variant upcasts the loaded weights to `reference_dtype` first (the same values, more precision)."""
     from ..adapters import get_adapter
     from ..models import resolve_dtype
-    from ..pruning import plan_from_scores
+    from ..pruners import plan_from_scores
     from .naive import full_gradient_scores
 
     check_variants([variant])
@@ -114,7 +114,7 @@ def measure_scoring(model: str, variant: str, batch: int, seq_len: int, device: 
         return {**result, **record}
     plan = plan_from_scores(net, scores, PLAN_SPARSITY, PLAN_GAMMA)
     if scores_out:
-        from ..score_cache import save_scores
+        from ..scoring.cache import save_scores
 
         save_scores(scores_out, f"{model}-{variant}", scores)
         Path(scores_out, f"{model}-{variant}.kept.json").write_text(json.dumps(plan.kept_units()))
@@ -198,7 +198,7 @@ def run_scoring_bench(models: dict[str, dict], variants, repeats: int, device: s
         measurements.append({**res, "repeat": r})
     differences, against_reference = {}, {}
     if scores_dir:
-        from ..score_cache import load_scores
+        from ..scoring.cache import load_scores
 
         for model in models:
             ref = load_scores(scores_dir, f"{model}-{BASELINE}") if BASELINE in own[model] else None

@@ -58,7 +58,7 @@ def validate(cfg: dict) -> None:
 
         q = cfg["quant"]
         for scheme in q["schemes"]:
-            QuantSpec(scheme=scheme).check()
+            QuantSpec(scheme=scheme)  # a bad scheme fails here
         if int(q["repeats"]) < 1:
             raise ValueError(f"quant.repeats must be ≥ 1, got {q['repeats']}")
     if "zeroshot" in cfg["sections"]:

@@ -17,8 +17,8 @@ def run_speed_bench(name_or_path: str, sparsities, gamma: float, shapes: list[di
     from ..calibration import build_calibration
     from ..evaluation.speed import compare_speed
     from ..models import load_model
-    from ..pruning import compute_plan
-    from ..surgery import count_parameters, cut_copy
+    from ..pruners import compute_plan
+    from ..surgery.cut import count_parameters, cut_copy
 
     for s in sparsities:
         if not 0.0 < float(s) < 1.0:

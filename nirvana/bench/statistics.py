@@ -27,7 +27,7 @@ def measure_statistics(method: str, schedule: str, sparsity: float = 0.2, stats_
     from ..adapters import get_adapter
     from ..calibration import build_calibration
     from ..models import load_model
-    from ..statistics import layerwise_channel_stats
+    from ..scoring.statistics import layerwise_channel_stats
     from .naive_statistics import forward_statistics, wanda_sp_truncated
 
     model, tokenizer = load_model("builtin:smollm2-135m-instruct", dtype="float32", device="cpu")

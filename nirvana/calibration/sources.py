@@ -121,7 +121,7 @@ def source_span(source: str, path: str | None = None, hf_name: str | None = None
     return Span(HUB_SPAN_SOURCES.get(source, source))
 
 
-def calibration_span(source: str, documents: int = 200, **kw) -> Span | None:
+def calibration_span(source: str, documents: int, **kw) -> Span | None:
     """The items calibration windows can be drawn from: the source minus its probe."""
     span = source_span(source, **kw)
     if span is None or source in OFFLINE_SETS:
@@ -129,7 +129,7 @@ def calibration_span(source: str, documents: int = 200, **kw) -> Span | None:
     return Span(span.source, 0, -documents)
 
 
-def calibration_pool(source: str, path: str | None = None, field: str = "text", join: int = 1, documents: int = 200,
+def calibration_pool(source: str, path: str | None, field: str, join: int, documents: int,
                      **hub) -> tuple[Sequence[str], frozenset[str]]:
     """(texts the sampler draws from, texts it must redraw): a registered set is its own pool; any other source
     keeps its probe documents out — excluded by content where documents are drawn whole (so the official draws
@@ -137,27 +137,26 @@ def calibration_pool(source: str, path: str | None = None, field: str = "text", 
     if source in OFFLINE_SETS or source == "tensor":
         return load_texts(source, path, field, join, **hub), frozenset()
     if join == 1:
-        return load_texts(source, path, field, 1, **hub), frozenset(probe_texts(source, documents, path, field, **hub)[0])
+        probe = probe_texts(source, documents, path, field, **hub)[0]
+        return load_texts(source, path, field, 1, **hub), frozenset(probe)
     texts = load_texts(source, path, field, 1, **hub)
     return join_consecutive([texts[i] for i in range(len(texts) - documents)], join), frozenset()
 
 
-def probe_span(source: str, documents: int = 200, **kw) -> Span:
+def probe_span(source: str, documents: int, **kw) -> Span:
     """The items of `source`'s KL probe (module docstring), without reading them."""
     if source in OFFLINE_SETS:
         return OFFLINE_SETS[OFFLINE_SETS[source].probe].span
     return Span(source_span(source, **kw).source, -documents, None)
 
 
-def probe_texts(source: str, documents: int = 200, path: str | None = None, field: str = "text",
+def probe_texts(source: str, documents: int, path: str | None = None, field: str = "text",
                 **hub) -> tuple[list[str], Span]:
     """(texts, identity) of the KL probe that belongs to `source` (module docstring)."""
     if source == "tensor":
         raise ValueError("a saved calibration tensor has no text to probe on: set calibration.probe.source")
     if source in OFFLINE_SETS:
-        return read_texts(OFFLINE_SETS[source].probe), probe_span(source)
-    if documents < 1:
-        raise ValueError(f"calibration.probe.documents must be ≥ 1, got {documents}")
+        return read_texts(OFFLINE_SETS[source].probe), probe_span(source, documents)
     texts = load_texts(source, path, field, 1, **hub)
     if len(texts) <= documents:
         raise ValueError(f"calibration source {source!r} has {len(texts)} documents: none would be left for "
@@ -176,19 +175,18 @@ def load_id_tensor(path: str | Path) -> torch.Tensor:
     return ids.long()
 
 
-def check_source(calibration: dict) -> None:
-    """Read what a calibration config names, before any model is loaded: a missing, empty or malformed file (a bad
-    JSONL line is named by file and line), an unknown offline set or a bad id tensor fails here. Hub sources are
-    checked when loaded (they need the hub, which entry points check first)."""
-    source = calibration.get("source")
-    if source == "tensor":
-        ids = load_id_tensor(calibration.get("path") or "")
+def check_source(c) -> None:
+    """Read what a calibration config (nirvana.calibration.CalibrationConfig) names, before any model is loaded: a
+    missing, empty or malformed file (a bad JSONL line is named by file and line), an unknown offline set or a bad
+    id tensor fails here. Hub sources are checked when loaded (they need the hub, which entry points check first)."""
+    if c.source == "tensor":
+        ids = load_id_tensor(c.path or "")
         if ids.ndim != 2 or ids.numel() == 0:
-            raise ValueError(f"calibration tensor {calibration.get('path')} has shape {tuple(ids.shape)}; "
+            raise ValueError(f"calibration tensor {c.path} has shape {tuple(ids.shape)}; "
                              "expected a non-empty [n_samples, seq_len]")
         return
-    if source in HUB_SOURCES or source == "hf":
+    if c.source in HUB_SOURCES or c.source == "hf":
         return
-    texts = load_texts(source, calibration.get("path"), calibration.get("field", "text"))
+    texts = load_texts(c.source, c.path, c.field)
     if not any(t.strip() for t in texts):
-        raise ValueError(f"calibration source {source!r} ({calibration.get('path') or 'offline set'}) holds no text")
+        raise ValueError(f"calibration source {c.source!r} ({c.path or 'offline set'}) holds no text")

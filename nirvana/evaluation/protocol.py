@@ -1,11 +1,11 @@
 """The evaluation protocol as one module: what a run is (its id), what is checked before any model is loaded,
 which columns describe the evaluated model, and the result rows of every stage (docs/protocol.md).
 
-Entry points hand in plain dicts (a resolved Hydra config, or one written by hand):
+Entry points hand in typed configs (nirvana.config):
     run_id, identity = run_identity(config)           # resume key: a hash of what changes the numbers
-    validate_eval(config["eval"], model_path)         # names the bad value, before any heavy work
-    texts = load_eval_texts(config["eval"])           # a missing dataset must not cost a model load
-    rows = evaluation_rows(config["eval"], run, model, tokenizer, texts)
+    check_data(config.eval, model_path)               # the named data exist, before any heavy work
+    texts = load_eval_texts(config.eval)              # a missing dataset must not cost a model load
+    rows = evaluation_rows(config.eval, run, model, tokenizer, texts)
 """
 
 from __future__ import annotations
@@ -14,93 +14,61 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import schema
 from ..allocation import AUTO_GAMMAS
-from ..calibration import calibration_span, probe_span
+from ..calibration import CalibrationConfig, calibration_span, probe_span
 from ..pipeline import method_name
-from ..plan import PLAN_FILENAME, PruningPlan
 from ..results import make_row, make_run_id
+from ..surgery.plan import PLAN_FILENAME, PruningPlan
 from ..texts import OFFLINE_SETS, Span
 from . import perplexity as ppl_mod
 from . import speed as speed_mod
 from . import zeroshot as zs_mod
+from .config import EvalConfig, PerplexityConfig, SpeedConfig
 
-# Config nodes that never change a number: where rows go and how the job behaves (conf/*.yaml `job:`).
-BOOKKEEPING = ("job", "hydra")
-# Pruner options added after results were published: hashed only when set away from this value, so adding one
-# to the configs leaves every earlier run id (and the committed rows that carry it) valid.
-LATER_OPTIONS = {"bias_compensation": False, "gamma_sparsity_slack": None}
-# Evaluation options added after results were published, the same way: (stage, key) → the value that changes no
-# published number (every committed zero-shot row is of a float32 model, where a float32 softmax is lm-eval's own).
-LATER_EVAL_OPTIONS = {("zeroshot", "softmax_dtype"): "float32"}
-# How the scores are computed, never which (nirvana.schedule): they choose memory and time, so a run's id does not
-# depend on them (nor on the machine's free memory) and a default changed later orphans no published row.
-SCHEDULE_OPTIONS = ("schedule", "memory_budget_gib", "time_tolerance")
+# Config nodes that never change a number: where rows go and how the job behaves (`job:`); the run-level γ counts
+# where a pruner reads it (`pruner.gamma`), not as the top-level default.
+BOOKKEEPING = ("job", "gamma")
 # A dense run is the same whatever pruning a sweep would have applied.
-PRUNING_KEYS = ("pruner", "sparsity", "gamma", "calibration", "measure_kl")
+PRUNING_KEYS = ("pruner", "sparsity", "calibration", "measure_kl")
 
 
-def run_identity(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(run id, the config it hashes): the resolved config without bookkeeping; γ counts where the pruner
-    reads it (`pruner.gamma`), not as the top-level default; a dense run drops every pruning key."""
-    identity = {k: v for k, v in config.items() if k not in (*BOOKKEEPING, "gamma")}
-    if isinstance(identity.get("model"), dict):  # whether a folder's code may run changes no number
-        identity["model"] = {k: v for k, v in identity["model"].items() if k != "trust_remote_code"}
-    if (identity.get("pruner") or {}).get("name") == "dense":
+def run_identity(config) -> tuple[str, dict[str, Any]]:
+    """(run id, the config it hashes): a typed root config (nirvana.config) without bookkeeping, each field
+    counted as its schema says (nirvana.schema: memory schedules never, later options only when set); a dense run
+    drops every pruning key; `gamma: auto` is hashed as the list of γ it names (which lives in code)."""
+    identity = {k: v for k, v in schema.identity(config).items() if k not in BOOKKEEPING}
+    if not getattr(config, "pruner", None) or not config.pruner.prunes:
         for k in PRUNING_KEYS:
             identity.pop(k, None)
-    elif isinstance(identity.get("pruner"), dict):
-        pruner = {k: v for k, v in identity["pruner"].items()
-                  if k not in SCHEDULE_OPTIONS and (k not in LATER_OPTIONS or v != LATER_OPTIONS[k])}
-        if pruner.get("gamma") == "auto":  # `auto` names a list that lives in code: hash the list itself
-            pruner["gamma"] = list(AUTO_GAMMAS)
-        identity["pruner"] = pruner
-    if isinstance(identity.get("eval"), dict):
-        identity["eval"] = dict(identity["eval"])
-        for (stage, key), default in LATER_EVAL_OPTIONS.items():
-            if isinstance(identity["eval"].get(stage), dict) and identity["eval"][stage].get(key, default) == default:
-                identity["eval"][stage] = {k: v for k, v in identity["eval"][stage].items() if k != key}
+    elif identity["pruner"].get("gamma") == "auto":
+        identity["pruner"]["gamma"] = list(AUTO_GAMMAS)
     return make_run_id(identity), identity
 
 
 # --- before the model --------------------------------------------------------------------------------------
-def validate_eval(e: dict[str, Any], model_path: str | None = None) -> None:
-    """Every check of an evaluation config that needs no model, naming the value and what is accepted."""
-    if not any(e.get(k) for k in ("perplexity", "zeroshot", "speed")):
-        raise ValueError(f"eval={e.get('name')} enables no stage: set at least one of perplexity, zeroshot, speed")
+def check_data(e: EvalConfig, model_path: str | None = None) -> None:
+    """That everything the protocol `e` names exists (names and ranges were checked when `e` was built): the
+    checkpoint folder, each perplexity set, the built zero-shot data."""
     if model_path and not (Path(model_path) / "config.json").is_file():
         raise FileNotFoundError(f"model.path={model_path}: not a checkpoint folder (no config.json there)")
-    if e.get("perplexity"):
-        p = e["perplexity"]
-        for s in p["seq_len"]:
-            if int(s) < 2:
-                raise ValueError(f"eval.perplexity.seq_len has {s}: every window length must be ≥ 2")
-        for d in p["datasets"]:
-            ppl_mod.check_dataset_name(d)
-    if e.get("zeroshot"):
-        zs_mod.check_tasks(e["zeroshot"]["tasks"], e["zeroshot"]["suite"])
-        if e["zeroshot"].get("lm", zs_mod.LMS[0]) not in zs_mod.LMS:
-            raise ValueError(f"eval.zeroshot.lm={e['zeroshot']['lm']!r}: choose one of {zs_mod.LMS}")
-        zs_mod.check_softmax_dtype(e["zeroshot"].get("softmax_dtype", "float32"))
-        if e.get("limit") is not None and not e["limit"] > 0:
-            raise ValueError(f"eval.limit must be > 0 or null, got {e['limit']}")
-    if e.get("speed"):
-        for k in ("batch_size", "prompt_len", "new_tokens", "repeats"):
-            if int(e["speed"][k]) < 1:
-                raise ValueError(f"eval.speed.{k} must be ≥ 1, got {e['speed'][k]}")
+    for d in e.perplexity.datasets if e.perplexity else []:
+        ppl_mod.check_dataset_name(d)
+    if e.zeroshot:
+        zs_mod.check_tasks(e.zeroshot.tasks, e.zeroshot.suite)
 
 
-def eval_spans(e: dict[str, Any]) -> dict[str, Span]:
+def eval_spans(e: EvalConfig) -> dict[str, Span]:
     """Every item set the protocol `e` scores, by what names it in the config."""
     spans = {}
-    if e.get("perplexity"):
-        spans |= {f"eval.perplexity.datasets: {d}": ppl_mod.dataset_span(d) for d in e["perplexity"]["datasets"]}
-    if e.get("zeroshot"):
-        z = e["zeroshot"]
-        spans |= {f"eval.zeroshot.tasks: {t}": zs_mod.task_span(t, z["suite"], e.get("limit")) for t in z["tasks"]}
+    if e.perplexity:
+        spans |= {f"eval.perplexity.datasets: {d}": ppl_mod.dataset_span(d) for d in e.perplexity.datasets}
+    if e.zeroshot:
+        spans |= {f"eval.zeroshot.tasks: {t}": zs_mod.task_span(t, e.zeroshot.suite, e.limit) for t in e.zeroshot.tasks}
     return spans
 
 
-def check_disjoint(calibration: dict[str, Any] | None, e: dict[str, Any], allow_overlap: bool = False,
+def check_disjoint(c: CalibrationConfig | None, e: EvalConfig, allow_overlap: bool = False,
                    training: list[str] | None = None) -> dict:
     """Calibration, KL-probe and recovery-training items (`training`: registered text sets) never overlap
     evaluated items, and calibration never overlaps the probe (docs/protocol.md). Raises before any model is
@@ -109,15 +77,10 @@ def check_disjoint(calibration: dict[str, Any] | None, e: dict[str, Any], allow_
     for name in training or []:  # a registered text set has a span; a plain file's items are unknown
         if name in OFFLINE_SETS:
             used[f"recovery training: {name}"] = OFFLINE_SETS[name].span
-    if calibration and calibration.get("source") not in (None, "tensor"):
-        c = calibration
-        documents = (c.get("probe") or {}).get("documents", 200)
-        hub = {k: c[k] for k in ("path", "hf_name", "hf_config", "split") if k in c}
-        sources = c.get("candidate_sources") or [c["source"]]
-        for src in sources:
-            used[f"calibration: {src}"] = calibration_span(src, documents, **hub)
-        probe_src = sources[0]
-        used[f"KL probe of {probe_src}"] = probe_span(probe_src, documents, **hub)
+    if c is not None and c.source != "tensor":
+        for src in c.sources:
+            used[f"calibration: {src}"] = calibration_span(src, c.probe.documents, path=c.path, **c.hub)
+        used[f"KL probe of {c.sources[0]}"] = probe_span(c.sources[0], c.probe.documents, path=c.path, **c.hub)
     evaluated = eval_spans(e)
     overlaps = [(a, used[a], b, span) for a in used for b, span in evaluated.items() if used[a].overlaps(span)]
     overlaps += [(a, used[a], b, used[b]) for a in used if a.startswith("calibration") for b in used
@@ -129,7 +92,7 @@ def check_disjoint(calibration: dict[str, Any] | None, e: dict[str, Any], allow_
                          "every row)")
     record = {"calibration_and_probe": {k: str(v) for k, v in used.items()},
               "evaluated": {k: str(v) for k, v in evaluated.items()}}
-    if calibration and calibration.get("source") == "tensor":
+    if c is not None and c.source == "tensor":
         record["unchecked"] = "calibration from a saved tensor: its text is unknown"
     if described:
         record["overlaps_allowed"] = described
@@ -144,10 +107,10 @@ def mark_overlaps(rows: list[dict], record: dict) -> list[dict]:
     return rows
 
 
-def load_eval_texts(e: dict[str, Any]) -> dict[str, list[str]]:
+def load_eval_texts(e: EvalConfig) -> dict[str, list[str]]:
     """The perplexity texts of every dataset the protocol names (loaded before the model on purpose)."""
-    p = e.get("perplexity")
-    return {d: ppl_mod.load_texts(d, p["max_texts"]) for d in p["datasets"]} if p else {}
+    p = e.perplexity
+    return {d: ppl_mod.load_texts(d, p.max_texts) for d in p.datasets} if p else {}
 
 
 # --- who is evaluated --------------------------------------------------------------------------------------
@@ -240,13 +203,13 @@ def quantization_rows(run: dict[str, Any], spec, result: dict) -> list[dict]:
             make_row(run, "quantization", "size_ratio", result["bytes_after"] / result["bytes_before"], extra=extra)]
 
 
-def perplexity_rows(p: dict[str, Any], run, model, tokenizer, texts, progress: bool = True) -> list[dict]:
+def perplexity_rows(p: PerplexityConfig, run, model, tokenizer, texts, progress: bool = True) -> list[dict]:
     rows = []
-    for dataset in p["datasets"]:
-        for seq_len in p["seq_len"]:
+    for dataset in p.datasets:
+        for seq_len in p.seq_len:
             t0 = time.perf_counter()
-            r = ppl_mod.evaluate_perplexity(model, tokenizer, dataset, int(seq_len), p["batch_size"], p["max_texts"],
-                                            p["max_windows"], p["max_tokens"], texts=texts[dataset], progress=progress)
+            r = ppl_mod.evaluate_perplexity(model, tokenizer, dataset, int(seq_len), p.batch_size, p.max_texts,
+                                            p.max_windows, p.max_tokens, texts=texts[dataset], progress=progress)
             rows.append(make_row(run, r.dataset, r.metric, r.ppl, seq_len=r.seq_len, limit=r.limit, n=r.n_tokens,
                                  extra={"n_windows": r.n_windows, "nll": r.nll, "window_nll": r.window_nll,
                                         "window_tokens": r.n_tokens // r.n_windows,
@@ -254,12 +217,11 @@ def perplexity_rows(p: dict[str, Any], run, model, tokenizer, texts, progress: b
     return rows
 
 
-def zeroshot_rows(e: dict[str, Any], run, model, tokenizer) -> list[dict]:
-    z = e["zeroshot"]
+def zeroshot_rows(e: EvalConfig, run, model, tokenizer) -> list[dict]:
+    z = e.zeroshot
     t0 = time.perf_counter()
-    res = zs_mod.evaluate_zeroshot(model, tokenizer, list(z["tasks"]), z["suite"], e.get("limit"), z["batch_size"],
-                                   z["max_length"], z["bootstrap_iters"], lm=z.get("lm", "hf-shared-prefix"),
-                                   softmax_dtype=z.get("softmax_dtype", "float32"))
+    res = zs_mod.evaluate_zeroshot(model, tokenizer, list(z.tasks), z.suite, e.limit, z.batch_size, z.max_length,
+                                   z.bootstrap_iters, lm=z.lm, softmax_dtype=z.softmax_dtype)
     extra = res.extra | {"seconds": round(time.perf_counter() - t0, 2)}
     rows = [make_row(run, s.task, s.metric, s.value, s.stderr, limit=res.limit, n=s.n, suite=res.suite,
                      extra=extra | {"lm_eval_task": s.lm_eval_task, "items": s.items}) for s in res.scores]
@@ -269,31 +231,31 @@ def zeroshot_rows(e: dict[str, Any], run, model, tokenizer) -> list[dict]:
     return rows
 
 
-def speed_rows(s: dict[str, Any], run, model) -> list[dict]:
-    kw = dict(batch_size=s["batch_size"], prompt_len=s["prompt_len"], new_tokens=s["new_tokens"])
-    tag = f"bs{s['batch_size']},p{s['prompt_len']}"
-    dtag = f"{tag},n{s['new_tokens']}"
-    twin = speed_mod.dense_twin(model) if s["compare_dense"] and run["pruner"] != "dense" else None
+def speed_rows(s: SpeedConfig, run, model) -> list[dict]:
+    kw = dict(batch_size=s.batch_size, prompt_len=s.prompt_len, new_tokens=s.new_tokens)
+    tag = f"bs{s.batch_size},p{s.prompt_len}"
+    dtag = f"{tag},n{s.new_tokens}"
+    twin = speed_mod.dense_twin(model) if s.compare_dense and run["pruner"] != "dense" else None
     if twin is None:  # throughput only; a dense model's FLOP ratio is 1 by definition
-        r = speed_mod.measure_speed(model, repeats=s["repeats"], warmup=s["warmup"], **kw)
+        r = speed_mod.measure_speed(model, repeats=s.repeats, warmup=s.warmup, **kw)
         out = {"prefill_tok_s": r.prefill_tok_s, "decode_tok_s": r.decode_tok_s}
         if run["pruner"] == "dense":
             out |= {"prefill_flop_ratio": 1.0, "decode_flop_ratio": 1.0}
     else:
-        out = speed_mod.compare_speed(model, twin, repeats=s["repeats"], warmup=s["warmup"], **kw)
-    return [make_row(run, "speed", f"{k}@{dtag if 'decode' in k else tag}", v, seq_len=s["prompt_len"],
-                     n=s["repeats"], extra={"new_tokens": s["new_tokens"]}) for k, v in out.items()]
+        out = speed_mod.compare_speed(model, twin, repeats=s.repeats, warmup=s.warmup, **kw)
+    return [make_row(run, "speed", f"{k}@{dtag if 'decode' in k else tag}", v, seq_len=s.prompt_len,
+                     n=s.repeats, extra={"new_tokens": s.new_tokens}) for k, v in out.items()]
 
 
-def evaluation_rows(e: dict[str, Any], run: dict[str, Any], model, tokenizer, texts, progress: bool = True) -> list[dict]:
+def evaluation_rows(e: EvalConfig, run: dict[str, Any], model, tokenizer, texts, progress: bool = True) -> list[dict]:
     """Every stage the protocol `e` enables, in protocol order."""
     rows = []
-    if e.get("perplexity"):
-        rows += perplexity_rows(e["perplexity"], run, model, tokenizer, texts, progress)
-    if e.get("zeroshot"):
+    if e.perplexity:
+        rows += perplexity_rows(e.perplexity, run, model, tokenizer, texts, progress)
+    if e.zeroshot:
         rows += zeroshot_rows(e, run, model, tokenizer)
-    if e.get("speed"):
-        rows += speed_rows(e["speed"], run, model)
+    if e.speed:
+        rows += speed_rows(e.speed, run, model)
     return rows
 
 

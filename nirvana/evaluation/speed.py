@@ -98,43 +98,15 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def _one_pass(model, ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    device = ids.device
-    if getattr(model.config, "is_encoder_decoder", False):
-        return _one_seq2seq_pass(model, ids, new_tokens)
+    """(prefill seconds, decode seconds) of one greedy generation; the model's adapter runs its family's cache."""
+    adapter, device = get_adapter(model), ids.device
     _sync(device)
     t0 = time.perf_counter()
-    out = model(input_ids=ids, use_cache=True)
+    state, logits = adapter.prefill(ids)
     _sync(device)
     t1 = time.perf_counter()
-    # transformers 5.x (pinned) names the KV cache `cache`, in the output and as the argument.
-    cache = out.cache
-    nxt = out.logits[:, -1:].argmax(-1)
     for _ in range(new_tokens):
-        out = model(input_ids=nxt, cache=cache, use_cache=True)
-        cache = out.cache
-        nxt = out.logits[:, -1:].argmax(-1)
-    _sync(device)
-    t2 = time.perf_counter()
-    return t1 - t0, t2 - t1
-
-
-@torch.no_grad()
-def _one_seq2seq_pass(model, ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    """Prefill: encoder over the prompt + the decoder's first step; decode: `new_tokens` cached decoder steps."""
-    device = ids.device
-    start = torch.full((ids.shape[0], 1), int(model.config.decoder_start_token_id), dtype=ids.dtype, device=device)
-    _sync(device)
-    t0 = time.perf_counter()
-    encoded = model.get_encoder()(input_ids=ids)
-    out = model(encoder_outputs=encoded, decoder_input_ids=start, use_cache=True)
-    _sync(device)
-    t1 = time.perf_counter()
-    cache = out.cache
-    nxt = out.logits[:, -1:].argmax(-1)
-    for _ in range(new_tokens):
-        out = model(encoder_outputs=encoded, decoder_input_ids=nxt, cache=cache, use_cache=True)
-        cache = out.cache
-        nxt = out.logits[:, -1:].argmax(-1)
+        state, logits = adapter.decode_step(state, logits.argmax(-1))
     _sync(device)
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1

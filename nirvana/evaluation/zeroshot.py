@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .. import paths
+from ..adapters import get_adapter
 from ..texts import LAMBADA_PROBE, Span
 
 # task → the metric the official evaluation reports for it (lm-eval's names)
@@ -169,9 +170,8 @@ class WeightGuard:
 
 
 def lm_eval_backend(model) -> str:
-    """HFLM's backend: "seq2seq" for encoder–decoders (T5: the context goes to the encoder, the continuation
-    is scored by the decoder), else "default" (lm-eval's own detection, causal for our decoders)."""
-    return "seq2seq" if getattr(model.config, "is_encoder_decoder", False) else "default"
+    """HFLM's backend for this model's family (its adapter's `lm_eval_backend`)."""
+    return get_adapter(model).lm_eval_backend
 
 
 LMS = ("hf-shared-prefix", "hf")  # lm-eval model classes: ours (nirvana.evaluation.shared_prefix), the stock one

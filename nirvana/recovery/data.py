@@ -95,12 +95,10 @@ def load_examples(source: str = "alpaca", dataset: str = ALPACA_DATASET, max_exa
     raise ValueError(f"unknown recovery data source {source!r}: choose alpaca (hub) or local (offline stand-in)")
 
 
-def check_source(data: dict) -> None:
-    """Cheap checks of a data config (conf/recovery/*.yaml `data:`), before any model is loaded."""
-    if data["source"] not in ("alpaca", "local"):
-        raise ValueError(f"recovery.data.source={data['source']!r}: choose alpaca (hub) or local (offline stand-in)")
-    if data["source"] == "local":
-        for name in data["files"]:
+def check_source(data) -> None:
+    """What a data config (nirvana.recovery.config.RecoveryDataConfig) names exists, before any model is loaded."""
+    if data.source == "local":
+        for name in data.files:
             text_file(name)  # raises, naming the path, when missing
 
 

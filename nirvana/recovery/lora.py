@@ -263,7 +263,7 @@ def recover(model, tokenizer, train_examples: Sequence[dict], val_examples: Sequ
     from transformers import set_seed
 
     set_seed(settings.seed)  # the LoRA A-matrix initialisation draws from torch's RNG: repeatable runs
-    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    seq2seq = get_adapter(model).seq2seq  # (prompt → response) pairs instead of one causal text
     train, dropped_t = tokenize_examples(tokenizer, train_examples, settings.cutoff, settings.train_on_inputs,
                                          progress, seq2seq)
     val, dropped_v = tokenize_examples(tokenizer, val_examples, settings.cutoff, settings.train_on_inputs,

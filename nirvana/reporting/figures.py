@@ -12,8 +12,8 @@ import pandas as pd  # noqa: E402
 
 from ..evaluation.zeroshot import AVERAGE_TASK  # noqa: E402
 from ..pipeline import method_name  # noqa: E402
-from ..plan import PruningPlan  # noqa: E402
 from ..results import latest  # noqa: E402
+from ..surgery.plan import PruningPlan  # noqa: E402
 from . import pairing  # noqa: E402
 
 
@@ -191,8 +191,8 @@ def allocations_in_rows(rows: pd.DataFrame, model: str | None = None) -> list[tu
 
 
 def gamma_ablation(rows: pd.DataFrame, path: str | Path, metric: str | None = None) -> Path:
-    """A metric against γ for each sparsity (NIRVANA rows only)."""
-    df = rows[rows["pruner"] == "nirvana"]
+    """A metric against γ for each sparsity (rows of the method whose lever γ is: the reference, NIRVANA)."""
+    df = rows[rows["pruner"] == pairing.REFERENCE]
     if metric is None:
         metric = "average" if (df["task"] == AVERAGE_TASK).any() else sorted(df["metric"].unique())[0]
     sub = df[df["task"] == AVERAGE_TASK] if metric == "average" else df[df["metric"] == metric]

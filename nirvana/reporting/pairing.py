@@ -24,10 +24,11 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation.zeroshot import AVERAGE_TASK, TASK_METRICS
+from ..pruners import PRUNERS
 from ..results import latest
 from . import stats
 
-METHOD_ORDER = ["dense", "nirvana", "magnitude", "random", "taylor", "wanda_sp", "flap"]
+METHOD_ORDER = ["dense", *PRUNERS]  # tables list methods in the registry's order
 
 
 REFERENCE = "nirvana"  # the method every other one is paired against, unless a table names another

@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..plan import PruningPlan
 from ..results import read_rows
+from ..surgery.plan import PruningPlan
 from . import figures, pairing, tables
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import ATTENTION, ModelAdapter, ParamSlice
+from ..adapters import ATTENTION, ModelAdapter, ParamSlice
 
 
 @dataclass

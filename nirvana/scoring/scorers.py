@@ -39,7 +39,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from .adapters import MODULE_KINDS, ModelAdapter, ParamSlice
+from ..adapters import MODULE_KINDS, ModelAdapter, ParamSlice
 from .schedule import (
     DEFAULT_TIME_TOLERANCE,
     SCHEDULES,

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from .adapters import ATTENTION, MLP, LayerUnits
-from .statistics import ChannelStats
+from ..adapters import ATTENTION, MLP, LayerUnits
 
 
 def compensation_biases(layers: list[LayerUnits], kept: list[tuple[list[int], list[int]]],
-                        stats: dict[tuple[int, str], ChannelStats]) -> dict[int, dict[str, torch.Tensor]]:
+                        stats: dict[tuple[int, str], object]) -> dict[int, dict[str, torch.Tensor]]:
     """{layer: {kind: bias}} for the output projections, from each channel's calibration mean (`stats[...].baseline`,
-    nirvana.statistics.layerwise_channel_stats on the unpruned model); a zero vector where nothing was removed."""
+    nirvana.scoring.statistics.layerwise_channel_stats
+    on the unpruned model: each a ChannelStats); a zero vector where nothing was removed."""
     biases: dict[int, dict[str, torch.Tensor]] = {}
     for layer, (k_att, k_mlp) in zip(layers, kept, strict=True):
         biases[layer.index] = {}

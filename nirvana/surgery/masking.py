@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .adapters import MODULE_KINDS, UnitGroup, get_adapter
+from ..adapters import MODULE_KINDS, UnitGroup, get_adapter
 from .plan import PruningPlan
 
 

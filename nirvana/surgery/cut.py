@@ -13,7 +13,7 @@ import logging
 import torch
 from torch import nn
 
-from .adapters import MODULE_KINDS, ModelAdapter, get_adapter
+from ..adapters import MODULE_KINDS, ModelAdapter, get_adapter
 from .plan import PruningPlan
 
 

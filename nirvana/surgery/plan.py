@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_file, atomic_path
+from ..atomic import atomic_file, atomic_path
 
 PLAN_FORMAT = "nirvana-plan/1"
 PLAN_FILENAME = "pruning_plan.json"

@@ -1,11 +1,11 @@
 """Scalar targets of a calibration forward pass: what a gradient-based criterion differentiates.
 
-A leaf module (torch only), so that adapters, scorers and the benchmark's naive scorer share one definition.
+A leaf module (torch only), so that the scorers and the benchmark's naive scorer share one definition; the LM
+loss (Taylor's target) is the adapters' own (`ModelAdapter.lm_loss`): what a loss is depends on the family.
 
 - `output_max_target`: NIRVANA's f — the logits' max over sequence positions, then the mean over batch and
   vocabulary (the official code's scalar; docs/method.md §1). Not the LM loss.
 - `chunked_output_max_target`: the same number without materialising the [B, T, V] logits.
-- `lm_loss`: next-token cross-entropy (LLM-Pruner's Taylor target).
 """
 
 from __future__ import annotations
@@ -33,10 +33,3 @@ def chunked_output_max_target(hidden: torch.Tensor, head: torch.nn.Linear, vocab
         logits = torch.nn.functional.linear(hidden, weight[start:stop], None if bias is None else bias[start:stop])
         total = total + logits.float().max(dim=1).values.sum()
     return total / (hidden.shape[0] * vocab)
-
-
-def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy, mean over predicted tokens (what `model(ids, labels=ids).loss` computes)."""
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="mean"
-    )

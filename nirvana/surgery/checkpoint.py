@@ -14,12 +14,12 @@ from pathlib import Path
 
 from torch import nn
 
-from .adapters import get_adapter
-from .atomic import atomic_dir
-from .models import MODELING_FILE as MODELING_NAME
+from ..adapters import get_adapter
+from ..atomic import atomic_dir
+from ..models import MODELING_FILE as MODELING_NAME
 from .plan import PLAN_FILENAME, PruningPlan
 
-MODELING_FILE = Path(__file__).resolve().parent / "checkpoint_code" / MODELING_NAME
+MODELING_FILE = Path(__file__).resolve().parents[1] / "checkpoint_code" / MODELING_NAME
 
 
 def check_save_dir(save_dir: str | os.PathLike | None, overwrite: bool = False) -> None:
@@ -55,7 +55,7 @@ def save_pruned(model: nn.Module, plan: PruningPlan | None, save_dir: str | os.P
 
 def load_pruned(path: str | os.PathLike, **kwargs) -> nn.Module:
     """Load a checkpoint written by `save_pruned` (or any HF causal / seq2seq LM folder)."""
-    from .models import auto_model_class
+    from ..models import auto_model_class
 
     kwargs.setdefault("trust_remote_code", True)  # our own checkpoint: the code in it is the file we ship
     return auto_model_class(str(path), kwargs["trust_remote_code"]).from_pretrained(str(path), **kwargs)

@@ -7,8 +7,8 @@ parameter, in order: a permuted or retrained checkpoint never reuses stale score
 the config, the scorer and every option that can change its scores, the device, and the calibration ids.
 Non-finite scores are never cached.
 
-The same folder keeps each model's KLs of plans on a probe (`kl_memo_path`, read by
-nirvana.calibration.KLMemo), keyed by the same weight fingerprint and device.
+The same folder keeps each model's KLs of plans on a probe (nirvana.probe.kl_memo_path), keyed by the same weight
+fingerprint (`model_fingerprint`) and device.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
 from .units import UnitScores
 
 
@@ -44,14 +44,6 @@ def cache_key(model: torch.nn.Module, scorer_name: str, scorer_options: dict, in
         h.update(input_ids.detach().cpu().long().numpy().tobytes())
         h.update(str(tuple(input_ids.shape)).encode())
     return h.hexdigest()[:24]
-
-
-def kl_memo_path(cache_dir: str | os.PathLike, model: torch.nn.Module) -> Path:
-    """The file of this model's plan KLs on probes: one per (weights, device), so a KL is reused only where the
-    same plan was measured on the same model; the plan and probe keys are inside (KLMemo)."""
-    h = hashlib.sha256(model_fingerprint(model).encode())
-    h.update(str(next(model.parameters()).device.type).encode())
-    return Path(cache_dir) / f"kl_{h.hexdigest()[:24]}.jsonl"
 
 
 def load_scores(cache_dir: str | os.PathLike, key: str) -> UnitScores | None:

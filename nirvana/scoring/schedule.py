@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .sysmem import GIB, available_bytes, held_bytes
+from ..sysmem import GIB, available_bytes, held_bytes
 
 log = logging.getLogger(__name__)
 

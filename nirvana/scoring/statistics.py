@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .adapters import MODULE_KINDS, ModelAdapter
+from ..adapters import MODULE_KINDS, ModelAdapter
 
 
 class ChannelStats:
