@@ -354,7 +354,8 @@ def draw_report(rows: pd.DataFrame, model: str | None = None, reference: str = R
     cells = {k: c for k, c in cells.items() if k[0].split(" ")[0] in keep}
     limits = {str(r["limit"]) for c in cells.values() for d in c.draws.values() for col, r in d.items()
               if col in TASK_METRICS}
-    floors = load_floors(int(float(limits.pop()))) if len(limits) == 1 and limits != {"None"} else None
+    limit = limits.pop() if len(limits) == 1 else "mixed"  # one item limit, or no floors to read against
+    floors = None if limit == "mixed" else load_floors(None if limit in ("None", "nan") else int(float(limit)))
     dense = next((c for (m, _), c in cells.items() if m == "dense"), None)
     norm, left_out = normalised_view(dense, floors)
 
