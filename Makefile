@@ -38,7 +38,7 @@ SETUP_STAMP  := $(VENV)/.setup-done
 ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets test test-fast demo reproduce-table2 reproduce-draws reproduce-beyond reproduce-quant reproduce-recovery sweep-status report-demo notebooks bench gpu-check lint clean-assets
+.PHONY: help setup assets test test-fast demo reproduce-table2 reproduce-draws report-draws reproduce-beyond reproduce-quant reproduce-recovery sweep-status report-demo notebooks bench gpu-check lint clean-assets
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-20s %s\n", $$1, $$2}'
@@ -88,10 +88,20 @@ reproduce-table2: $(SETUP_STAMP) ## Table 2 sweep (GPU + hub); MODEL=smollm2_135
 # reproduce-draws: SmolLM2 unless MODEL names the opt-in Qwen model (perplexity only there: conf/experiment/draws_qwen.yaml)
 DRAWS_OPT_IN = $(filter qwen2.5_coder_0.5b,$(MODEL))
 DRAWS_SWEEP  = draws$(if $(DRAWS_OPT_IN),_qwen)
+DRAWS_MODEL  = $(or $(DRAWS_OPT_IN),smollm2_135m)
+# the headline family (docs/protocol.md, Verdicts): the sweep's baselines against NIRVANA, at its metrics
+DRAWS_FAMILY = $(if $(DRAWS_OPT_IN),flap --columns lambada_head@512 wiki_passages@512,flap taylor wanda_sp:matched)
 
-reproduce-draws: $(SETUP_STAMP) ## Table 2 over five calibration draws (offline SmolLM2; MODEL=qwen2.5_coder_0.5b: Qwen, perplexity only); seed 12 is Table 2's own runs
+reproduce-draws: $(SETUP_STAMP) ## Table 2 over five calibration draws (offline SmolLM2; MODEL=qwen2.5_coder_0.5b: Qwen, perplexity only); seed 12 is Table 2's own runs → results/tables/<model>_draws
 	$(MAKE) --no-print-directory assets $(addprefix MODELS=,$(DRAWS_OPT_IN))
 	$(PY) -m experiments.run -m experiment=$(DRAWS_SWEEP) hydra/launcher=$(LAUNCHER) $(ARGS)
+	$(MAKE) --no-print-directory report-draws MODEL=$(DRAWS_MODEL)
+
+report-draws: $(SETUP_STAMP) ## the draw-aware report from the rows there are (Table 2's, the draws sweep's, nirvana:kl's) → results/tables/<model>_draws
+	$(PY) -m experiments.report --draws --rows results/rows/table2_$(DRAWS_MODEL).jsonl \
+		results/rows/draws_$(DRAWS_MODEL).jsonl results/rows/beyond_$(DRAWS_MODEL).jsonl \
+		--out results/tables/$(DRAWS_MODEL)_draws --model $(DRAWS_MODEL) --family $(DRAWS_FAMILY) --also nirvana:kl \
+		--command "make reproduce-draws$(if $(DRAWS_OPT_IN), MODEL=$(DRAWS_OPT_IN))"
 
 reproduce-beyond: $(SETUP_STAMP) ## beyond the paper (offline SmolLM2; MODEL=qwen2.5_coder_0.5b: Qwen): KL-chosen calibration and γ, ablations, baselines with KL calibration → results/tables/beyond*
 	$(MAKE) --no-print-directory assets $(addprefix MODELS=,$(BEYOND_OPT_IN))

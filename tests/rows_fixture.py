@@ -37,3 +37,42 @@ def fixture_rows() -> list[dict]:
         if pruner != "dense":
             rows.append(make_row(r, "calibration", "kl/probe", 1 - base, extra={"probe": {"sha256": "p1"}}))
     return rows
+
+
+# --- calibration draws (tests/test_draws.py) ----------------------------------------------------------------
+TASKS3 = ("arc_easy", "piqa", "sciq")  # the zero-shot mean of these fixtures: three tasks, N items each
+
+
+def shifted(x: list[float], k: int) -> list[float]:
+    """x with k more correct items (k < 0: |k| fewer), the first ones in order: a known paired difference."""
+    x = list(x)
+    target, to = (0.0, 1.0) if k > 0 else (1.0, 0.0)
+    for i in [i for i, v in enumerate(x) if v == target][:abs(k)]:
+        x[i] = to
+    return x
+
+
+def draw_rows(spec: dict, dense: dict | None = None, limit: int = 500) -> list[dict]:
+    """Rows of methods over calibration draws. spec: {(pruner, sparsity, seed, selection): {"shift": {task: k},
+    "nll": float}} — each task's items are the shared base items (arc_easy 50 %, piqa 60 %, sciq 70 % correct)
+    with k items more correct; 16 windows of 31 tokens at mean NLL/token `nll` (the same window shape for all).
+    `dense`: the dense model's {task: accuracy} (default 0.6, 0.7, 0.8)."""
+    base = {t: items(p, i + 1) for i, (t, p) in enumerate(zip(TASKS3, (0.5, 0.6, 0.7)))}
+    shape = np.linspace(-3, 3, 16)
+    rows = []
+    dense = dense or {"arc_easy": 0.6, "piqa": 0.7, "sciq": 0.8}
+    runs = {("dense", 0.0, None, "none"): {"dense": dense, "nll": 2.0}, **spec}
+    for (pruner, s, seed, selection), how in runs.items():
+        r = {**RUN, "run_id": f"{pruner}{s}-{seed}-{selection}", "pruner": pruner, "sparsity": s,
+             "gamma": 3.36 if pruner.startswith("nirvana") else None, "calibration_seed": seed,
+             "calibration_selection": selection if seed is not None else None}
+        for t in TASKS3:
+            x = items(how["dense"][t], TASKS3.index(t) + 1) if "dense" in how else \
+                shifted(base[t], how.get("shift", {}).get(t, 0))
+            rows.append(make_row(r, t, "acc", float(np.mean(x)), n=N, limit=limit, extra={"items": x}))
+        nll = (how["nll"] * 31 + shape).tolist()
+        rows.append(make_row(r, "wiki_passages", "ppl/wiki_passages@512", float(np.exp(how["nll"])), seq_len=512,
+                             extra={"window_nll": nll, "window_tokens": 31}))
+        rows.append(make_row(r, "pruning", "kept_fraction", 1 - s * 0.8))
+        rows.append(make_row(r, "pruning", "achieved_sparsity", s))
+    return rows

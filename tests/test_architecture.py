@@ -14,7 +14,7 @@ LAYERS = {
     "sysmem": 0, "schema": 0,
     "adapters": 1, "texts": 1, "results": 1, "models": 1, "tasks": 1, "assets": 1,
     "surgery": 2, "scoring": 3, "allocation": 4, "calibration": 5, "probe": 6, "baselines": 6, "pruners": 7,
-    "pipeline": 8, "quantization": 8, "evaluation": 9, "recovery": 9, "config": 10, "reporting": 11, "bench": 12,
+    "pipeline": 8, "quantization": 8, "evaluation": 9, "recovery": 9, "config": 10, "backfill": 11, "reporting": 11, "bench": 12,
 }
 # Names that only an adapter may spell: a model's modules and attribute paths.
 MODEL_INTERNALS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "self_attn",

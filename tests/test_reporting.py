@@ -42,6 +42,16 @@ def test_paired_difference_is_exact_on_identical_items_and_narrower_than_separat
         stats.paired_difference({"t": a}, {"t": a[:-1]})
 
 
+def test_the_bootstrap_variance_in_closed_form_is_what_the_replicates_estimate():
+    """Means of resampled items: the bootstrap's variance has a closed form, Σ_t var(x_t) / n_t / K² — the
+    draw-aware view uses it instead of 2,000 noisy replicates (no bootstrap seed can flip a word)."""
+    tasks = {"a": items(0.3, 1), "b": np.linspace(0, 1, N).tolist(), "c": items(0.8, 3)[:50]}
+    _, reps = stats.mean_of_tasks_replicates(tasks, resamples=20000, seed=5)
+    assert stats.bootstrap_variance(tasks) == pytest.approx(reps.var(), rel=0.03)
+    value, reps = stats.mean_of_tasks_replicates(tasks, seed=5)  # the interval is the replicates' percentiles
+    assert stats.mean_of_tasks(tasks, seed=5) == stats.Interval(value, *np.percentile(reps, [2.5, 97.5]))
+
+
 def test_an_interval_excludes_its_null_only_strictly():
     ratio = stats.Interval(1.03, 1.01, 1.05)  # a perplexity ratio: its null is 1, not 0
     assert ratio.excludes(1.0) and ratio.excludes(0.0)
@@ -77,23 +87,29 @@ def test_table_values_intervals_and_paired_differences(rows):
     assert line["Δavg vs nirvana"].endswith("* †") and line["achieved"] == "0.3500"
 
 
-def test_verdicts_read_the_paired_intervals_with_the_summarys_precision(rows):
+def test_verdicts_are_four_words_read_from_the_printed_interval_and_the_margins(rows):
     v = tables.verdict
-    assert v(1.10, True, perplexity=True) == "worse" and v(0.90, True, perplexity=True) == "better"
-    assert v(+0.02, True, perplexity=False) == "better" and v(-0.02, True, perplexity=False) == "worse"
-    assert v(1.10, False, perplexity=True) == "tie" and v(math.nan, False, perplexity=True) == "–"
-    # excludes 1, but 1.0001× shows as 1.00× (another thread count's rounding): no side taken
-    assert v(1.0001, True, perplexity=True) == "tie" and v(1e-4, True, perplexity=False) == "tie"
+    assert v(1.10, 1.08, 1.12, perplexity=True) == "worse" and v(0.90, 0.88, 0.92, perplexity=True) == "better"
+    assert v(+0.02, 0.01, 0.03, perplexity=False) == "better" and v(-0.02, -0.03, -0.01, perplexity=False) == "worse"
+    # inside ±1.5 points / 1/1.05–1.05×: shown not to matter; straddling a margin and 0: the data cannot say
+    assert v(0.002, -0.012, 0.014, perplexity=False) == "equivalent"
+    assert v(0.002, -0.02, 0.024, perplexity=False) == "inconclusive"
+    assert v(1.02, 0.96, 1.08, perplexity=True) == "inconclusive" and v(math.nan, 1, 1, perplexity=True) == "–"
+    # excludes 1 but inside the margin: equivalent comes first — including another thread count's rounding
+    assert v(1.03, 1.01, 1.049, perplexity=True) == "equivalent" and v(1.0001, 1.00005, 1.0002, True) == "equivalent"
+    assert v(0.96, 0.951, 0.97, perplexity=True) == "better"  # 0.951 < 1/1.05: not inside the (log-symmetric) band
+    # the interval's level is the unadjusted 95 %: the words never contradict the interval printed beside them
+    assert v(0.016, 0.001, 0.031, perplexity=False) == "better" and v(0.0, -0.015, 0.015, False) == "inconclusive"
     table = tables.verdict_table(pairing.long_table(rows)).set_index(["method", "sparsity"])
     assert ("dense", "0") not in table.index  # nothing of it is paired with NIRVANA
     flap = table.loc[("flap", "0.2")]  # 0.05 below NIRVANA on every item-paired task, perplexity 1.1× on windows
-    assert flap["zero-shot"] == "worse" and flap["better · tie · worse than NIRVANA"].startswith("0 · ")
+    assert flap["zero-shot"] == "worse" and flap["better · equivalent · worse · inconclusive vs NIRVANA"] == "0 · 0 · 1 · 0"
     assert table.loc[("flap", "0.4"), "zero-shot"].endswith(" †")  # it removes 35 % where NIRVANA removes 39.6 %
     long = pairing.long_table(rows)
     ppl_only_first = tables.verdict_table(long[~((long["method"] == "flap") & (long["sparsity"] == 0.2)
                                                  & (long["column"] == "avg"))], seq_len=128)
     assert list(ppl_only_first.columns) == ["method", "sparsity", "zero-shot", "ppl wiki_passages@128",
-                                            "better · tie · worse than NIRVANA"]
+                                            "better · equivalent · worse · inconclusive vs NIRVANA"]
     assert ppl_only_first.iloc[0]["zero-shot"] == "–"  # flap at 0.2 now has no zero-shot: no verdict, not a gap
 
 
@@ -114,12 +130,15 @@ def test_grid_folds_the_summarys_comparisons_into_one_line_per_method(rows):
     only_at_20 = long[(long["method"] == "flap") & (long["sparsity"] == 0.2)].assign(method="taylor")
     with_taylor = tables.grid_table(pd.concat([long, only_at_20]), seq_len=128).set_index("method")
     assert with_taylor.loc["taylor", "40%"] == "not run" and with_taylor.loc["taylor", "20%"] == grid.loc["flap", "20%"]
-    rounding = long.copy()  # excludes 1 but shows as 1.00× (another thread count's rounding): no star, as no verdict
+    rounding = long.copy()  # excludes 1 but shows as 1.00× (another thread count's rounding): equivalent, no star
     at = (rounding["method"] == "flap") & (rounding["sparsity"] == 0.2) & (rounding["column"] == "wiki_passages@128")
     rounding.loc[at, ["delta", "delta_lo", "delta_hi"]] = [1.001, 1.0005, 1.0015]
-    assert tables.grid_table(rounding, seq_len=128).iloc[0]["20%"].endswith(" · 1.00×")
+    assert tables.grid_table(rounding, seq_len=128).iloc[0]["20%"].endswith(" · 1.00×≈")
     rounded = tables.summary_table(rounding, seq_len=128).set_index(["method", "sparsity"]).loc[("flap", "0.2")]
-    assert rounded["wiki_passages@128 ÷ NIRVANA"] == "1.00× [1.00, 1.00]"  # the summary follows the same rule
+    assert rounded["wiki_passages@128 ÷ NIRVANA"] == "1.00× [1.00, 1.00] ≈"  # the summary follows the same rule
+    straddling = long.copy()  # includes 1 and reaches beyond the margin: inconclusive, no mark at all
+    straddling.loc[at, ["delta", "delta_lo", "delta_hi"]] = [1.01, 0.9, 1.12]
+    assert tables.grid_table(straddling, seq_len=128).iloc[0]["20%"].endswith(" · 1.01×")
     no_ppl_at_20 = long[~((long["method"] == "flap") & (long["sparsity"] == 0.2) & (long["column"] != "avg"))]
     assert tables.grid_table(no_ppl_at_20, seq_len=128).iloc[0]["20%"] == f"{zero_shot} · –"  # keeps the header's order
 
@@ -179,6 +198,9 @@ def test_report_writes_tables_figures_paper_comparison_and_warns_about_dirty_row
     assert {"lo", "hi", "delta", "delta_lo", "delta_hi", "significant", "unequal"} <= set(csv.columns)
     # The headline view restates the long table's numbers: the zero-shot average in points, with its interval.
     summary = (tmp_path / "out" / "table2_summary.md").read_text()
+    for view in ("summary", "grid", "verdict"):  # single-draw words: their headers say what they do not cover
+        text = (tmp_path / "out" / f"table2_{view}.md").read_text().split("\n\n")[0]
+        assert "**unadjusted**" in text and "±1.5 points" in text and "0.952–1.05×" in text and "tie" not in text
     for _, r in csv[csv["column"] == "avg"].iterrows():
         assert f"{100 * r['value']:.1f} [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]" in summary
 

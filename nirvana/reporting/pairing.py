@@ -102,8 +102,11 @@ def _warn_shared_labels(df: pd.DataFrame) -> None:
     shared = {key: sorted(ids) for key, ids in runs.items() if len(ids) > 1}
     if shared:
         listed = "; ".join(f"{m} {label} s={s:g}: runs {', '.join(ids)}" for (m, label, s), ids in shared.items())
+        seeds = df.groupby(["model", "method", "sparsity"], dropna=False)["calibration_seed"].nunique()
+        draws = " Runs of several calibration draws: `experiments.report --draws` averages them (docs/protocol.md)." \
+            if (seeds > 1).any() else ""
         warnings.warn(f"different runs share a table label, the newest row of each cell wins — {listed}. Give "
-                      "one a `pruner.variant=<name>` to keep them apart, or drop the stale rows", stacklevel=3)
+                      f"one a `pruner.variant=<name>` to keep them apart, or drop the stale rows.{draws}", stacklevel=3)
 
 
 def _items(row) -> list[float] | None:

@@ -2,13 +2,14 @@
 
 <out>/table2.{md,csv,tex}, table2_paired.md, table2_summary.md, table2_grid.md, table2_verdict.md
 (nirvana.reporting.tables: values, 95 % intervals, paired differences to the first reference — NIRVANA unless
-`references` says otherwise —, those comparisons as a method × sparsity grid, better/tie/worse per headline metric,
-provenance) and, where the rows hold quantized or recovered models, table2_gains.md (what that stage changed, and
+`references` says otherwise —, those comparisons as a method × sparsity grid, better/equivalent/worse/inconclusive
+per headline metric, provenance) and, where the rows hold quantized or recovered models, table2_gains.md (what that stage changed, and
 whether more than for the reference); the same as table2_vs_<reference>.* for each further reference (`flap:kl`,
 or `base`: each quantized or recovered model vs the pruned model it came from); table2_vs_paper.md when paper
 numbers exist; and figures: metrics_vs_sparsity.png (error bars), paired_differences[_vs_<reference>].png,
 allocation_<pruner>_s<s>.png (from the widths the rows record, or from saved plans for older rows), gamma_ablation.png
-and kl_vs_perplexity.png when the rows hold such sweeps.
+and kl_vs_perplexity.png when the rows hold such sweeps. `build_draw_report`: the view over calibration draws
+(draws.md, draws_verdict.md, draws_tasks.md, draws.csv; nirvana.reporting.draws).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from ..results import read_rows
 from ..surgery.plan import PruningPlan
-from . import figures, pairing, tables
+from . import draws, figures, pairing, tables
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,24 @@ def build_report(rows_files: list[str], out: str | Path, model: str | None = Non
             drawn.add(name)
             written.append(figures.allocation(widths, title, out / name))
     return written
+
+
+def build_draw_report(rows_files: list[str], out: str | Path, model: str | None = None, command: str | None = None,
+                      reference: str = pairing.REFERENCE, family: list[str] | None = None,
+                      also: list[str] | None = None, columns: list[str] | None = None) -> list[Path]:
+    """The draw-aware view (nirvana.reporting.draws) of rows holding several calibration draws per method:
+    <out>/draws.md, draws_verdict.md, draws_tasks.md, draws.csv."""
+    rows = read_rows(rows_files)
+    if rows.empty:
+        raise ValueError(f"no result rows in {rows_files}")
+    models = sorted(rows["model"].dropna().unique())
+    if model is None and len(models) > 1:
+        raise ValueError(f"rows hold several models {models}: pick one with --model")
+    prov = tables.provenance(rows)
+    if prov["dirty"]:
+        log.warning("rows from a dirty work tree (%s): the report marks them; do not commit them as results",
+                    ", ".join(prov["dirty"]))
+    return draws.write_draw_report(rows, out, model, reference, family, also, columns, command)
 
 
 def _slug(against: str) -> str:

@@ -47,6 +47,13 @@ def _task_indices(rng: np.random.Generator, n: int, resamples: int) -> np.ndarra
 def mean_of_tasks(items: Mapping[str, Sequence[float]], resamples: int = RESAMPLES, seed: int = 0,
                   level: float = LEVEL) -> Interval:
     """The unweighted mean over tasks of each task's mean item score, with a stratified bootstrap interval."""
+    value, means = mean_of_tasks_replicates(items, resamples, seed)
+    return _percentiles(means, value, level)
+
+
+def mean_of_tasks_replicates(items: Mapping[str, Sequence[float]], resamples: int = RESAMPLES,
+                             seed: int = 0) -> tuple[float, np.ndarray]:
+    """`mean_of_tasks`'s statistic and its bootstrap replicates (each task's items resampled within the task)."""
     if not items:
         raise ValueError("no task items to average")
     rng = np.random.default_rng(seed)
@@ -58,7 +65,25 @@ def mean_of_tasks(items: Mapping[str, Sequence[float]], resamples: int = RESAMPL
             raise ValueError(f"task {task} has no items")
         means += x[_task_indices(rng, x.size, resamples)].mean(axis=1)
         value += x.mean()
-    return _percentiles(means / len(items), value / len(items), level)
+    return value / len(items), means / len(items)
+
+
+def bootstrap_variance(items: Mapping[str, Sequence[float]]) -> float:
+    """The variance of `mean_of_tasks`'s bootstrap distribution in closed form — what its replicates estimate,
+    without their Monte-Carlo noise: a resampled mean of n items has variance var(x) / n (population variance),
+    each task is resampled alone, and the tasks are averaged: Σ_t var(x_t) / n_t / K². The statistics here are
+    means, so this is exact (tests compare it with the replicates' variance). For a paired difference pass the
+    item-by-item differences (resampled with the same indices, the difference is the mean of differences); for a
+    perplexity, one "task" of per-window log values (NLL / tokens)."""
+    if not items:
+        raise ValueError("no task items to average")
+    total = 0.0
+    for task in sorted(items):
+        x = np.asarray(items[task], dtype=float)
+        if x.size == 0:
+            raise ValueError(f"task {task} has no items")
+        total += x.var() / x.size
+    return total / len(items) ** 2
 
 
 def paired_difference(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]],

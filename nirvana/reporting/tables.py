@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..evaluation.zeroshot import TASK_METRICS
 from ..provenance import describe, verified_commit
-from . import stats
+from . import stats, verdicts
 from .pairing import (
     ACHIEVED_COLUMN,
     AVG_COLUMN,
@@ -106,9 +106,9 @@ def _columns(lines: list[dict]) -> list[str]:
 
 def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE) -> pd.DataFrame:
     """The headline view: parameters kept, the zero-shot average (in points) and every perplexity at `seq_len`,
-    each with its 95 % interval and the paired comparison to the reference (* the interval excludes no difference
-    and the difference shows at this precision — `verdict`'s rule, so no `1.00× [1.00, 1.00] *` from another
-    thread count's rounding; † achieved sparsities differ by more than 1 point)."""
+    each with its 95 % interval and the paired comparison to the reference, marked with `verdict`'s word: `*`
+    better or worse, `≈` equivalent (the interval inside the margin), none: inconclusive; † achieved sparsities
+    differ by more than 1 point."""
     lines, name = [], reference_name(against)
 
     def pct(x):
@@ -122,43 +122,41 @@ def summary_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFEREN
             r = g.loc[AVG_COLUMN]
             line["zero-shot avg % [95% CI]"] = f"{pct(r['value'])} [{pct(r['lo'])}, {pct(r['hi'])}]"
             line[f"Δ vs {name} (points)"] = "" if not compared or pd.isna(r["delta"]) else \
-                _signed_points(r["delta"], r["delta_lo"], r["delta_hi"]) + (" *" if _takes_side(r, False) else "") + mark
+                _signed_points(r["delta"], r["delta_lo"], r["delta_hi"]) + _spaced(_mark(r, False)) + mark
         for column in sorted(c for c in g.index if c.endswith(f"@{seq_len}")):
             r = g.loc[column]
             line[f"ppl {column}"] = f"{r['value']:.1f} [{r['lo']:.1f}, {r['hi']:.1f}]"
             line[f"{column} ÷ {name}"] = "" if not compared or pd.isna(r["delta"]) else \
-                f"{r['delta']:.2f}× [{r['delta_lo']:.2f}, {r['delta_hi']:.2f}]" + (" *" if _takes_side(r, True) else "") + mark
+                f"{r['delta']:.2f}× [{r['delta_lo']:.2f}, {r['delta_hi']:.2f}]" + _spaced(_mark(r, True)) + mark
         lines.append(line)
     return pd.DataFrame(lines, columns=_columns(lines)).fillna("")
 
 
-# smallest differences a verdict counts: what the summary shows (0.1 point, 0.01×); below them a difference whose
-# interval excludes none is a rounding artefact (the same plan evaluated with another torch thread count), not a win
-VISIBLE_POINTS, VISIBLE_RATIO = 0.0005, 0.005
-
-
-def verdict(delta: float, significant: bool, perplexity: bool) -> str:
-    """`better`, `worse` or `tie` for the row's method against the reference, from the paired interval: a side
-    is taken only when the interval excludes no difference (`significant`, the long table's `*`) AND the
-    difference shows at the summary's precision."""
+def verdict(delta: float, lo: float, hi: float, perplexity: bool) -> str:
+    """`better`, `equivalent`, `worse` or `inconclusive` for the row's method against the reference, read from the
+    paired 95 % interval [lo, hi] that the summary prints (nirvana.reporting.verdicts.word: equivalent inside the
+    pre-stated margin, better/worse where it excludes no difference, inconclusive otherwise); `–`: not paired.
+    Unadjusted for multiple comparisons, and one calibration draw: the tables that use it say so."""
     if pd.isna(delta):
-        return "–"  # not paired: no verdict
-    null, visible = (1.0, VISIBLE_RATIO) if perplexity else (0.0, VISIBLE_POINTS)
-    if not significant or abs(delta - null) < visible:
-        return "tie"
-    return "better" if (delta < null) == perplexity else "worse"
+        return verdicts.NO_VERDICT
+    return verdicts.word(lo, hi, perplexity)
 
 
-def _takes_side(r: pd.Series, perplexity: bool) -> bool:
-    """Whether a long-table row's comparison earns the summary's and grid's `*`: `verdict` says better or worse."""
-    return verdict(r["delta"], r["significant"], perplexity) != "tie"
+def _mark(r: pd.Series, perplexity: bool) -> str:
+    """The summary's and grid's mark of a long-table row's comparison: `*` better or worse, `≈` equivalent."""
+    w = verdict(r["delta"], r["delta_lo"], r["delta_hi"], perplexity)
+    return {"better": "*", "worse": "*", "equivalent": "≈"}.get(w, "")
+
+
+def _spaced(mark: str) -> str:
+    return f" {mark}" if mark else ""
 
 
 def grid_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE) -> pd.DataFrame:
     """The summary's comparisons folded into one line per method and one column per sparsity — what a README
     quotes. Each cell: the zero-shot Δ in points [95 % interval] · each perplexity ratio at `seq_len`, in the
-    order `attrs["cell"]` names; `*` after a value the verdict calls better or worse (its interval excludes no
-    difference and the difference shows at this precision: no `1.00×*`), `†` after a cell whose two models
+    order `attrs["cell"]` names; `*` after a value the verdict calls better or worse, `≈` equivalent (its interval
+    inside the margin; so no `1.00×*` from another thread count's rounding), `†` after a cell whose two models
     remove shares of parameters more than a point apart, `not run` where the method lacks that sparsity (`–` in
     the dense column and in a dense model's pruned columns)."""
     blocks = [(method, s, g, mark) for method, s, g, mark in _blocks(long) if _compared(g)]
@@ -168,7 +166,7 @@ def grid_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE)
         if column not in g.index or pd.isna(g.loc[column, "delta"]):
             return "–"
         r = g.loc[column]
-        star = "*" if _takes_side(r, perplexity=column != AVG_COLUMN) else ""
+        star = _mark(r, perplexity=column != AVG_COLUMN)
         if column == AVG_COLUMN:
             return _signed_points(r["delta"], r["delta_lo"], r["delta_hi"]) + star
         return f"{r['delta']:.2f}×{star}"
@@ -196,22 +194,24 @@ def grid_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE)
 
 
 def verdict_table(long: pd.DataFrame, seq_len: int = 512, against: str = REFERENCE) -> pd.DataFrame:
-    """Where each method wins, ties and loses against the reference: one word per headline metric (the zero-shot
-    mean, each perplexity at `seq_len`) from the paired interval (`verdict`), a † where the two remove shares of
-    parameters more than a point apart, and the tally — the summary table read out, so no sentence has to."""
+    """Where each method is better, equivalent, worse or inconclusive against the reference: one word per headline
+    metric (the zero-shot mean, each perplexity at `seq_len`) from the summary's paired 95 % interval (`verdict`;
+    unadjusted, one calibration draw), a † where the two remove shares of parameters more than a point apart, and
+    the tally — the summary table read out, so no sentence has to."""
     lines, name = [], reference_name(against)
     for method, s, g, mark in _blocks(long):
         if not _compared(g):
             continue
         columns = [c for c in [AVG_COLUMN, *sorted(c for c in g.index if c.endswith(f"@{seq_len}"))] if c in g.index]
         words = {("zero-shot" if c == AVG_COLUMN else f"ppl {c}"):
-                 verdict(g.loc[c, "delta"], g.loc[c, "significant"], perplexity=is_perplexity(c)) for c in columns}
+                 verdict(g.loc[c, "delta"], g.loc[c, "delta_lo"], g.loc[c, "delta_hi"], perplexity=is_perplexity(c))
+                 for c in columns}
         if all(w == "–" for w in words.values()):
             continue  # a reference exists, but nothing of this block is paired with it (dense, unscored methods)
-        tally = " · ".join(str(sum(w == k for w in words.values())) for k in ("better", "tie", "worse"))
+        tally = " · ".join(str(sum(w == k for w in words.values())) for k in verdicts.WORDS)
         lines.append({"method": method, "sparsity": f"{s:g}",
                       **{k: w + (mark if w != "–" else "") for k, w in words.items()},
-                      f"better · tie · worse than {name}": tally})
+                      f"{' · '.join(verdicts.WORDS)} vs {name}": tally})
     return pd.DataFrame(lines, columns=_columns(lines)).fillna("–")
 
 
@@ -317,7 +317,7 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = Non
     """<name>.md (values, intervals, paired differences, provenance), <name>.csv (long: every interval),
     <name>.tex (the values), <name>_paired.md (Δ per task), <name>_summary.md (the headline view, at 512 tokens),
     <name>_grid.md (the summary's comparisons, one line per method and one column per sparsity), <name>_verdict.md
-    (better/tie/worse per headline metric); all paired with `against` (`reference_of`)."""
+    (better/equivalent/worse/inconclusive per headline metric); all paired with `against` (`reference_of`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     long = long_table(rows, model, against)
@@ -341,22 +341,36 @@ def write_table(rows: pd.DataFrame, out_dir: str | Path, model: str | None = Non
     paths[3].write_text(markdown(paired) if not paired.empty else
                         f"no paired differences (no method with per-item results beside {against} at its sparsity)\n")
     paths.append(out / f"{name}_summary.md")
-    paths[-1].write_text(markdown(summary_table(long, against=against), numparse=False))
+    paths[-1].write_text(f"{verdict_note(against)} Marks: * better or worse, ≈ equivalent, none: inconclusive; † the "
+                         f"two remove shares of parameters more than {UNEQUAL:.0%} apart.\n\n"
+                         + markdown(summary_table(long, against=against), numparse=False))
     grid = grid_table(long, against=against)
     if not grid.empty:
         paths.append(out / f"{name}_grid.md")
-        paths[-1].write_text(f"Each cell: {grid.attrs['cell']}; * a difference the interval supports (better or "
-                             f"worse in {name}_verdict.md); † the two remove shares of parameters more than "
-                             f"{UNEQUAL:.0%} apart.\n\n" + markdown(grid, numparse=False))
-    verdicts = verdict_table(long, against=against)
-    if not verdicts.empty:
+        paths[-1].write_text(f"Each cell: {grid.attrs['cell']}; * better or worse, ≈ equivalent, no mark: "
+                             f"inconclusive (the words of {name}_verdict.md); † the two remove shares of parameters "
+                             f"more than {UNEQUAL:.0%} apart. {verdict_note(against)}\n\n"
+                             + markdown(grid, numparse=False))
+    verdict_words = verdict_table(long, against=against)
+    if not verdict_words.empty:
         paths.append(out / f"{name}_verdict.md")
-        paths[-1].write_text(markdown(verdicts, numparse=False))
+        paths[-1].write_text(f"{verdict_note(against)} † the two remove shares of parameters more than "
+                             f"{UNEQUAL:.0%} apart.\n\n" + markdown(verdict_words, numparse=False))
     gains = stage_gains(rows, model, against)
     if not gains.empty:  # quantized or recovered models next to the models they came from
         paths.append(out / f"{name}_gains.md")
         paths[-1].write_text(markdown(gains, numparse=False))
     return paths
+
+
+def verdict_note(against: str = REFERENCE) -> str:
+    """What the single-draw tables' words and marks rest on — said in their headers (docs/protocol.md)."""
+    low, high = verdicts.band(True)
+    return (f"Words (the row's method against {reference_name(against)}) read from the paired 95 % interval of one "
+            "calibration draw per model: **unadjusted** for multiple comparisons, calibration-draw variance **not** "
+            f"included. Equivalent: the interval inside ±{100 * verdicts.MARGIN_POINTS:.1f} points (zero-shot) or "
+            f"{low:.3f}–{high:.2f}× (perplexity); better / worse: otherwise, where it excludes no difference; "
+            "inconclusive: neither (docs/protocol.md, Verdicts).")
 
 
 def _pairing_phrase(against: str) -> str:
