@@ -13,7 +13,7 @@ LAYERS = {
     "paths": 0, "atomic": 0, "targets": 0, "tiny": 0, "requirements": 0, "loggers": 0, "checkpoint_code": 0, "sysmem": 0,
     "provenance": 0,
     "plan": 1, "adapters": 1, "texts": 1, "results": 1, "models": 1, "tasks": 1, "assets": 1,
-    "units": 2, "surgery": 2, "schedule": 2, "masking": 3, "checkpoint": 3, "scoring": 3, "statistics": 3, "score_cache": 3,
+    "units": 2, "surgery": 2, "schedule": 2, "deploy": 2, "masking": 3, "checkpoint": 3, "scoring": 3, "statistics": 3, "score_cache": 3,
     "allocation": 4, "compensation": 4, "calibration": 5, "baselines": 5, "pruning": 6, "pipeline": 7,
     "quantization": 7,
     "evaluation": 8, "recovery": 8, "reporting": 9, "bench": 10,
