@@ -34,11 +34,17 @@ BEYOND_OPT_IN = $(filter qwen2.5_coder_0.5b,$(MODEL))
 BEYOND_MODEL  = $(or $(BEYOND_OPT_IN),smollm2_135m)
 BEYOND_SWEEP  = beyond$(if $(BEYOND_OPT_IN),_qwen)
 
+# llama.cpp (opt-in, docs/deploy.md): llama-cpp-python built from its source distribution with the system compiler
+# (CPU), never a prebuilt wheel (those may need a newer glibc); no multimodal library (LLAVA_BUILD=OFF: not needed,
+# and a third of the build). 14 min on 2 cores, one of them busy with other work.
+LLAMACPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+LLAMACPP_STAMP := $(VENV)/.llamacpp-done
+
 SETUP_STAMP  := $(VENV)/.setup-done
 ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets test test-fast demo reproduce-table2 reproduce-draws reproduce-beyond reproduce-quant reproduce-recovery sweep-status report-demo notebooks bench gpu-check lint clean-assets
+.PHONY: help setup setup-llamacpp assets test test-fast test-llamacpp demo reproduce-table2 reproduce-draws reproduce-beyond reproduce-quant reproduce-recovery sweep-status report-demo notebooks bench gpu-check lint clean-assets
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-20s %s\n", $$1, $$2}'
@@ -53,6 +59,13 @@ $(SETUP_STAMP): pyproject.toml
 
 setup: $(SETUP_STAMP) ## create .venv with torch ($(TORCH_SPEC)) and the package in editable mode
 
+$(LLAMACPP_STAMP): $(SETUP_STAMP)
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-$$(nproc)} \
+		$(PY) -m pip install --no-binary llama-cpp-python -e ".[llamacpp]"
+	touch $@
+
+setup-llamacpp: $(LLAMACPP_STAMP) ## opt-in: build llama-cpp-python 0.3.36 (llama.cpp + its OpenAI server) from source into .venv (~14 min on 2 cores)
+
 $(ASSETS_STAMP): $(SETUP_STAMP) nirvana/assets/*.py
 	$(PY) -m nirvana.assets build
 	@mkdir -p $(dir $@) && touch $@
@@ -65,6 +78,9 @@ test: $(ASSETS_STAMP) ## set up, build assets, run the whole test suite but GPU 
 
 test-fast: $(SETUP_STAMP) ## tests that need no built asset (no `slow`, no `gpu`)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu and not slow" $(PYTEST_XDIST) $(PYTEST_ARGS)
+
+test-llamacpp: $(ASSETS_STAMP) $(LLAMACPP_STAMP) ## build the llama.cpp extra if needed, run its tests: GGUF export, logit parity, quantization, perplexity, server
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu" tests/test_deploy.py tests/test_llamacpp.py $(PYTEST_ARGS)
 
 demo: $(ASSETS_STAMP) ## the main job on the offline default: prune SmolLM2 with NIRVANA + baselines, evaluate, tabulate
 	$(PY) -m experiments.run -m experiment=demo $(ARGS)
