@@ -35,8 +35,8 @@ BEYOND_MODEL  = $(or $(BEYOND_OPT_IN),smollm2_135m)
 BEYOND_SWEEP  = beyond$(if $(BEYOND_OPT_IN),_qwen)
 
 # llama.cpp (opt-in, docs/deploy.md): llama-cpp-python built from its source distribution with the system compiler
-# (CPU), never a prebuilt wheel (those may need a newer glibc); no multimodal library (LLAVA_BUILD=OFF: not needed,
-# and a third of the build). 14 min on 2 cores, one of them busy with other work.
+# (CPU), never a prebuilt wheel (those may need a newer glibc); without the multimodal library (LLAVA_BUILD=OFF:
+# nothing here uses it). 14 min on 2 cores, one of them busy with other work.
 LLAMACPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 LLAMACPP_STAMP := $(VENV)/.llamacpp-done
 

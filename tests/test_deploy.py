@@ -215,3 +215,40 @@ def test_llama3_rope_scaling_becomes_frequency_factors(tmp_path):
     assert ex.read_tensor_types(result.path)["rope_freqs.weight"] == ("F32", (8,))
     assert math.isclose(fields(result.path)["deci.rope.freq_base"], 500000.0)
 
+
+# --- the entry point: python -m experiments.export ---------------------------------------------------------------
+def export_cfg(*overrides):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        return compose(config_name="export", overrides=["model=tiny_llama", *overrides])
+
+
+def test_export_entry_point_writes_a_pruned_checkpoint(tmp_path):
+    import json
+
+    import experiments.export as export_cli
+    from nirvana.checkpoint import save_pruned
+
+    save_pruned(pruned_tiny("qwen2"), None, tmp_path / "ckpt", tiny_tokenizer())
+    summary = export_cli.run_export(export_cfg(f"model.path={tmp_path / 'ckpt'}", "dtype=f16"), tmp_path / "run")
+    assert (tmp_path / "run" / "model-f16.gguf").is_file() and summary["tensor_types"] == {"F16": 22, "F32": 16}
+    assert summary["query_heads"] == [2, 4, 2] and summary["ffn_widths"] == [43, 96, 24]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["gguf_type"] == "f16"
+
+
+@pytest.mark.parametrize("overrides,error", [
+    (["dtype=q5_k"], "GGUF type 'q5_k'"),
+    (["format=onnx"], r"format='onnx': choose one of \['gguf'\]"),
+    (["out=model.bin"], "ends in .gguf"),
+])
+def test_export_entry_point_refuses_bad_requests_before_loading(tmp_path, monkeypatch, overrides, error):
+    import experiments.export as export_cli
+
+    monkeypatch.setattr(export_cli, "load_from_config", lambda *a, **k: pytest.fail("model loaded before checks"))
+    with pytest.raises(ValueError, match=error):
+        export_cli.run_export(export_cfg(*overrides), tmp_path)
+
