@@ -44,7 +44,7 @@ SETUP_STAMP  := $(VENV)/.setup-done
 ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-llamacpp assets test test-fast test-llamacpp demo reproduce-table2 reproduce-draws reproduce-beyond reproduce-quant reproduce-recovery sweep-status report-demo notebooks bench gpu-check lint clean-assets
+.PHONY: help setup setup-llamacpp assets test test-fast test-llamacpp demo reproduce-table2 reproduce-draws reproduce-beyond reproduce-quant reproduce-gguf reproduce-recovery sweep-status report-demo notebooks bench gpu-check lint clean-assets
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-20s %s\n", $$1, $$2}'
@@ -123,6 +123,12 @@ reproduce-quant: $(SETUP_STAMP) ## quantization after pruning (offline SmolLM2; 
 	$(PY) -m experiments.run -m experiment=quant_offline hydra/launcher=$(LAUNCHER) $(ARGS)
 	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/quant_smollm2_135m.jsonl \
 		--out results/tables/quant --model smollm2_135m --command "make reproduce-quant" --reference base nirvana
+
+reproduce-gguf: $(LLAMACPP_STAMP) ## quality in llama.cpp (offline SmolLM2): dense, NIRVANA, FLAP at 20/40 % as f16, Q8_0, Q4_K_M GGUFs, paired per window with Table 2 → results/tables/gguf
+	$(MAKE) --no-print-directory assets
+	$(PY) -m experiments.run -m experiment=gguf_offline hydra/launcher=$(LAUNCHER) $(ARGS)
+	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/gguf_smollm2_135m.jsonl \
+		--out results/tables/gguf --model smollm2_135m --command "make reproduce-gguf" --reference base nirvana
 
 reproduce-recovery: $(SETUP_STAMP) ## the recovery claim (offline SmolLM2): NIRVANA, FLAP, Taylor at 40 % + the same LoRA budget → results/tables/recovery
 	$(MAKE) --no-print-directory assets

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from nirvana.atomic import atomic_file, write_json
 from nirvana.checkpoint import save_pruned
 from nirvana.evaluation import protocol
+from nirvana.evaluation.llamacpp import DeployStage
 from nirvana.loggers import make_logger
 from nirvana.models import load_from_config, read_config
 from nirvana.pipeline import PruneRecipe, check_recipe, prune
@@ -41,6 +42,7 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = Non
     recipe = None if c["pruner"]["name"] == "dense" else PruneRecipe.from_config(c)
     quant = spec_from_config(c.get("quant"))  # conf/quant; absent: the model stays in float
     recovery = RecoveryStage.from_config(c.get("recovery"))  # conf/recovery; absent: no fine-tuning
+    deploy = DeployStage.from_config(c, out_dir)  # conf/deploy: evaluated in llama.cpp; absent: in transformers
     # Everything checkable without a model first: typos and missing GPUs/hub fail in a second.
     req, hub_data = job["requires"], recovery is not None and recovery.needs_hub
     check_requirements(gpu=req["gpu"], hub=req["hub"] or hub_data or is_hub_model(m["name_or_path"]),
@@ -70,7 +72,7 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = Non
 
     model, tokenizer = load_from_config(m)
     run = {"run_id": run_id, "model": m["name"], "checkpoint": m["name_or_path"], "pruner": "dense",
-           "sparsity": 0.0, "gamma": None, **protocol.placement_columns(model)}
+           "sparsity": 0.0, "gamma": None, **protocol.placement_columns(model), **(deploy.columns() if deploy else {})}
     rows, plan = [], None
     if recipe is not None:
         outcome = prune(model, tokenizer, recipe)
@@ -96,7 +98,7 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, sweep: str | None = Non
                                 outcome.calibration_ids if recipe is not None else None)
         run["dtype"] = quant.label()  # the rows of a quantized model say so in their dtype column
         rows = [{**r, "dtype": run["dtype"]} for r in rows] + protocol.quantization_rows(run, quant, result)
-    rows += protocol.evaluation_rows(c["eval"], run, model, tokenizer, texts, job["progress"])
+    rows += (deploy or protocol).evaluation_rows(c["eval"], run, model, tokenizer, texts, job["progress"])
     protocol.mark_overlaps(rows, data)
     marks = {"sweep": sweep} | ({"recovery": recovery.name} if recovery else {})  # a recovered model's label
     rows = [{**r, "extra": {**r["extra"], **marks}} for r in rows]

@@ -252,3 +252,26 @@ def test_export_entry_point_refuses_bad_requests_before_loading(tmp_path, monkey
     with pytest.raises(ValueError, match=error):
         export_cli.run_export(export_cfg(*overrides), tmp_path)
 
+
+# --- the deploy stage of experiments.run (conf/deploy/llamacpp.yaml): its checks need no llama.cpp ----------------
+@pytest.mark.parametrize("deploy,eval_,error", [
+    ({"type": "q5_0"}, {"perplexity": {}}, "GGUF type 'q5_0'"),
+    ({"type": "f16", "threads": 0}, {"perplexity": {}}, "deploy.threads must be ≥ 1"),
+    ({"type": "f16", "flash": True}, {"perplexity": {}}, r"unknown key\(s\) \['flash'\]"),
+    ({"type": "f16"}, {"name": "quick", "perplexity": {}, "zeroshot": {}}, "perplexity only"),
+])
+def test_deploy_stage_refuses_what_it_cannot_evaluate(tmp_path, deploy, eval_, error):
+    from nirvana.evaluation.llamacpp import DeployStage
+
+    with pytest.raises(ValueError, match=error):
+        DeployStage.from_config({"deploy": deploy, "eval": eval_}, tmp_path)
+    assert DeployStage.from_config({"eval": eval_}, tmp_path) is None
+
+
+def test_deploy_stage_refuses_torchao_quantization_on_top(tmp_path):
+    from nirvana.evaluation.llamacpp import DeployStage
+
+    with pytest.raises(ValueError, match="drop quant"):
+        DeployStage.from_config({"deploy": {"type": "q8_0"}, "eval": {"perplexity": {"seq_len": [32]}},
+                                 "quant": {"scheme": "int8_wo"}},
+                                tmp_path)

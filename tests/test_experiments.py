@@ -40,6 +40,8 @@ def test_every_experiment_composes_and_runs_shrunk(name, tmp_path):
     # perplexity only: the zero-shot path has its own tests (test_zeroshot, test_evaluate_cli, the test below)
     c = cfg(f"experiment={name}", *PPL_ONLY, f"job.results_file={tmp_path / 'rows.jsonl'}", "job.requires.gpu=false",
             "job.requires.hub=false")
+    if c.get("deploy"):  # evaluated in llama.cpp: the opt-in extra
+        pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make setup-llamacpp)")
     rows = run_experiment(c, tmp_path / "run")
     by_metric = {r["metric"]: r for r in rows}
     assert {r["model"] for r in rows} == {"tiny_llama"} and {r["pruner"] for r in rows} == {c.pruner.name}

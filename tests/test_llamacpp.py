@@ -5,6 +5,8 @@ llama.cpp's quantizer and its fallbacks, perplexity on the protocol's windows, t
 Parity runs llama.cpp in its exact mode (nirvana.deploy.runtime: f32 KV cache, no flash attention): max |Δlogit|
 ≤ 1e-3 and the same argmax at every position."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -121,6 +123,35 @@ def test_perplexity_through_llama_cpp_scores_the_protocols_windows(tmp_path):
     cpp = gguf_perplexity(path, tokenizer, "pydoc", 64, max_windows=6, texts=texts, n_threads=1, progress=False)
     assert (cpp.metric, cpp.n_windows, cpp.n_tokens, cpp.limit) == (hf.metric, 6, hf.n_tokens, "max_windows=6")
     np.testing.assert_allclose(cpp.window_nll, hf.window_nll, rtol=1e-4)
+
+
+def test_run_with_the_deploy_stage_pairs_window_by_window_with_transformers(tmp_path):
+    """experiments.run with deploy=llamacpp: a pruned tiny model exported as f32 and scored by llama.cpp on the
+    windows transformers scores; the report pairs the two runs (--reference base) with a perplexity ratio of 1."""
+    from fixture_text import PYDOC_FILE
+    from hydra import compose, initialize_config_dir
+
+    from experiments.run import run_experiment
+    from nirvana.reporting.pairing import long_table
+    from nirvana.results import read_rows
+
+    base = ["model=tiny_llama", "calibration=pydoc", "calibration.n_samples=4", "calibration.seq_len=32",
+            "pruner=nirvana", "sparsity=0.3", "measure_kl=false", "job.score_cache=null", "job.progress=false",
+            "eval=ppl", f"eval.perplexity.datasets=[{PYDOC_FILE}]", "eval.perplexity.seq_len=[32,64]",
+            "eval.perplexity.max_windows=5", f"job.results_file={tmp_path / 'rows.jsonl'}"]
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        hf_cfg = compose(config_name="run", overrides=base)
+        cpp_cfg = compose(config_name="run", overrides=[*base, "deploy=llamacpp", "deploy.type=f32", "deploy.keep=true"])
+    run_experiment(hf_cfg, tmp_path / "hf")
+    rows = run_experiment(cpp_cfg, tmp_path / "cpp")
+    assert {r["dtype"] for r in rows} == {"gguf-f32"} and (tmp_path / "cpp" / "model.gguf").is_file()
+    fallbacks = next(r for r in rows if r["metric"] == "fallback_tensors")
+    assert fallbacks["value"] == 0 and fallbacks["extra"]["runtime"] == "llama.cpp"
+    table = long_table(read_rows(tmp_path / "rows.jsonl"), against="base")
+    paired = table[table["column"].isin(["pydoc@32", "pydoc@64"]) & table["method"].str.endswith("[gguf-f32]")]
+    assert len(paired) == 2 and (paired["reference"] == "nirvana (γ=3.36)").all()
+    np.testing.assert_allclose(paired["delta"], 1.0, atol=1e-4)  # the perplexity ratio, window by window
 
 
 # --- the real model (slow: the offline SmolLM2 asset) -----------------------------------------------------------
