@@ -149,7 +149,7 @@ sweep-status: $(SETUP_STAMP) ## which runs of a sweep are complete and which a l
 notebooks: $(SETUP_STAMP) ## execute every analysis notebook headless on result rows (RESULTS=dir PLANS='glob') → outputs/notebooks
 	$(PY) -m experiments.notebooks --results $(RESULTS) $(if $(PLANS),--plans '$(PLANS)') --out outputs/notebooks
 
-bench: $(ASSETS_STAMP) ## benchmarks side by side (scoring memory/time, statistics pass, KL selection, speed, zero-shot speed and exactness, demo) → results/bench (~95 min on 2 cores)
+bench: $(ASSETS_STAMP) $(LLAMACPP_STAMP) ## benchmarks side by side (scoring memory/time, statistics pass, KL selection, speed, llama.cpp speed, zero-shot speed and exactness, demo) → results/bench (~95 min on 2 cores + the llama.cpp section)
 	$(MAKE) --no-print-directory assets MODELS=qwen2.5_coder_0.5b
 	$(PY) -m experiments.bench $(ARGS)
 

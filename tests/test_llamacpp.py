@@ -5,6 +5,7 @@ llama.cpp's quantizer and its fallbacks, perplexity on the protocol's windows, t
 Parity runs llama.cpp in its exact mode (nirvana.deploy.runtime: f32 KV cache, no flash attention): max |Δlogit|
 ≤ 1e-3 and the same argmax at every position."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,27 @@ def test_run_with_the_deploy_stage_pairs_window_by_window_with_transformers(tmp_
     paired = table[table["column"].isin(["pydoc@32", "pydoc@64"]) & table["method"].str.endswith("[gguf-f32]")]
     assert len(paired) == 2 and (paired["reference"] == "nirvana (γ=3.36)").all()
     np.testing.assert_allclose(paired["delta"], 1.0, atol=1e-4)  # the perplexity ratio, window by window
+
+
+def test_bench_section_times_pruned_against_dense_gguf(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from experiments.bench import run_bench
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose(config_name="bench", overrides=[
+            f"out_dir={tmp_path}", "progress=false", "sections=[llamacpp]", "llamacpp.model=tiny:llama",
+            "llamacpp.sparsities=[0.5]", "llamacpp.types=[f32,q8_0]", "llamacpp.threads=[1]", "llamacpp.repeats=2",
+            "llamacpp.shape={prompt_len: 16, new_tokens: 4}", f"llamacpp.score_cache={tmp_path}/cache",
+            "llamacpp.calibration={source: pydoc, n_samples: 4, seq_len: 32, seed: 0}"])
+    summary = run_bench(cfg)
+    rows = json.loads((tmp_path / "llamacpp.json").read_text())["result"]["rows"]
+    assert [(r["gguf_type"], r["threads"], r["sparsity"]) for r in rows] == [("f32", 1, 0.5), ("q8_0", 1, 0.5)]
+    for r in rows:
+        assert r["prefill_flop_ratio"] < 1 and r["gguf_bytes"] < r["dense_gguf_bytes"] and len(r["decode_s"]) == 2
+        assert r["decode_efficiency"] == pytest.approx(r["decode_speedup"] * r["decode_flop_ratio"])
+    assert "## Inference speed in llama.cpp" in summary.read_text()
 
 
 # --- the real model (slow: the offline SmolLM2 asset) -----------------------------------------------------------
