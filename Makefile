@@ -44,7 +44,7 @@ SETUP_STAMP  := $(VENV)/.setup-done
 ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-llamacpp assets test test-fast test-llamacpp demo reproduce-table2 reproduce-draws reproduce-beyond reproduce-quant reproduce-gguf reproduce-recovery sweep-status report-demo notebooks bench gpu-check lint clean-assets
+.PHONY: help setup setup-llamacpp assets test test-fast test-llamacpp demo reproduce-table2 reproduce-draws reproduce-beyond reproduce-quant reproduce-gguf reproduce-gguf-round reproduce-recovery sweep-status report-demo notebooks bench gpu-check lint clean-assets
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-20s %s\n", $$1, $$2}'
@@ -129,6 +129,12 @@ reproduce-gguf: $(LLAMACPP_STAMP) ## quality in llama.cpp (offline SmolLM2): den
 	$(PY) -m experiments.run -m experiment=gguf_offline hydra/launcher=$(LAUNCHER) $(ARGS)
 	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/gguf_smollm2_135m.jsonl \
 		--out results/tables/gguf --model smollm2_135m --command "make reproduce-gguf" --reference base nirvana
+
+reproduce-gguf-round: $(SETUP_STAMP) ## what GGUF-friendly MLP widths cost (offline SmolLM2): NIRVANA, FLAP with round_to 32/256 at 20/40 % vs Table 2 → results/tables/gguf_round
+	$(MAKE) --no-print-directory assets
+	$(PY) -m experiments.run -m experiment=gguf_round hydra/launcher=$(LAUNCHER) $(ARGS)
+	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/gguf_round_smollm2_135m.jsonl \
+		--out results/tables/gguf_round --model smollm2_135m --command "make reproduce-gguf-round" --reference nirvana flap
 
 reproduce-recovery: $(SETUP_STAMP) ## the recovery claim (offline SmolLM2): NIRVANA, FLAP, Taylor at 40 % + the same LoRA budget → results/tables/recovery
 	$(MAKE) --no-print-directory assets
