@@ -32,6 +32,9 @@ def run_export(cfg: DictConfig, out_dir: str | Path) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True)
     if c["format"] not in FORMATS:
         raise ValueError(f"format={c['format']!r}: choose one of {list(FORMATS)}")
+    folder = c["model"].get("path")
+    if folder and not (Path(folder) / "config.json").is_file():
+        raise FileNotFoundError(f"model.path={folder}: not a checkpoint folder (no config.json there)")
     path = Path(c["out"] or Path(out_dir) / f"model-{c['dtype']}.gguf")
     check_export(c["dtype"], path, c["overwrite"])  # a typo or a missing llama.cpp must not cost a model load
     if c["check"]:

@@ -253,6 +253,14 @@ def test_export_entry_point_refuses_bad_requests_before_loading(tmp_path, monkey
         export_cli.run_export(export_cfg(*overrides), tmp_path)
 
 
+def test_export_entry_point_refuses_a_folder_that_is_no_checkpoint(tmp_path, monkeypatch):
+    import experiments.export as export_cli
+
+    monkeypatch.setattr(export_cli, "load_from_config", lambda *a, **k: pytest.fail("model loaded before checks"))
+    with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
+        export_cli.run_export(export_cfg(f"model.path={tmp_path / 'nothing'}"), tmp_path)
+
+
 # --- the deploy stage of experiments.run (conf/deploy/llamacpp.yaml): its checks need no llama.cpp ----------------
 @pytest.mark.parametrize("deploy,eval_,error", [
     ({"type": "q5_0"}, {"perplexity": {}}, "GGUF type 'q5_0'"),
