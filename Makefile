@@ -73,11 +73,13 @@ $(ASSETS_STAMP): $(SETUP_STAMP) nirvana/assets/*.py
 assets: $(ASSETS_STAMP) ## build the offline SmolLM2 model, benchmark data and text sets into $NIRVANA_CACHE; MODELS=qwen2.5_coder_0.5b adds that model (2.5 GB)
 	$(if $(MODELS),$(PY) -m nirvana.assets build --only $(MODELS))
 
-test: $(ASSETS_STAMP) ## set up, build assets, run the whole test suite but GPU tests
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu" $(PYTEST_XDIST) $(PYTEST_ARGS)
+# The llama.cpp tests (marker `llamacpp`) run in test-llamacpp only, so test and test-fast take the same time whether
+# or not the extra is installed (pytest lists them as deselected).
+test: $(ASSETS_STAMP) ## set up, build assets, run the whole test suite but GPU and llama.cpp tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu and not llamacpp" $(PYTEST_XDIST) $(PYTEST_ARGS)
 
-test-fast: $(SETUP_STAMP) ## tests that need no built asset (no `slow`, no `gpu`)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu and not slow" $(PYTEST_XDIST) $(PYTEST_ARGS)
+test-fast: $(SETUP_STAMP) ## tests that need no built asset (no `slow`, no `gpu`, no `llamacpp`)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu and not slow and not llamacpp" $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-llamacpp: $(ASSETS_STAMP) $(LLAMACPP_STAMP) ## build the llama.cpp extra if needed, run its tests: GGUF export, logit parity, quantization, perplexity, server
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu" tests/test_deploy.py tests/test_llamacpp.py $(PYTEST_ARGS)

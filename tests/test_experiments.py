@@ -35,7 +35,13 @@ def cfg(*overrides):
         return compose(config_name="run", overrides=list(overrides), return_hydra_config=False)
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+def _needs_llamacpp(name: str) -> bool:
+    """Sweeps with a deploy stage evaluate in llama.cpp (the opt-in extra; marker `llamacpp`)."""
+    return "override /deploy" in (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text()
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.llamacpp) if _needs_llamacpp(n) else n
+                                  for n in EXPERIMENTS])
 def test_every_experiment_composes_and_runs_shrunk(name, tmp_path):
     # perplexity only: the zero-shot path has its own tests (test_zeroshot, test_evaluate_cli, the test below)
     c = cfg(f"experiment={name}", *PPL_ONLY, f"job.results_file={tmp_path / 'rows.jsonl'}", "job.requires.gpu=false",

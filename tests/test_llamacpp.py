@@ -14,6 +14,7 @@ import torch
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: `make setup-llamacpp` builds it, "
                                         "`make test-llamacpp` runs these tests")
+pytestmark = pytest.mark.llamacpp
 
 from test_deploy import pruned_tiny  # noqa: E402
 
