@@ -81,8 +81,8 @@ test: $(ASSETS_STAMP) ## set up, build assets, run the whole test suite but GPU 
 test-fast: $(SETUP_STAMP) ## tests that need no built asset (no `slow`, no `gpu`, no `llamacpp`)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu and not slow and not llamacpp" $(PYTEST_XDIST) $(PYTEST_ARGS)
 
-test-llamacpp: $(ASSETS_STAMP) $(LLAMACPP_STAMP) ## build the llama.cpp extra if needed, run its tests: GGUF export, logit parity, quantization, perplexity, server
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu" tests/test_deploy.py tests/test_llamacpp.py $(PYTEST_ARGS)
+test-llamacpp: $(ASSETS_STAMP) $(LLAMACPP_STAMP) ## build the llama.cpp extra if needed, run the tests marked llamacpp: logit parity, quantization, perplexity, bench, server
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "llamacpp and not gpu" $(PYTEST_ARGS)
 
 demo: $(ASSETS_STAMP) ## the main job on the offline default: prune SmolLM2 with NIRVANA + baselines, evaluate, tabulate
 	$(PY) -m experiments.run -m experiment=demo $(ARGS)
