@@ -33,13 +33,15 @@ def parity_prompts(tokenizer) -> list[list[int]]:
 
 @torch.no_grad()
 def reference_greedy(model, ids: list[int], new_tokens: int) -> list[int]:
-    """transformers' greedy continuation, argmax by argmax with no early stop (as runtime.greedy)."""
-    ids, out = list(ids), []
+    """transformers' greedy continuation, argmax by argmax through its KV cache, with no early stop (as
+    runtime.greedy; `generate` would stop at EOS)."""
+    out = model(input_ids=torch.tensor([ids]), use_cache=True)
+    tokens = []
     for _ in range(new_tokens):
-        nxt = int(model(torch.tensor([ids])).logits[0, -1].argmax())
-        out.append(nxt)
-        ids.append(nxt)
-    return out
+        nxt = out.logits[:, -1:].argmax(-1)
+        tokens.append(int(nxt))
+        out = model(input_ids=nxt, cache=out.cache, use_cache=True)  # transformers 5 names the KV cache `cache`
+    return tokens
 
 
 @torch.no_grad()
