@@ -34,11 +34,17 @@ BEYOND_OPT_IN = $(filter qwen2.5_coder_0.5b,$(MODEL))
 BEYOND_MODEL  = $(or $(BEYOND_OPT_IN),smollm2_135m)
 BEYOND_SWEEP  = beyond$(if $(BEYOND_OPT_IN),_qwen)
 
+# llama.cpp (opt-in, docs/deploy.md): llama-cpp-python built from its source distribution with the system compiler
+# (CPU), never a prebuilt wheel (those may need a newer glibc); without the multimodal library (LLAVA_BUILD=OFF:
+# nothing here uses it). 14 min on 2 cores, one of them busy with other work.
+LLAMACPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+LLAMACPP_STAMP := $(VENV)/.llamacpp-done
+
 SETUP_STAMP  := $(VENV)/.setup-done
 ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
 
 .DEFAULT_GOAL := help
-.PHONY: help setup assets test test-fast demo reproduce-table2 reproduce-draws report-draws reproduce-beyond reproduce-quant reproduce-recovery sweep-status report-demo notebooks bench gpu-check lint clean-assets
+.PHONY: help setup setup-llamacpp assets test test-fast test-llamacpp demo reproduce-table2 reproduce-draws report-draws reproduce-beyond reproduce-quant reproduce-gguf reproduce-gguf-round reproduce-recovery sweep-status report-demo notebooks bench gpu-check lint clean-assets
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-20s %s\n", $$1, $$2}'
@@ -53,6 +59,13 @@ $(SETUP_STAMP): pyproject.toml
 
 setup: $(SETUP_STAMP) ## create .venv with torch ($(TORCH_SPEC)) and the package in editable mode
 
+$(LLAMACPP_STAMP): $(SETUP_STAMP)
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-$$(nproc)} \
+		$(PY) -m pip install --no-binary llama-cpp-python -e ".[llamacpp]"
+	touch $@
+
+setup-llamacpp: $(LLAMACPP_STAMP) ## opt-in: build llama-cpp-python 0.3.36 (llama.cpp + its OpenAI server) from source into .venv (~14 min on 2 cores)
+
 $(ASSETS_STAMP): $(SETUP_STAMP) nirvana/assets/*.py
 	$(PY) -m nirvana.assets build
 	@mkdir -p $(dir $@) && touch $@
@@ -60,11 +73,16 @@ $(ASSETS_STAMP): $(SETUP_STAMP) nirvana/assets/*.py
 assets: $(ASSETS_STAMP) ## build the offline SmolLM2 model, benchmark data and text sets into $NIRVANA_CACHE; MODELS=qwen2.5_coder_0.5b adds that model (2.5 GB)
 	$(if $(MODELS),$(PY) -m nirvana.assets build --only $(MODELS))
 
-test: $(ASSETS_STAMP) ## set up, build assets, run the whole test suite but GPU tests
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu" $(PYTEST_XDIST) $(PYTEST_ARGS)
+# The llama.cpp tests (marker `llamacpp`) run in test-llamacpp only, so test and test-fast take the same time whether
+# or not the extra is installed (pytest lists them as deselected).
+test: $(ASSETS_STAMP) ## set up, build assets, run the whole test suite but GPU and llama.cpp tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu and not llamacpp" $(PYTEST_XDIST) $(PYTEST_ARGS)
 
-test-fast: $(SETUP_STAMP) ## tests that need no built asset (no `slow`, no `gpu`)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu and not slow" $(PYTEST_XDIST) $(PYTEST_ARGS)
+test-fast: $(SETUP_STAMP) ## tests that need no built asset (no `slow`, no `gpu`, no `llamacpp`)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not gpu and not slow and not llamacpp" $(PYTEST_XDIST) $(PYTEST_ARGS)
+
+test-llamacpp: $(ASSETS_STAMP) $(LLAMACPP_STAMP) ## build the llama.cpp extra if needed, run the tests marked llamacpp: logit parity, quantization, perplexity, bench, server
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "llamacpp and not gpu" $(PYTEST_ARGS)
 
 demo: $(ASSETS_STAMP) ## the main job on the offline default: prune SmolLM2 with NIRVANA + baselines, evaluate, tabulate
 	$(PY) -m experiments.run -m experiment=demo $(ARGS)
@@ -118,6 +136,18 @@ reproduce-quant: $(SETUP_STAMP) ## quantization after pruning (offline SmolLM2; 
 	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/quant_smollm2_135m.jsonl \
 		--out results/tables/quant --model smollm2_135m --command "make reproduce-quant" --reference base nirvana
 
+reproduce-gguf: $(LLAMACPP_STAMP) ## quality in llama.cpp (offline SmolLM2): dense, NIRVANA, FLAP at 20/40 % as f16, Q8_0, Q4_K_M GGUFs, paired per window with Table 2 → results/tables/gguf
+	$(MAKE) --no-print-directory assets
+	$(PY) -m experiments.run -m experiment=gguf_offline hydra/launcher=$(LAUNCHER) $(ARGS)
+	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/gguf_smollm2_135m.jsonl \
+		--out results/tables/gguf --model smollm2_135m --command "make reproduce-gguf" --reference base nirvana
+
+reproduce-gguf-round: $(SETUP_STAMP) ## what GGUF-friendly MLP widths cost (offline SmolLM2): NIRVANA, FLAP with round_to 32/256 at 20/40 % vs Table 2 → results/tables/gguf_round
+	$(MAKE) --no-print-directory assets
+	$(PY) -m experiments.run -m experiment=gguf_round hydra/launcher=$(LAUNCHER) $(ARGS)
+	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/gguf_round_smollm2_135m.jsonl \
+		--out results/tables/gguf_round --model smollm2_135m --command "make reproduce-gguf-round" --reference nirvana flap
+
 reproduce-recovery: $(SETUP_STAMP) ## the recovery claim (offline SmolLM2): NIRVANA, FLAP, Taylor at 40 % + the same LoRA budget → results/tables/recovery
 	$(MAKE) --no-print-directory assets
 	$(PY) -m experiments.run -m experiment=recovery_offline hydra/launcher=$(LAUNCHER) $(ARGS)
@@ -137,7 +167,7 @@ sweep-status: $(SETUP_STAMP) ## which runs of a sweep are complete and which a l
 notebooks: $(SETUP_STAMP) ## execute every analysis notebook headless on result rows (RESULTS=dir PLANS='glob') → outputs/notebooks
 	$(PY) -m experiments.notebooks --results $(RESULTS) $(if $(PLANS),--plans '$(PLANS)') --out outputs/notebooks
 
-bench: $(ASSETS_STAMP) ## benchmarks side by side (scoring memory/time, statistics pass, KL selection, speed, zero-shot speed and exactness, demo) → results/bench (~95 min on 2 cores)
+bench: $(ASSETS_STAMP) $(LLAMACPP_STAMP) ## benchmarks side by side (scoring memory/time, statistics pass, KL selection, speed, llama.cpp speed, zero-shot speed and exactness, demo) → results/bench (~95 min on 2 cores + the llama.cpp section)
 	$(MAKE) --no-print-directory assets MODELS=qwen2.5_coder_0.5b
 	$(PY) -m experiments.bench $(ARGS)
 

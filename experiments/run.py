@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from nirvana.atomic import atomic_file
 from nirvana.config import RunConfig, typed
 from nirvana.evaluation import protocol, runner
+from nirvana.evaluation.llamacpp import DeployStage
 from nirvana.loggers import make_logger
 from nirvana.models import load_from_config, read_config
 from nirvana.pipeline import PruneRecipe, check_recipe, prune
@@ -38,6 +39,7 @@ def run_experiment(c: RunConfig, out_dir: str | Path, sweep: str | None = None) 
     t_start, out_dir, job, m = time.perf_counter(), Path(out_dir), c.job, c.model
     recipe = PruneRecipe.from_config(c) if c.pruner.prunes else None
     recovery = RecoveryStage.from_config(c.recovery)  # conf/recovery; absent: no fine-tuning
+    deploy = DeployStage.from_config(c, out_dir)  # conf/deploy: evaluated in llama.cpp; absent: in transformers
     # Everything checkable without a model first: missing data, GPUs or hub fail in a second.
     hub_data = recovery is not None and recovery.needs_hub
     check_requirements(gpu=job.requires.gpu, hub=job.requires.hub or hub_data or is_hub_model(m.name_or_path),
@@ -64,7 +66,7 @@ def run_experiment(c: RunConfig, out_dir: str | Path, sweep: str | None = None) 
 
     model, tokenizer = load_from_config(m)
     run = {"run_id": run_id, "model": m.name, "checkpoint": m.name_or_path, "pruner": "dense", "sparsity": 0.0,
-           "gamma": None, **protocol.placement_columns(model)}
+           "gamma": None, **protocol.placement_columns(model), **(deploy.columns() if deploy else {})}
     rows, plan, outcome = [], None, None
     if recipe is not None:
         outcome = prune(model, tokenizer, recipe)
@@ -88,7 +90,7 @@ def run_experiment(c: RunConfig, out_dir: str | Path, sweep: str | None = None) 
                                 outcome.calibration_ids if outcome is not None else None)
         run["dtype"] = c.quant.label()  # the rows of a quantized model say so in their dtype column
         rows = [{**r, "dtype": run["dtype"]} for r in rows] + protocol.quantization_rows(run, c.quant, result)
-    rows += protocol.evaluation_rows(c.eval, run, model, tokenizer, texts, job.progress)
+    rows += (deploy or protocol).evaluation_rows(c.eval, run, model, tokenizer, texts, job.progress)
     protocol.mark_overlaps(rows, data)
     marks = {"sweep": sweep} | ({"recovery": recovery.name} if recovery else {})  # a recovered model's label
     rows = [{**r, "extra": {**r["extra"], **marks}} for r in rows]

@@ -22,6 +22,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .allocation.gamma import OFFICIAL_GAMMA
 from .calibration.config import CalibrationConfig
+from .deploy.config import DeployConfig, ExportSettings
 from .evaluation.config import EvalConfig
 from .loggers import LoggerConfig
 from .models import ModelConfig
@@ -73,6 +74,7 @@ class RunConfig:
     # as the published runs did, before these stages existed: without the keys.
     recovery: RecoveryConfig | None = later(None)
     quant: QuantSpec | None = later(None)
+    deploy: DeployConfig | None = later(None)  # conf/deploy: evaluated as llama.cpp runs a GGUF export
     sparsity: float = 0.2  # fraction of attention+MLP parameters removed (ignored by pruner=dense)
     gamma: Any = OFFICIAL_GAMMA  # γ of the pruners with NIRVANA's allocation; auto or a list: chosen by KL
     measure_kl: bool = True  # record kl/probe: the plan's KL to the dense model on the probe set
@@ -157,11 +159,19 @@ class QuantizeConfig:
     save_dir: str | None = None
 
 
+@dataclass
+class ExportConfig(ExportSettings):
+    """Export one model as a GGUF (conf/export.yaml): `model.path` names a checkpoint folder."""
+
+    model: ModelConfig = MISSING
+
+
 def register() -> None:
     """Put every schema in Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     for name, node in (("run_schema", RunConfig), ("prune_schema", PruneConfig), ("evaluate_schema", EvaluateConfig),
-                       ("recover_schema", RecoverConfig), ("quantize_schema", QuantizeConfig)):
+                       ("recover_schema", RecoverConfig), ("quantize_schema", QuantizeConfig),
+                       ("export_schema", ExportConfig)):
         cs.store(name=name, node=node)
     for name, node in SCHEMAS.items():
         cs.store(group="pruner", name=f"{name}_schema", node=node)

@@ -13,7 +13,7 @@ LAYERS = {
     "paths": 0, "atomic": 0, "provenance": 0, "tiny": 0, "requirements": 0, "loggers": 0, "checkpoint_code": 0,
     "sysmem": 0, "schema": 0,
     "adapters": 1, "texts": 1, "results": 1, "models": 1, "tasks": 1, "assets": 1,
-    "surgery": 2, "scoring": 3, "allocation": 4, "calibration": 5, "probe": 6, "baselines": 6, "pruners": 7,
+    "surgery": 2, "deploy": 2, "scoring": 3, "allocation": 4, "calibration": 5, "probe": 6, "baselines": 6, "pruners": 7,
     "pipeline": 8, "quantization": 8, "evaluation": 9, "recovery": 9, "config": 10, "backfill": 11, "reporting": 11, "bench": 12,
 }
 # Names that only an adapter may spell: a model's modules and attribute paths.

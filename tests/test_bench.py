@@ -85,7 +85,8 @@ def test_bench_config_composes():
     from nirvana.bench.sections import validate
 
     validate(OmegaConf.to_container(cfg, resolve=True))
-    assert list(cfg.sections) == ["scoring", "statistics", "kl", "speed", "quant", "zeroshot", "exactness", "demo"]
+    assert list(cfg.sections) == ["scoring", "statistics", "kl", "speed", "llamacpp", "quant", "zeroshot", "exactness",
+                                  "demo"]
 
 
 def _shrunk(tmp_path, *extra):

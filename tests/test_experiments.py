@@ -19,8 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 # recovery_offline trains on a built text set (the LAMBADA tail), so it needs `make assets`
 READS_ASSETS = {"recovery_offline"}
-EXPERIMENTS = [pytest.param(name, marks=pytest.mark.slow) if name in READS_ASSETS else name
-               for name in sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))]
+NAMES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 # Shrink any experiment to seconds: tiny model, tiny calibration and probe, 2 items per task, 4 windows.
 TINY = [
     "model=tiny_llama", "calibration=pydoc", "calibration.n_samples=4", "calibration.seq_len=32",
@@ -38,11 +37,22 @@ def cfg(*overrides):
         return typed(compose(config_name="run", overrides=list(overrides)))
 
 
+def _needs_llamacpp(name: str) -> bool:
+    """Sweeps with a deploy stage evaluate in llama.cpp (the opt-in extra; marker `llamacpp`)."""
+    return "override /deploy" in (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text()
+
+
+EXPERIMENTS = [pytest.param(n, marks=[*([pytest.mark.slow] if n in READS_ASSETS else []),
+                                      *([pytest.mark.llamacpp] if _needs_llamacpp(n) else [])]) for n in NAMES]
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes_and_runs_shrunk(name, tmp_path):
     # perplexity only: the zero-shot path has its own tests (test_zeroshot, test_evaluate_cli, the test below)
     c = cfg(f"experiment={name}", *PPL_ONLY, f"job.results_file={tmp_path / 'rows.jsonl'}", "job.requires.gpu=false",
             "job.requires.hub=false")
+    if c.deploy is not None:  # evaluated in llama.cpp: the opt-in extra
+        pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make setup-llamacpp)")
     rows = run_experiment(c, tmp_path / "run")
     by_metric = {r["metric"]: r for r in rows}
     assert {r["model"] for r in rows} == {"tiny_llama"} and {r["pruner"] for r in rows} == {c.pruner.name}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import ATTENTION, MLP, MODULE_KINDS, LayerUnits, ModelAdapter, ParamSlice, UnitGroup
+from .base import ATTENTION, MLP, MODULE_KINDS, LayerUnits, LlamaLayout, ModelAdapter, ParamSlice, UnitGroup
 from .decoder import LlamaFamilyAdapter
 from .t5 import T5Adapter
 
@@ -31,6 +31,7 @@ __all__ = [
     "MLP",
     "MODULE_KINDS",
     "LayerUnits",
+    "LlamaLayout",
     "ModelAdapter",
     "ParamSlice",
     "UnitGroup",

@@ -133,6 +133,37 @@ class UnitGroup:
 
 
 @dataclass
+class LlamaLayout:
+    """A decoder-only model seen as a stack of Llama blocks (RMSNorm → attention with rotary q/k → RMSNorm →
+    SwiGLU MLP, residuals around both) whose layers each have their own widths: what an exporter to another
+    runtime needs to know about the model (nirvana.deploy writes llama.cpp's `deci` GGUF from it), and nothing
+    about that runtime. Lists have one entry per layer."""
+
+    hidden_size: int
+    head_dim: int
+    vocab_size: int
+    context_length: int
+    norm_eps: float
+    rope_theta: float
+    # per rotary frequency, the default frequency (rope_theta) divided by the model's (None: all 1, plain RoPE);
+    # how Llama 3.1's `llama3` and `linear` RoPE scaling reach runtimes that read frequency factors
+    rope_factors: list[float] | None
+    tied_embeddings: bool
+    query_heads: list[int]
+    kv_heads: list[int]
+    ffn_widths: list[int]
+    # state-dict name → number of heads its rows are grouped in: the rotary projections (q and k, weights and
+    # biases), whose rows a runtime with interleaved RoPE needs permuted head by head
+    rotary_rows: dict[str, int]
+    # what this model computes that a Llama block does not (empty: the layout describes the model exactly)
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.query_heads)
+
+
+@dataclass
 class LayerUnits:
     index: int
     attention: UnitGroup
@@ -324,6 +355,12 @@ class ModelAdapter:
         targets = set(self.lora_targets())
         return {name: m for name, m in self.model.named_modules()
                 if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets}
+
+    def llama_layout(self) -> LlamaLayout:
+        """The model as a stack of Llama blocks with per-layer widths (LlamaLayout); architectures that are no
+        such stack say why."""
+        raise ValueError(f"{type(self).__name__} ({self.config.model_type}) models are not a stack of Llama "
+                         "decoder blocks: they cannot be exported in a Llama layout")
 
     def max_context(self) -> int | None:
         return getattr(self.config, "max_position_embeddings", None)

@@ -9,8 +9,9 @@ removing whole heads.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from .base import ATTENTION, MLP, LayerUnits, ModelAdapter, ParamSlice, UnitGroup
+from .base import ATTENTION, MLP, LayerUnits, LlamaLayout, ModelAdapter, ParamSlice, UnitGroup
 
 
 def _row_and_bias_slices(linear, block: int) -> list[ParamSlice]:
@@ -108,3 +109,50 @@ class LlamaFamilyAdapter(ModelAdapter):
 
     def lora_targets(self) -> list[str]:
         return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+    # RoPE variants that only rescale the rotary frequencies (what a frequency-factor tensor can carry); others
+    # (yarn, longrope, dynamic NTK) change attention in ways a Llama block with plain RoPE does not
+    _rescaling_rope_types = ("default", "linear", "llama3")
+
+    def llama_layout(self) -> LlamaLayout:
+        config, layers = self.config, self._decoder_layers()
+        first = layers[0]
+        head_dim = self._head_dim(first.self_attn)
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        widths = self.per_layer_overrides()
+        rotary_rows = {}
+        for i, block in enumerate(layers):
+            attn = block.self_attn
+            for linear, heads in ((attn.q_proj, widths[i]["num_attention_heads"]),
+                                  (attn.k_proj, widths[i]["num_key_value_heads"])):
+                for p in (linear.weight, linear.bias):
+                    if p is not None:
+                        rotary_rows[names[id(p)]] = heads
+        differences = []
+        if hasattr(first.self_attn, "q_norm"):
+            differences.append("per-head RMSNorm of q and k (q_norm/k_norm, Qwen3)")
+        window = getattr(config, "sliding_window", None)  # a window as long as the context never slides
+        if window and getattr(config, "use_sliding_window", True) and window < config.max_position_embeddings:
+            differences.append(f"sliding-window attention over {window} tokens")
+        if getattr(config, "hidden_act", "silu") != "silu":
+            differences.append(f"MLP activation {config.hidden_act!r} (a Llama block gates with silu)")
+        rope = self.model.model.rotary_emb
+        rope_type = getattr(rope, "rope_type", "default")
+        if rope_type not in self._rescaling_rope_types:
+            differences.append(f"RoPE type {rope_type!r} (exportable: {', '.join(self._rescaling_rope_types)})")
+        if float(getattr(rope, "attention_scaling", 1.0)) != 1.0:
+            differences.append(f"RoPE attention scaling {rope.attention_scaling}")
+        theta = float(config.rope_parameters["rope_theta"])
+        plain = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        factors = (plain / rope.inv_freq.double()).tolist()
+        output, embedding = self.model.get_output_embeddings(), self.model.get_input_embeddings()
+        return LlamaLayout(
+            hidden_size=int(config.hidden_size), head_dim=head_dim, vocab_size=int(embedding.weight.shape[0]),
+            context_length=int(config.max_position_embeddings), norm_eps=float(config.rms_norm_eps),
+            rope_theta=theta,
+            rope_factors=None if all(abs(f - 1.0) < 1e-6 for f in factors) else factors,
+            tied_embeddings=isinstance(output, nn.Linear) and output.weight is embedding.weight,
+            query_heads=[w["num_attention_heads"] for w in widths.values()],
+            kv_heads=[w["num_key_value_heads"] for w in widths.values()],
+            ffn_widths=[w["intermediate_size"] for w in widths.values()],
+            rotary_rows=rotary_rows, differences=differences)

@@ -15,7 +15,7 @@ from ..evaluation.zeroshot import check_tasks
 from .models import check_model_spec
 from .scoring import check_variants
 
-BENCH_SECTIONS = ("scoring", "statistics", "kl", "speed", "quant", "zeroshot", "exactness", "demo")
+BENCH_SECTIONS = ("scoring", "statistics", "kl", "speed", "llamacpp", "quant", "zeroshot", "exactness", "demo")
 # The targets, recorded with the results so the summary can say which variant meets them.
 SCORING_GOAL = {"peak_ratio": 0.6, "time_ratio": 1.0}
 # The automatic schedule (nirvana.schedule): as shipped, at most this peak and time relative to the naive scorer,
@@ -53,6 +53,16 @@ def validate(cfg: dict) -> None:
             raise ValueError(f"kl.sparsities must lie in (0, 1), got {bad}")
     if "speed" in cfg["sections"] and int(cfg["speed"]["repeats"]) < 1:
         raise ValueError(f"speed.repeats must be ≥ 1, got {cfg['speed']['repeats']}")
+    if "llamacpp" in cfg["sections"]:
+        from ..deploy import check_gguf_type, runtime
+
+        c = cfg["llamacpp"]
+        for t in c["types"]:
+            check_gguf_type(t)
+        if int(c["repeats"]) < 1 or not c["threads"] or any(int(n) < 1 for n in c["threads"]):
+            raise ValueError(f"llamacpp.repeats and every llamacpp.threads must be ≥ 1, got {c['repeats']}, {c['threads']}")
+        if not runtime.available():
+            raise RuntimeError(runtime.INSTALL_HINT + "; or leave the section out: sections=[…] without llamacpp")
     if "quant" in cfg["sections"]:
         from ..quantization import QuantSpec
 
@@ -94,6 +104,11 @@ def run_section(name: str, cfg: dict) -> tuple[dict, dict]:
 
         return c, run_speed_bench(c["model"], c["sparsities"], c["gamma"], c["shapes"], c["repeats"],
                                   c["calibration"], c.get("score_cache"), progress=bar)
+    if name == "llamacpp":
+        from .llamacpp import run_llamacpp_bench
+
+        return c, run_llamacpp_bench(c["model"], c["sparsities"], c["gamma"], c["types"], c["threads"], c["shape"],
+                                     c["repeats"], c["calibration"], c.get("score_cache"), progress=bar)
     if name == "quant":
         from .quant import run_quant_bench
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..provenance import describe, verified_commit
 
-SECTIONS = ("scoring", "statistics", "kl", "speed", "quant", "zeroshot", "exactness", "demo", "gpu_check",
+SECTIONS = ("scoring", "statistics", "kl", "speed", "llamacpp", "quant", "zeroshot", "exactness", "demo", "gpu_check",
             "gpu_zeroshot")
 
 
@@ -135,6 +135,33 @@ def speed_md(doc: dict) -> list[str]:
               "efficiency": f'{row[f"{stage}_efficiency"]:.2f}'}
              for row in r["rows"] for stage in ("prefill", "decode")]
     return lines + _table(table)
+
+
+def llamacpp_md(doc: dict, transformers: dict | None = None) -> list[str]:
+    """The llama.cpp section; `transformers`: the speed section's document, whose dense/pruned decode numbers at
+    batch 1 are quoted next to llama.cpp's when present."""
+    r = doc["result"]
+    lines = ["## Inference speed in llama.cpp: NIRVANA-pruned vs dense GGUFs", "",
+             f'{r["model"]}, llama-cpp-python {r["llama_cpp_version"]}, {r["settings"]}; batch 1. Efficiency = measured '
+             "speed-up × FLOP ratio (1.0 = the ideal speed-up 1/FLOP ratio). Medians of alternating repeats (dense and "
+             "pruned timed in turn). Fallbacks: matrices the quantizer stored in another type (docs/deploy.md).", ""]
+    table = [{"type": row["gguf_type"], "threads": row["threads"], "sparsity": row["sparsity"],
+              "prompt + new": f'{row["prompt_len"]} + {row["new_tokens"]}', "stage": stage,
+              "FLOP ratio": f'{row[f"{stage}_flop_ratio"]:.3f}', "dense tok/s": f'{row[f"dense_{stage}_tok_s"]:.1f}',
+              "pruned tok/s": f'{row[f"{stage}_tok_s"]:.1f}', "speed-up": f'{row[f"{stage}_speedup"]:.2f}×',
+              "efficiency": f'{row[f"{stage}_efficiency"]:.2f}',
+              "MiB dense → pruned": f'{row["dense_gguf_bytes"] / 2**20:.0f} → {row["gguf_bytes"] / 2**20:.0f}',
+              "fallbacks": f'{row["dense_fallbacks"]} → {row["fallbacks"]}'}
+             for row in r["rows"] for stage in ("prefill", "decode")]
+    lines += _table(table)
+    hf = [x for x in ((transformers or {}).get("result") or {}).get("rows", []) if x.get("batch_size") == 1]
+    if hf:
+        lines += ["", "transformers at batch 1 (the speed section, same machine type, its own run): "
+                  + "; ".join(f'{x["prompt_len"]} + {x["new_tokens"]} tokens, s={x["sparsity"]}: decode '
+                              f'{x["dense_decode_tok_s"]:.1f} → {x["decode_tok_s"]:.1f} tok/s '
+                              f'({x["decode_speedup"]:.2f}×), prefill {x["dense_prefill_tok_s"]:.0f} → '
+                              f'{x["prefill_tok_s"]:.0f} tok/s' for x in hf) + "."]
+    return lines
 
 
 def statistics_md(doc: dict) -> list[str]:
@@ -281,7 +308,8 @@ def gpu_md(doc: dict) -> list[str]:
     return lines + ["", *_zeroshot_gpu_md(r["zeroshot"])]
 
 
-RENDER = {"scoring": scoring_md, "statistics": statistics_md, "kl": kl_md, "speed": speed_md, "quant": quant_md, "zeroshot": zeroshot_md,
+RENDER = {"scoring": scoring_md, "statistics": statistics_md, "kl": kl_md, "speed": speed_md, "llamacpp": llamacpp_md,
+          "quant": quant_md, "zeroshot": zeroshot_md,
           "exactness": exactness_md, "demo": demo_md, "gpu_check": gpu_md, "gpu_zeroshot": gpu_md}
 
 
@@ -291,7 +319,8 @@ def write_summary(out_dir: Path) -> Path:
     lines = ["# Benchmarks", "", "Written by `make bench` (`python -m experiments.bench`) from the JSON files beside "
              "it; each section says when, where and with which command it was measured.", ""]
     for name, doc in docs.items():
-        lines += RENDER[name](doc) + ["", _provenance(doc), ""]
+        body = llamacpp_md(doc, docs.get("speed")) if name == "llamacpp" else RENDER[name](doc)
+        lines += body + ["", _provenance(doc), ""]
     path = out_dir / "SUMMARY.md"
     path.write_text("\n".join(lines))
     if "scoring" in docs:

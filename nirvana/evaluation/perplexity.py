@@ -174,21 +174,27 @@ def _limit_label(max_texts, max_windows, max_tokens) -> str | None:
 
 def evaluate_perplexity(model, tokenizer, dataset: str, seq_len: int = 512, batch_size: int = 4,
                max_texts: int | None = None, max_windows: int | None = None, max_tokens: int | None = None,
-               texts: Sequence[str] | None = None, progress: bool = True) -> PerplexityResult:
+               texts: Sequence[str] | None = None, progress: bool = True, scorer=None) -> PerplexityResult:
     """Perplexity of `model` on `dataset` with the official protocol. Pass `texts` to skip loading (they
-    still get `dataset` as their label)."""
+    still get `dataset` as their label). `scorer(windows, desc)` → (summed NLL of each window, predicted tokens per
+    window) scores the windows instead of the model's forward: another runtime on exactly these windows
+    (nirvana.evaluation.llamacpp), causal windows only; `model` is then not used."""
     if texts is None:
         texts = load_texts(dataset, max_texts)
     elif max_texts is not None:
         texts = texts[:max_texts]
     windows = cut_windows(encode(texts, tokenizer), seq_len, max_windows, max_tokens)
     label = dataset_label(dataset)
-    sums, per_window = window_nll(model, windows, batch_size, progress, desc=f"ppl {label}@{seq_len}")
+    desc = f"ppl {label}@{seq_len}"
+    if scorer is None:
+        sums, per_window = window_nll(model, windows, batch_size, progress, desc=desc)
+        prefix = get_adapter(model).window_prefix(seq_len)
+    else:
+        (sums, per_window), prefix = scorer(windows, desc), None
     count = per_window * len(sums)
     nll = math.fsum(sums) / count
     if not math.isfinite(nll):
         bad = [i for i, x in enumerate(sums) if not math.isfinite(x)]
         raise ValueError(f"perplexity of {label}@{seq_len}: non-finite NLL in windows {bad[:5]} (NaN/inf logits)")
     return PerplexityResult(label, seq_len, math.exp(nll), nll, windows.shape[0], count,
-                            _limit_label(max_texts, max_windows, max_tokens), get_adapter(model).window_prefix(seq_len),
-                            sums)
+                            _limit_label(max_texts, max_windows, max_tokens), prefix, sums)
