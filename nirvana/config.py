@@ -127,10 +127,8 @@ class EvaluateConfig:
 
 
 @dataclass
-class RecoverJob:
+class RecoverJob(EvaluateJob):
     results_file: str = "results/rows/recovery.jsonl"  # before/after rows, in one batch when the run ends
-    force: bool = False
-    progress: bool = True
     work_dir: str | None = None  # default outputs/recover/<run id>: rerunning resumes training there
     save_dir: str | None = None  # the merged checkpoint (default: <work_dir>/checkpoint)
     overwrite: bool = False
@@ -139,13 +137,10 @@ class RecoverJob:
 
 
 @dataclass
-class RecoverConfig:
-    """LoRA recovery of one checkpoint (conf/recover.yaml)."""
+class RecoverConfig(EvaluateConfig):
+    """LoRA recovery of one checkpoint (conf/recover.yaml), evaluated before and after with `eval`."""
 
-    model: ModelConfig = MISSING
     recovery: RecoveryConfig = MISSING
-    eval: EvalConfig = MISSING
-    allow_overlap: bool = False
     job: RecoverJob = field(default_factory=RecoverJob)
 
 

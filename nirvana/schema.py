@@ -44,3 +44,15 @@ def identity(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: identity(v) for k, v in value.items()}
     return value
+
+
+def at_least(key: str, value, low) -> None:
+    """A config value (None allowed: "unset") must be ≥ `low`; the error names the key."""
+    if value is not None and value < low:
+        raise ValueError(f"{key} must be ≥ {low}, got {value!r}")
+
+
+def one_of(key: str, value, choices) -> None:
+    """A config value must be one of `choices`; the error names the key and lists them."""
+    if value not in choices:
+        raise ValueError(f"{key}={value!r}: choose one of {tuple(choices)}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
-from ..schema import later
+from ..schema import at_least, later
 from .sources import SOURCES
 
 SELECTIONS = ("none", "kl", "kl_per_sample")
@@ -30,10 +30,8 @@ class ProbeConfig:
         if self.n_samples < 1 or self.seq_len < 2:
             raise ValueError(f"calibration.probe needs n_samples ≥ 1 and seq_len ≥ 2, got {self.n_samples} and "
                              f"{self.seq_len}")
-        if self.documents < 1:
-            raise ValueError(f"calibration.probe.documents must be ≥ 1, got {self.documents}")
-        if self.batch_size < 1:
-            raise ValueError(f"calibration.probe.batch_size must be ≥ 1, got {self.batch_size}")
+        at_least("calibration.probe.documents", self.documents, 1)
+        at_least("calibration.probe.batch_size", self.batch_size, 1)
 
 
 @dataclass
@@ -61,15 +59,13 @@ class CalibrationConfig:
         for name in [self.source, *(self.candidate_sources or [])]:
             if name not in SOURCES:
                 raise ValueError(f"unknown calibration source {name!r}; choose one of {sorted(SOURCES)}")
-        if self.selection not in SELECTIONS:
+        if self.selection not in SELECTIONS:  # (the wording tests and users grep for: "unknown calibration …")
             raise ValueError(f"unknown calibration selection {self.selection!r}; choose one of {SELECTIONS}")
         if self.n_samples < 1 or self.seq_len < 1:
             raise ValueError(f"calibration needs n_samples ≥ 1 and seq_len ≥ 1, got {self.n_samples} and "
                              f"{self.seq_len}")
-        if self.join < 1:
-            raise ValueError(f"calibration.join must be ≥ 1, got {self.join}")
-        if self.candidates < 1:
-            raise ValueError(f"calibration.candidates must be ≥ 1, got {self.candidates}")
+        at_least("calibration.join", self.join, 1)
+        at_least("calibration.candidates", self.candidates, 1)
         if self.selection != "none" and "tensor" in [self.source, *(self.candidate_sources or [])]:
             raise ValueError("KL selection draws candidates from text; a saved tensor has nothing to choose from")
         if self.source in ("tensor", "text_file") and not self.path:

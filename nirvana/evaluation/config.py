@@ -10,13 +10,12 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from ..schema import later
+from ..schema import at_least, later
 from .zeroshot import LMS, SOFTMAX_DTYPES, SUITES, TASK_METRICS
 
 
 def _at_least(key: str, value, low: int) -> None:
-    if value is not None and value < low:
-        raise ValueError(f"eval.{key} must be ≥ {low}, got {value}")
+    at_least(f"eval.{key}", value, low)
 
 
 @dataclass

@@ -21,18 +21,16 @@ from ..allocation import (
     SPARE_RULES,
 )
 from ..allocation.gamma import OFFICIAL_GAMMA, gamma_candidates
-from ..schema import later, unhashed
+from ..schema import at_least, later, one_of, unhashed
 from ..scoring.schedule import DEFAULT_TIME_TOLERANCE, SCHEDULES
 
 
 def _choice(key: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"pruner.{key}={value!r}: choose one of {tuple(choices)}")
+    one_of(f"pruner.{key}", value, choices)
 
 
 def _at_least(key: str, value, low: int) -> None:
-    if value is not None and value < low:
-        raise ValueError(f"pruner.{key} must be ≥ {low}{' or null' if value is None else ''}, got {value}")
+    at_least(f"pruner.{key}", value, low)
 
 
 @dataclass

@@ -38,9 +38,8 @@ from .pairing import (
     KEPT_COLUMN,
     REFERENCE,
     UNEQUAL,
-    cell_column,
     is_perplexity,
-    method_label,
+    labelled,
     method_rank,
     reference_name,
 )
@@ -77,14 +76,8 @@ def _seed(x):
 
 def draw_cells(rows: pd.DataFrame, model: str | None = None) -> dict[tuple[str, float], Cell]:
     """(method label, sparsity) → Cell, the newest row of every (method, sparsity, draw, column)."""
-    df = rows if model is None else rows[rows["model"] == model]
-    if df.empty:
-        raise ValueError(f"no rows for model {model!r}")
-    df = df.assign(column=df.apply(cell_column, axis=1)).dropna(subset=["column"])
-    dtypes = df["dtype"] if "dtype" in df else [None] * len(df)
-    recovered = [e.get("recovery") if isinstance(e, dict) else None for e in df["extra"]]
-    df = df.assign(method=[method_label(*x) for x in zip(df["pruner"], df["gamma"], dtypes, recovered)],
-                   seed=[_seed(s) for s in df["calibration_seed"]],
+    df = labelled(rows, model)
+    df = df.assign(seed=[_seed(s) for s in df["calibration_seed"]],
                    selected=[s not in (None, "none") and s == s for s in df["calibration_selection"]])
     df = latest(df.assign(seed_key=df["seed"].fillna(-1)), ["method", "sparsity", "seed_key", "column"])
     out: dict[tuple[str, float], Cell] = {}

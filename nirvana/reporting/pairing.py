@@ -73,8 +73,9 @@ def cell_column(row: pd.Series) -> str | None:
     return None
 
 
-def cells(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
-    """The newest row of every (method, sparsity, column), with the columns `method` and `column` added."""
+def labelled(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
+    """The table cells' rows of `model` (all models: None), with the columns `column` (cell_column) and `method`
+    (method_label) added; every row of a cell is kept (the draw-aware view keeps one per calibration draw)."""
     if rows.empty:
         raise ValueError("no result rows to tabulate")
     df = rows if model is None else rows[rows["model"] == model]
@@ -83,7 +84,12 @@ def cells(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
     df = df.assign(column=df.apply(cell_column, axis=1)).dropna(subset=["column"])
     dtypes = df["dtype"] if "dtype" in df else [None] * len(df)
     recovered = [e.get("recovery") if isinstance(e, dict) else None for e in df["extra"]]
-    df = df.assign(method=[method_label(*x) for x in zip(df["pruner"], df["gamma"], dtypes, recovered)])
+    return df.assign(method=[method_label(*x) for x in zip(df["pruner"], df["gamma"], dtypes, recovered)])
+
+
+def cells(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
+    """The newest row of every (method, sparsity, column), with the columns `method` and `column` added."""
+    df = labelled(rows, model)
     _warn_shared_labels(df)
     df = latest(df, ["method", "sparsity", "column"])
     known = set(zip(df[df["column"] == KEPT_COLUMN]["method"], df[df["column"] == KEPT_COLUMN]["sparsity"]))

@@ -24,16 +24,22 @@ from . import draws, figures, pairing, tables
 log = logging.getLogger(__name__)
 
 
-def build_report(rows_files: list[str], out: str | Path, model: str | None = None, paper: str | None = None,
-                 plans: list[str] | None = None, command: str | None = None,
-                 references: list[str] | None = None) -> list[Path]:
-    out = Path(out)
+def _rows_of_one_model(rows_files: list[str], model: str | None):
+    """The rows of `rows_files`, refused when empty or when they hold several models and none is named."""
     rows = read_rows(rows_files)
     if rows.empty:
         raise ValueError(f"no result rows in {rows_files}")
     models = sorted(rows["model"].dropna().unique())
     if model is None and len(models) > 1:
         raise ValueError(f"rows hold several models {models}: pick one with --model")
+    return rows
+
+
+def build_report(rows_files: list[str], out: str | Path, model: str | None = None, paper: str | None = None,
+                 plans: list[str] | None = None, command: str | None = None,
+                 references: list[str] | None = None) -> list[Path]:
+    out = Path(out)
+    rows = _rows_of_one_model(rows_files, model)
     methods = pairing.cells(rows, model)["method"].unique()
     for against in references or []:  # the default (NIRVANA) may be absent: then the tables have no Δ columns
         pairing.check_reference(methods, against)
@@ -79,12 +85,7 @@ def build_draw_report(rows_files: list[str], out: str | Path, model: str | None 
                       also: list[str] | None = None, columns: list[str] | None = None) -> list[Path]:
     """The draw-aware view (nirvana.reporting.draws) of rows holding several calibration draws per method:
     <out>/draws.md, draws_verdict.md, draws_tasks.md, draws.csv."""
-    rows = read_rows(rows_files)
-    if rows.empty:
-        raise ValueError(f"no result rows in {rows_files}")
-    models = sorted(rows["model"].dropna().unique())
-    if model is None and len(models) > 1:
-        raise ValueError(f"rows hold several models {models}: pick one with --model")
+    rows = _rows_of_one_model(rows_files, model)
     prov = tables.provenance(rows)
     if prov["dirty"]:
         log.warning("rows from a dirty work tree (%s): the report marks them; do not commit them as results",
