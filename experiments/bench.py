@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from nirvana.atomic import write_json
-from nirvana.bench.sections import run_section, scoring_goal, validate
+from nirvana.bench.sections import check_environment, run_section, scoring_goal, validate
 from nirvana.bench.summary import provenance, utc_now, write_summary
 from nirvana.results import versions
 
@@ -28,6 +28,7 @@ log = logging.getLogger("experiments.bench")
 def run_bench(cfg: DictConfig) -> Path:
     c = OmegaConf.to_container(cfg, resolve=True)
     validate(c)
+    check_environment(c)
     versions()  # the commit now, before this benchmark's own results files change the tree
     out_dir = Path(c["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)

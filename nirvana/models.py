@@ -79,7 +79,7 @@ def resolve_path(name_or_path: str) -> str:
     return name_or_path
 
 
-MODELING_FILE = "modeling_nirvana.py"  # what save_pruned ships in a pruned checkpoint (nirvana.checkpoint)
+MODELING_FILE = "modeling_nirvana.py"  # what save_pruned ships in a pruned checkpoint (nirvana.surgery.checkpoint)
 
 
 def trusts_code(path: str, setting: bool | None = None) -> bool:

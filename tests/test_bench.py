@@ -89,6 +89,16 @@ def test_bench_config_composes():
                                   "demo"]
 
 
+def test_a_missing_llamacpp_runtime_is_named_before_any_section_runs(monkeypatch):
+    from nirvana.bench.sections import check_environment
+    from nirvana.deploy import runtime
+
+    monkeypatch.setattr(runtime, "available", lambda: False)
+    with pytest.raises(RuntimeError, match="make setup-llamacpp"):
+        check_environment({"sections": ["speed", "llamacpp"]})
+    check_environment({"sections": ["speed"]})  # without the section nothing is required
+
+
 def _shrunk(tmp_path, *extra):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="bench", overrides=[

@@ -1,4 +1,4 @@
-"""Bias compensation as an ablation flag of the score-based pruners (nirvana.compensation): the same units go,
+"""Bias compensation as an ablation flag of the score-based pruners (nirvana.surgery.compensation): the same units go,
 and each output projection gets the removed channels' calibration-mean contribution as a bias."""
 
 from __future__ import annotations

@@ -210,8 +210,8 @@ def test_corrupt_rows_lines_are_skipped_with_a_warning_naming_file_and_line(tmp_
 KILLED_SAVE = textwrap.dedent("""
     import sys, time
     import torch
-    from nirvana.checkpoint import save_pruned
-    from nirvana.pruning import prune
+    from nirvana.surgery.checkpoint import save_pruned
+    from nirvana.pruners import prune
     from nirvana.tiny import tiny_model, tiny_tokenizer
     model = tiny_model("llama")
     prune(model, None, pruner="magnitude", sparsity=0.3, gamma=1.0)
@@ -227,9 +227,10 @@ KILLED_SAVE = textwrap.dedent("""
 
 def test_kill_9_during_a_checkpoint_save_leaves_no_partial_checkpoint(tmp_path):
     target = tmp_path / "ckpt"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(target)], stdout=subprocess.PIPE, text=True,
-                            cwd=ROOT)
-    assert proc.stdout.readline().strip() == "saving"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(target)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    first = proc.stdout.readline().strip()
+    assert first == "saving", proc.communicate()[1]  # the child's traceback, when it died before saving
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not target.exists()  # the half-written folder is a hidden temporary sibling, never the checkpoint

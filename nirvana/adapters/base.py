@@ -270,7 +270,7 @@ class ModelAdapter:
                 else:
                     block.forward = forward
 
-    # --- layer-wise execution (activation statistics: nirvana.statistics) ---------------------------
+    # --- layer-wise execution (activation statistics: nirvana.scoring.statistics) ---------------------------
     def block_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """(hidden states, keyword arguments) with which the model calls its first block on `input_ids`:
         everything the blocks share (position embeddings, attention mask) is computed once, by the model

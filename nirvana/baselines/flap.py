@@ -1,7 +1,7 @@
 """FLAP (An et al., AAAI 2024) as in its repository's `prune_flap` with metric WIFV and structure AL-AM.
 
 1. Statistics on the UNPRUNED model, at the inputs of o_proj and down_proj, samples folded in one at a
-   time: the running token-mean baseline and FLAP's fluctuation recurrence (nirvana.statistics).
+   time: the running token-mean baseline and FLAP's fluctuation recurrence (nirvana.scoring.statistics).
 2. Channel metric (WIFV) = fluctuation × Σ_rows W² of that input column; for o_proj the official code
    squares it again (kept: `square_attention=True`).
 3. AL-AM allocation: standardize each module's channel metrics within each layer ((x − mean)/std,

@@ -1,6 +1,6 @@
 """Wanda-sp: structured Wanda as in the FLAP repository (`prune_wanda_sp`), in our adapters and plans.
 
-Per layer, in order (one layer-wise pass, nirvana.statistics): collect the mean of x² per input channel of
+Per layer, in order (one layer-wise pass, nirvana.scoring.statistics): collect the mean of x² per input channel of
 o_proj and down_proj over the calibration tokens — with the layers before it already pruned —, score each
 channel |W|·√(mean x²) averaged over the output rows, sum the channels of each unit, and keep the units scoring
 ≥ the score at index int(ratio·n) of the ascending sort. The layer is then pruned (here: masked in place,

@@ -6,13 +6,13 @@ Variants (all the same criterion — the plans are checked identical to the naiv
                         in vocabulary chunks
   ours+checkpointing  — plus activation checkpointing (one extra forward pass of time)
   ours+micro_batch    — plus exact gradient accumulation over micro-batches of B/4 rows (holds the gradients)
-  auto                — nirvana.scoring.NirvanaScorer() as shipped: the schedule chosen by nirvana.schedule's
+  auto                — nirvana.scoring.NirvanaScorer() as shipped: the schedule chosen by nirvana.scoring.schedule's
                         estimate (its cost — forwards of 3 rows — is inside the measured time)
   reference           — a model's optional `reference_dtype` (e.g. float32 for a bf16 model): the same weights
                         upcast and re-scored (one pass + checkpointing), the arbiter when lower-precision
                         variants disagree with each other (their rounding, not the schedule, then decides the
                         plan); every variant's plan is compared with it unit by unit
-Every variant but naive also records what nirvana.schedule predicted for its schedule, so the estimate is checked
+Every variant but naive also records what nirvana.scoring.schedule predicted for its schedule, so the estimate is checked
 against the measured peak. Each measurement runs in a fresh process (nirvana.bench.isolate); repeats are
 interleaved across variants so that a noisy neighbour hits all of them alike; medians are reported.
 """

@@ -18,7 +18,7 @@ from .scoring import check_variants
 BENCH_SECTIONS = ("scoring", "statistics", "kl", "speed", "llamacpp", "quant", "zeroshot", "exactness", "demo")
 # The issue's targets, recorded with the results so the summary can say which variant meets them.
 SCORING_GOAL = {"peak_ratio": 0.6, "time_ratio": 1.0}
-# The automatic schedule (nirvana.schedule): as shipped, at most this peak and time relative to the naive scorer,
+# The automatic schedule (nirvana.scoring.schedule): as shipped, at most this peak and time relative to the naive scorer,
 # and its memory estimate within `prediction` of the measured peak for every variant it predicts.
 AUTO_GOAL = {"variant": "auto", "peak_ratio": 0.4, "time_ratio": 1.0, "prediction": 0.2}
 
@@ -54,15 +54,13 @@ def validate(cfg: dict) -> None:
     if "speed" in cfg["sections"] and int(cfg["speed"]["repeats"]) < 1:
         raise ValueError(f"speed.repeats must be ≥ 1, got {cfg['speed']['repeats']}")
     if "llamacpp" in cfg["sections"]:
-        from ..deploy import check_gguf_type, runtime
+        from ..deploy import check_gguf_type
 
         c = cfg["llamacpp"]
         for t in c["types"]:
             check_gguf_type(t)
         if int(c["repeats"]) < 1 or not c["threads"] or any(int(n) < 1 for n in c["threads"]):
             raise ValueError(f"llamacpp.repeats and every llamacpp.threads must be ≥ 1, got {c['repeats']}, {c['threads']}")
-        if not runtime.available():
-            raise RuntimeError(runtime.INSTALL_HINT + "; or leave the section out: sections=[…] without llamacpp")
     if "quant" in cfg["sections"]:
         from ..quantization import QuantSpec
 
@@ -76,6 +74,17 @@ def validate(cfg: dict) -> None:
         check_tasks(list(z["tasks"]), "local")
         if int(z["limit"]) < 1 or int(z["repeats"]) < 1:
             raise ValueError(f"zeroshot.limit and zeroshot.repeats must be ≥ 1, got {z['limit']}, {z['repeats']}")
+
+
+def check_environment(cfg: dict) -> None:
+    """What this machine must have for the chosen sections, checked after `validate` and before any section runs.
+
+    Kept apart from `validate` so a configuration can be checked on a machine that lacks an optional runtime."""
+    if "llamacpp" in cfg["sections"]:
+        from ..deploy import runtime
+
+        if not runtime.available():
+            raise RuntimeError(runtime.INSTALL_HINT + "; or leave the section out: sections=[…] without llamacpp")
 
 
 def _bar(progress: bool, desc: str):

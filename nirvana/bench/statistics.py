@@ -1,7 +1,7 @@
 """Statistics benchmark: the activation-statistics pass of Wanda-sp and FLAP, layer-wise vs whole-model forwards.
 
 Schedules (the same statistics, hence the same plans — checked):
-  layerwise — nirvana.statistics: the calibration batch embedded once and carried block by block (Wanda-sp:
+  layerwise — nirvana.scoring.statistics: the calibration batch embedded once and carried block by block (Wanda-sp:
               each block run again after masking, for the next block's inputs)
   forward   — nirvana.bench.naive_statistics: whole-model forwards with hooks; Wanda-sp needs one truncated
               forward per layer (quadratic in depth), FLAP one forward

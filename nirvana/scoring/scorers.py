@@ -28,7 +28,7 @@ Memory (benchmarked by `make bench`, results/bench/):
     single pass is usually the better trade. Exactness needs every row of the batch to carry the same
     weight in the target: true for all our targets, because calibration batches are rectangular.
   - `schedule="auto"` (the default) chooses micro-batching and checkpointing itself from an estimate made before
-    the scoring pass (nirvana.schedule); an explicit `micro_batch_size` or `checkpointing=True` wins,
+    the scoring pass (nirvana.scoring.schedule); an explicit `micro_batch_size` or `checkpointing=True` wins,
     and `schedule="manual"` runs exactly the options given.
 """
 
@@ -164,7 +164,7 @@ class GradientSaliencyScorer(Scorer):
         return 2 * 4 * seq_len * adapter.vocab_size()
 
     def memory_profile(self, adapter: ModelAdapter, input_ids: torch.Tensor) -> ActivationProfile:
-        """What a scoring pass on a batch of this shape holds, per row and in total (nirvana.schedule): forwards
+        """What a scoring pass on a batch of this shape holds, per row and in total (nirvana.scoring.schedule): forwards
         of its first 1 and 2 rows, no backward."""
         seq_len = input_ids.shape[1]
         owners = scored_parameters(adapter, self.include_bias)

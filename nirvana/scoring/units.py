@@ -58,7 +58,7 @@ def blocked_sum(weight_scores: torch.Tensor, s: ParamSlice, n_units: int) -> tor
 
 def add_weight_scores(scores: UnitScores, weight_scores: torch.Tensor, entries) -> None:
     """Add one parameter's per-weight scores into the unit scores it feeds (`entries` from
-    `nirvana.scoring.scored_parameters`)."""
+    `nirvana.scoring.scorers.scored_parameters`)."""
     for kind, layer, n, s in entries:
         scores.of(kind)[layer][slice(*s.span(n))] += blocked_sum(weight_scores, s, n).double().cpu()
 

@@ -88,7 +88,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
 def cut_copy(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """A copy of `model` cut to `plan` that shares every tensor the cut leaves alone (embeddings, norms, head, the
     units' parent modules' other weights): it costs only the kept slices (`cut_copy_bytes`), and `model` stays
-    dense. Its logits are the masked model's (nirvana.masking) up to float summation order, at the pruned cost."""
+    dense. Its logits are the masked model's (nirvana.surgery.masking) up to float summation order, at the pruned cost."""
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
     return apply_plan(copy.deepcopy(model, memo=shared), plan)  # surgery replaces tensors, never writes into them
 
