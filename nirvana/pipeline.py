@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .adapters import adapter_class_for, get_adapter
 from .allocation import ROUND_TO, gamma_candidates, validate_hyperparameters
-from .allocation.gamma import choose_gamma, feasible_gammas
+from .allocation.gamma import GAMMA_SEARCHES, choose_gamma, eligible_gammas, feasible_gammas, rate_gammas
 from .calibration import (
     CalibrationConfig,
     Candidate,
@@ -35,12 +35,15 @@ from .calibration import (
     plan_stability,
 )
 from .models import skeleton
-from .probe import KLProbe, kl_memo_path
+from .probe import KLProbe
 from .pruners import compute_plans, get_pruner
 from .surgery.cut import apply_plan
 from .surgery.plan import PruningPlan
 
 log = logging.getLogger(__name__)
+
+# How a run chooses γ among a list (pipeline options, never the pruner's own)
+GAMMA_OPTIONS = ("gamma", "gamma_sparsity_slack", "gamma_search")
 
 
 @dataclass
@@ -113,6 +116,8 @@ def check_recipe(recipe: PruneRecipe, config=None) -> None:
     slack = recipe.options.get("gamma_sparsity_slack")
     if slack is not None and (isinstance(slack, bool) or not isinstance(slack, int | float) or not 0 <= slack < 1):
         raise ValueError(f"gamma_sparsity_slack must be null or a number in [0, 1), got {slack!r}")
+    if (recipe.options.get("gamma_search") or "grid") not in GAMMA_SEARCHES:
+        raise ValueError(f"gamma_search must be one of {GAMMA_SEARCHES}, got {recipe.options.get('gamma_search')!r}")
     c = recipe.calibration
     choosing_gamma = len(gammas) > 1
     if choosing_gamma and not method.chooses_gamma(recipe.options):
@@ -158,8 +163,8 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
     check_recipe(recipe)
     t0 = time.perf_counter()
     method, c = get_pruner(recipe.pruner), recipe.calibration
-    options = {k: v for k, v in recipe.options.items() if k not in ("gamma", "gamma_sparsity_slack")}
-    slack = recipe.options.get("gamma_sparsity_slack")
+    options = {k: v for k, v in recipe.options.items() if k not in GAMMA_OPTIONS}
+    slack, gamma_search = recipe.options.get("gamma_sparsity_slack"), recipe.options.get("gamma_search") or "grid"
     gammas = asked = gamma_candidates(recipe.gamma if recipe.gamma is not None else 1.0)
     skipped: list[float] = []
     if len(gammas) > 1:
@@ -172,8 +177,7 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
     selecting = c is not None and c.selection != "none"
     probe = None
     if (len(gammas) > 1 or selecting or recipe.measure_kl) and c is not None and c.source != "tensor":
-        memo = kl_memo_path(recipe.score_cache, model) if recipe.score_cache else None
-        probe = KLProbe.build(model, tokenizer, c, memo)
+        probe = KLProbe.build(model, tokenizer, c, recipe.score_cache)
     recorded_probe = probe if probe is not None and (selecting or recipe.measure_kl) else None
 
     def plan_for(ids, extra=None) -> PruningPlan:
@@ -181,7 +185,9 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
                               extra=extra, score_cache=recipe.score_cache, progress=recipe.progress, **options)
         if len(plans) == 1:
             return plans[0]
-        return choose_gamma(plans, probe.rate(plans), gammas, asked, recipe.sparsity, slack, skipped)
+        eligible = eligible_gammas(plans, recipe.sparsity, slack)  # known from the plans, before any rating
+        kls = rate_gammas(gammas, eligible, lambda idx: probe.rate([plans[i] for i in idx]), gamma_search)
+        return choose_gamma(plans, kls, gammas, asked, recipe.sparsity, slack, skipped, gamma_search)
 
     ids, record = None, {"selection": "none", "source": None, "seed": None}
     if method.needs_calibration:

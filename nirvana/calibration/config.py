@@ -15,6 +15,7 @@ from ..schema import later
 from .sources import SOURCES
 
 SELECTIONS = ("none", "kl", "kl_per_sample")
+REFERENCE_PRECISIONS = ("float32", "float16")  # nirvana.probe.reference
 
 
 @dataclass
@@ -25,6 +26,9 @@ class ProbeConfig:
     seq_len: int = 64
     documents: int = 200  # sources without a registered probe set: their last N documents (never drawn)
     batch_size: int = 16  # probe windows per forward
+    # the dense side of every KL, kept in the score cache (nirvana.probe.reference): float32 (exact, the numbers
+    # computed without it) | float16 (half the disk; KLs move by a documented, tested amount: hashed in run ids)
+    reference: str = later("float32")
 
     def __post_init__(self) -> None:
         if self.n_samples < 1 or self.seq_len < 2:
@@ -34,6 +38,9 @@ class ProbeConfig:
             raise ValueError(f"calibration.probe.documents must be ≥ 1, got {self.documents}")
         if self.batch_size < 1:
             raise ValueError(f"calibration.probe.batch_size must be ≥ 1, got {self.batch_size}")
+        if self.reference not in REFERENCE_PRECISIONS:
+            raise ValueError(f"calibration.probe.reference must be one of {REFERENCE_PRECISIONS}, got "
+                             f"{self.reference!r}")
 
 
 @dataclass

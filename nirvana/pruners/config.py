@@ -20,7 +20,7 @@ from ..allocation import (
     SPARE_HIGHEST_INDEX,
     SPARE_RULES,
 )
-from ..allocation.gamma import OFFICIAL_GAMMA, gamma_candidates
+from ..allocation.gamma import GAMMA_SEARCHES, OFFICIAL_GAMMA, gamma_candidates
 from ..schema import later, unhashed
 from ..scoring.schedule import DEFAULT_TIME_TOLERANCE, SCHEDULES
 
@@ -66,9 +66,12 @@ class GlobalAllocation:
     round_to: int = ROUND_TO  # kept MLP width rounded up to a multiple of this
     spare_rule: str = SPARE_HIGHEST_INDEX  # a fully pruned layer keeps its highest-index group (official) | best_score
     arithmetic: str = ARITHMETIC_OFFICIAL  # the closed form in the official float order | exact (rational)
+    # γ=auto or a list: rate every candidate (grid) | coarse to fine (nirvana.allocation.gamma.rate_gammas)
+    gamma_search: str = later("grid")
 
     def check_allocation(self) -> None:
         _choice("allocator", self.allocator, ALLOCATORS)
+        _choice("gamma_search", self.gamma_search, GAMMA_SEARCHES)
         gamma_candidates(self.gamma)  # a number > 0, a non-empty list of them, or auto
         _at_least("round_to", self.round_to, 1)
         _choice("spare_rule", self.spare_rule, SPARE_RULES)
