@@ -18,6 +18,7 @@ from .. import schema
 from ..allocation import AUTO_GAMMAS
 from ..calibration import CalibrationConfig, calibration_span, probe_span
 from ..pipeline import method_name
+from ..probe import HeldOutText
 from ..results import make_row, make_run_id
 from ..surgery.plan import PLAN_FILENAME, PruningPlan
 from ..texts import OFFLINE_SETS, Span
@@ -105,6 +106,24 @@ def mark_overlaps(rows: list[dict], record: dict) -> list[dict]:
         for r in rows:
             r["extra"] = {**r["extra"], "overlaps_allowed": record["overlaps_allowed"]}
     return rows
+
+
+def search_heldout(config, texts: dict[str, list[str]]) -> HeldOutText | None:
+    """The held-out report of a searched allocation (nirvana.probe.heldout; never used for selection): the first
+    `pruner.search.heldout_windows` windows of one of the run's own perplexity sets (`heldout_set`, default the
+    first) at `heldout_seq_len` (default its first window length); None without a search, a report or a set."""
+    search = getattr(config.pruner, "search", None)
+    if getattr(config.pruner, "allocator", None) != "search" or search is None or not search.heldout_windows:
+        return None
+    p = config.eval.perplexity
+    if p is None:
+        return None
+    name = search.heldout_set or p.datasets[0]
+    if name not in p.datasets:
+        raise ValueError(f"pruner.search.heldout_set={name!r} is not one of the run's perplexity sets {p.datasets}: "
+                         f"the held-out report reads the run's own evaluation text")
+    seq_len = int(search.heldout_seq_len or p.seq_len[0])
+    return HeldOutText(f"{ppl_mod.dataset_label(name)}@{seq_len}", texts[name], seq_len, search.heldout_windows)
 
 
 def load_eval_texts(e: EvalConfig) -> dict[str, list[str]]:

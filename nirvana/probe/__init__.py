@@ -22,7 +22,7 @@ from ..calibration import CalibrationConfig
 from ..scoring.cache import model_fingerprint
 from ..surgery.plan import PruningPlan
 from . import kl
-from .heldout import HeldOut, heldout_windows
+from .heldout import HeldOut, HeldOutText, heldout_windows
 from .kl import (
     KL_TOKEN_CHUNK,
     PLAN_FORWARDS,
@@ -117,6 +117,6 @@ class KLProbe:
         return out
 
 
-__all__ = ["KL_TOKEN_CHUNK", "PLAN_FORWARDS", "REFERENCE_PRECISIONS", "DenseReference", "HeldOut", "KLMemo", "KLProbe",
-           "Probe", "ProbeCounts", "build_probe", "dense_log_probs", "heldout_windows", "kl_memo_path", "kl_to_dense",
-           "kls_to_dense", "plan_forward", "token_kls"]
+__all__ = ["KL_TOKEN_CHUNK", "PLAN_FORWARDS", "REFERENCE_PRECISIONS", "DenseReference", "HeldOut", "HeldOutText",
+           "KLMemo", "KLProbe", "Probe", "ProbeCounts", "build_probe", "dense_log_probs", "heldout_windows",
+           "kl_memo_path", "kl_to_dense", "kls_to_dense", "plan_forward", "token_kls"]

@@ -31,12 +31,27 @@ def heldout_windows(texts: list[str], tokenizer, seq_len: int, n_windows: int) -
 
 
 @dataclass
+class HeldOutText:
+    """Which held-out windows to report on, before a tokenizer exists: an evaluation set's texts, its metric label
+    (`wiki_passages@512`), the window length and how many windows."""
+
+    label: str
+    texts: list[str]
+    seq_len: int
+    windows: int
+
+
+@dataclass
 class HeldOut:
     """The first windows of one evaluation set (`label`: its metric name, e.g. `wiki_passages@512`)."""
 
     label: str
     windows: torch.Tensor  # [n, seq_len]
     batch_size: int = 4
+
+    @classmethod
+    def build(cls, spec: HeldOutText, tokenizer) -> HeldOut:
+        return cls(spec.label, heldout_windows(spec.texts, tokenizer, spec.seq_len, spec.windows))
 
     @torch.no_grad()
     def nll(self, model: torch.nn.Module) -> float:
