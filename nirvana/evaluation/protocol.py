@@ -194,7 +194,24 @@ def pruning_rows(run: dict[str, Any], plan: PruningPlan | None, outcome=None) ->
                              extra={"gamma": cand["gamma"], "chosen": cand["gamma"] == gammas["chosen"]}))
     if outcome.kl_probe is not None:
         rows.append(make_row(run, "calibration", "kl/probe", outcome.kl_probe, extra={"probe": outcome.probe}))
-    return rows
+    return rows + search_rows(run, plan.extra.get("search"))
+
+
+def search_rows(run: dict[str, Any], search: dict | None) -> list[dict]:
+    """allocator=search (nirvana.allocation.search): the fitness of the starting plan and of the best found (KL on
+    the first `fitness_windows` probe windows), and what the search cost. The per-generation trace — fitness, probe
+    forwards and tokens, seconds, the held-out report of each generation's best — rides in the best's extra, so a
+    reader of the rows alone sees whether the search over-fits the probe."""
+    if not search:
+        return []
+    trace = search["trace"]
+    cost = {k: sum(e.get(k, 0) for e in trace) for k in ("rated", "plan_batches", "tokens", "seconds")}
+    common = {"fitness_windows": search["fitness_windows"], "probe": search.get("probe")}
+    return [make_row(run, "search", "kl/start", search["start_fitness"], n=search["fitness_windows"], extra=common),
+            make_row(run, "search", "kl/best", search["fitness"], n=len(trace) - 1,
+                     extra={**common, "heldout": search.get("heldout"), "start": search["start"],
+                            "best": search["best"], "trace": trace}),
+            make_row(run, "search", "search_seconds", cost.pop("seconds"), n=len(trace) - 1, extra=cost)]
 
 
 def recovery_rows(run: dict[str, Any], result, extra: dict[str, Any]) -> list[dict]:
