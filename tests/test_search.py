@@ -59,6 +59,17 @@ def test_every_mutation_keeps_the_weight_budget_exactly(family, calib_ids):
     assert moved > 100  # the space has room: the search is not stuck at its start
 
 
+def test_a_start_with_an_emptied_mlp_stays_searchable_and_no_other_mlp_empties(calib_ids):
+    model, scores, plan, _ = _start(calib_ids)
+    kept = [(list(a), list(m)) for a, m in plan.kept_units()]
+    kept[0] = (kept[0][0], [])  # FLAP may empty a layer's MLP
+    space = SearchSpace(get_adapter(model).layers(), scores, kept, 8)
+    rng, parent = random.Random(1), space.start
+    for _ in range(200):
+        parent = space.mutate(parent, rng, max_moves=3) or parent
+        assert all(m >= 8 for m in parent.mlp[1:]) and space.removed_weights(parent) == space.removed_weights(space.start)
+
+
 def test_decoding_the_starting_allocation_gives_the_starting_plan(calib_ids):
     _, _, plan, space = _start(calib_ids)
     assert space.decode(space.start) == [(list(a), list(m)) for a, m in plan.kept_units()]

@@ -10,17 +10,19 @@ per-layer numbers of kept attention groups and MLP neurons, with the units insid
 method's own scores. It is written from the papers' descriptions; no code of theirs is used.
 
 - **Space.** Per layer, kept attention groups a_l ∈ [1, N_a] and kept MLP neurons m_l ∈ [r, N_m], a multiple of
-  r = round_to (or N_m itself). A layer's kept units are its starting plan's, minus its lowest-scoring kept units or
-  plus its highest-scoring pruned ones (`decode`), so the starting allocation decodes to the starting plan exactly.
+  r = round_to (or N_m itself; below r only where the starting plan already is). A layer's kept units are its
+  starting plan's, minus its lowest-scoring kept units or plus its highest-scoring pruned ones (`decode`), so the
+  starting allocation decodes to the starting plan exactly.
 - **Budget.** Every candidate removes exactly the starting plan's number of attention + MLP *weights* (the budget
   NIRVANA's closed form counts): every mutation moves whole units between layers at a fixed total. Qwen2's q/k/v
-  biases leave with their group without entering that count (as in NIRVANA's own budget), so a move of attention
-  groups across kinds changes the removed *parameters* by 3·head_dim·(n_rep + 2)… per group (0.06 % of a group).
+  biases leave with their group without entering that count (as in NIRVANA's own budget), so only an attention ↔
+  MLP exchange changes the removed *parameters*, by (n_rep + 2)·head_dim biases per group moved (a group's weights
+  are 2·d_model·(n_rep + 1)·head_dim: far under 0.1 % of them).
 - **Mutations.** (EvoPress's level switch, at a fixed total.) `mlp`: k·r neurons (k ≤ mlp_step/r) go from one layer's
   MLP to another's; `attention`: one group from one layer to another; `exchange`: attention ↔ MLP at the exact cost
   ratio — the smallest whole numbers of groups and neurons of equal weight count, n_g·c_a = n_m·c_m with n_m a
-  multiple of r (`exchange_quantum`: 3 groups ↔ 512 neurons on SmolLM2 and on Llama-3.1-8B at r = 8); off where that
-  needs more than a quarter of the model's groups. An offspring is 1 to `max_moves` such moves on its parent.
+  multiple of r (`exchange_quantum` at r = 8: 3 groups ↔ 512 neurons on SmolLM2, 3 ↔ 1280 on Llama-3.1-8B); off
+  where that needs more than a quarter of the model's groups. An offspring is 1 to `max_moves` such moves on its parent.
 - **Selection.** A (1 + λ) scheme with multi-step selection: each generation draws λ = `offspring` children of the
   current best, rates all on the first `windows[0]` probe windows, keeps the best `survivors[0]`, rates them on
   `windows[1]` windows, …; the best child on the last stage's windows replaces the parent only if its KL there is
@@ -129,6 +131,9 @@ class SearchSpace:
         self.c_att = [layer.attention.weight_cost for layer in layers]
         self.c_mlp = [layer.mlp.weight_cost for layer in layers]
         self.start = Allocation([len(a) for a, _ in start], [len(m) for _, m in start])
+        # the narrowest MLP a layer may get: one round_to step, or what the starting plan gives it when that is less
+        # (FLAP may empty a layer's MLP; the search may keep it so but never empties another)
+        self.min_mlp = [min(round_to, n, m) for n, m in zip(self.n_mlp, self.start.mlp, strict=True)]
         for i, (a, m) in enumerate(zip(self.start.attention, self.start.mlp, strict=True)):
             if a < 1 or not self.valid_width(i, m):
                 raise ValueError(f"the starting plan's layer {i} keeps {a} groups / {m} neurons: outside the search "
@@ -152,7 +157,7 @@ class SearchSpace:
 
     def valid_width(self, i: int, m: int) -> bool:
         n = self.n_mlp[i]
-        return min(self.r, n) <= m <= n and (m % self.r == 0 or m == n)
+        return self.min_mlp[i] <= m <= n and (m % self.r == 0 or m == n)
 
     def removed_weights(self, x: Allocation) -> int:
         return sum((na - a) * ca + (nm - m) * cm for na, a, ca, nm, m, cm in
