@@ -44,7 +44,7 @@ SETUP_STAMP  := $(VENV)/.setup-done
 ASSETS_STAMP := $(NIRVANA_CACHE)/.assets-done
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-llamacpp assets test test-fast test-llamacpp demo reproduce-table2 reproduce-draws report-draws reproduce-beyond reproduce-quant reproduce-gguf reproduce-gguf-round reproduce-recovery sweep-status report-demo notebooks bench gpu-check lint clean-assets
+.PHONY: help setup setup-llamacpp assets test test-fast test-llamacpp demo reproduce-table2 reproduce-draws report-draws reproduce-search report-search reproduce-beyond reproduce-quant reproduce-gguf reproduce-gguf-round reproduce-recovery sweep-status report-demo notebooks bench gpu-check lint clean-assets
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-20s %s\n", $$1, $$2}'
@@ -120,6 +120,23 @@ report-draws: $(SETUP_STAMP) ## the draw-aware report from the rows there are (T
 		results/rows/draws_$(DRAWS_MODEL).jsonl results/rows/beyond_$(DRAWS_MODEL).jsonl \
 		--out results/tables/$(DRAWS_MODEL)_draws --model $(DRAWS_MODEL) --family $(DRAWS_FAMILY) --also nirvana:kl \
 		--command "make reproduce-draws$(if $(DRAWS_OPT_IN), MODEL=$(DRAWS_OPT_IN))"
+
+# reproduce-search: SmolLM2 unless MODEL names the opt-in Qwen model (20/40 % there: conf/experiment/search_qwen.yaml)
+SEARCH_OPT_IN = $(filter qwen2.5_coder_0.5b,$(MODEL))
+SEARCH_MODEL  = $(or $(SEARCH_OPT_IN),smollm2_135m)
+SEARCH_SWEEP  = search$(if $(SEARCH_OPT_IN),_qwen)
+
+reproduce-search: $(SETUP_STAMP) ## searched per-layer allocation (beyond the paper, offline SmolLM2; MODEL=qwen2.5_coder_0.5b: Qwen): nirvana:search and flap:search vs NIRVANA's global threshold and FLAP → results/tables/search*
+	$(MAKE) --no-print-directory assets $(addprefix MODELS=,$(SEARCH_OPT_IN))
+	$(PY) -m experiments.run -m experiment=$(SEARCH_SWEEP) hydra/launcher=$(LAUNCHER) $(ARGS)
+	$(MAKE) --no-print-directory report-search MODEL=$(SEARCH_MODEL)
+
+report-search: $(SETUP_STAMP) ## the searched-allocation report from the rows there are (Table 2's and the search sweep's) → results/tables/search*
+	$(PY) -m experiments.report --rows results/rows/table2_$(SEARCH_MODEL).jsonl results/rows/search_$(SEARCH_MODEL).jsonl \
+		--out results/tables/search$(addprefix _,$(SEARCH_OPT_IN)) --model $(SEARCH_MODEL) \
+		--command "make reproduce-search$(if $(SEARCH_OPT_IN), MODEL=$(SEARCH_OPT_IN))" \
+		--reference nirvana:search nirvana flap flap:search \
+		--plans $$(ls -t outputs/search/$(SEARCH_MODEL)/*/*/pruning_plan.json 2>/dev/null | head -20)
 
 reproduce-beyond: $(SETUP_STAMP) ## beyond the paper (offline SmolLM2; MODEL=qwen2.5_coder_0.5b: Qwen): KL-chosen calibration and γ, ablations, baselines with KL calibration → results/tables/beyond*
 	$(MAKE) --no-print-directory assets $(addprefix MODELS=,$(BEYOND_OPT_IN))

@@ -61,6 +61,8 @@ def run_experiment(c: RunConfig, out_dir: str | Path, sweep: str | None = None) 
                  c.pruner.name, c.sparsity, done)
         return []
     texts, examples = protocol.load_eval_texts(c.eval), (recovery.examples() if recovery else None)
+    if recipe is not None:
+        recipe.heldout = protocol.search_heldout(c, texts)  # allocator=search: its held-out report
     logger = make_logger(job.logger)
     logger.log_config(identity)
 

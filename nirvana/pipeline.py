@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .adapters import adapter_class_for, get_adapter
 from .allocation import ROUND_TO, gamma_candidates, validate_hyperparameters
-from .allocation.gamma import choose_gamma, feasible_gammas
+from .allocation.gamma import GAMMA_SEARCHES, choose_gamma, eligible_gammas, feasible_gammas, rate_gammas
 from .calibration import (
     CalibrationConfig,
     Candidate,
@@ -35,12 +35,15 @@ from .calibration import (
     plan_stability,
 )
 from .models import skeleton
-from .probe import KLProbe, kl_memo_path
+from .probe import HeldOut, HeldOutText, KLProbe
 from .pruners import compute_plans, get_pruner
 from .surgery.cut import apply_plan
 from .surgery.plan import PruningPlan
 
 log = logging.getLogger(__name__)
+
+# How a run chooses γ among a list (pipeline options, never the pruner's own)
+GAMMA_OPTIONS = ("gamma", "gamma_sparsity_slack", "gamma_search")
 
 
 @dataclass
@@ -56,10 +59,17 @@ class PruneRecipe:
     score_cache: str | None = None  # folder of cached unit scores (nirvana.scoring.cache); None: off
     model_name: str | None = None  # recorded in the plan
     progress: bool = True  # progress bars (never part of a run's identity)
+    # allocator=search: the evaluation text whose first windows report each generation's best (never used to choose)
+    heldout: HeldOutText | None = None
 
     @property
     def gamma(self) -> float | None:
         return self.options.get("gamma")
+
+    @property
+    def searches(self) -> bool:
+        """Whether the allocation is searched (nirvana.pruners.search): rated on the KL probe."""
+        return get_pruner(self.pruner).searches(self.options)
 
     @classmethod
     def from_config(cls, config) -> PruneRecipe:
@@ -98,7 +108,7 @@ def method_name(pruner: str, variant: str | None) -> str:
 
 def _calibrated(recipe: PruneRecipe) -> bool:
     """Whether the run reads calibration text: to prune with, or to rate plans on the probe."""
-    return (get_pruner(recipe.pruner).needs_calibration or recipe.measure_kl
+    return (get_pruner(recipe.pruner).needs_calibration or recipe.measure_kl or recipe.searches
             or len(gamma_candidates(recipe.gamma if recipe.gamma is not None else 1.0)) > 1)
 
 
@@ -113,6 +123,8 @@ def check_recipe(recipe: PruneRecipe, config=None) -> None:
     slack = recipe.options.get("gamma_sparsity_slack")
     if slack is not None and (isinstance(slack, bool) or not isinstance(slack, int | float) or not 0 <= slack < 1):
         raise ValueError(f"gamma_sparsity_slack must be null or a number in [0, 1), got {slack!r}")
+    if (recipe.options.get("gamma_search") or "grid") not in GAMMA_SEARCHES:
+        raise ValueError(f"gamma_search must be one of {GAMMA_SEARCHES}, got {recipe.options.get('gamma_search')!r}")
     c = recipe.calibration
     choosing_gamma = len(gammas) > 1
     if choosing_gamma and not method.chooses_gamma(recipe.options):
@@ -124,6 +136,13 @@ def check_recipe(recipe: PruneRecipe, config=None) -> None:
         if choosing_gamma and c.source == "tensor":
             raise ValueError(f"gamma={recipe.gamma!r} judges each γ on the KL probe, which is cut from a text "
                              f"source; calibration.source=tensor has none")
+        if recipe.searches and c.source == "tensor":
+            raise ValueError("allocator=search rates each candidate on the KL probe, which is cut from a text source; "
+                             "calibration.source=tensor has none")
+        if recipe.searches and c.selection != "none":
+            raise ValueError(f"allocator=search with calibration.selection={c.selection!r} would run one search per "
+                             f"calibration draw; choose the draw first (e.g. recipe=nirvana_kl) and search from it "
+                             f"with calibration.seed=<its seed>")
         check_source(c)
     if config is None:
         return
@@ -154,12 +173,14 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
 
     `gamma=auto` (or a list of γ): every calibration candidate is scored once and planned at each feasible γ;
     the plan with the lowest KL to the dense model on the fixed probe wins, so K calibration draws × G values of
-    γ cost K scoring passes and K·G probe forwards. The plan records every γ's KL (`extra.gamma_choice`)."""
+    γ cost K scoring passes and K·G probe forwards (coarse to fine, `gamma_search=coarse`: fewer). The plan records
+    every rated γ's KL (`extra.gamma_choice`). `allocator=search`: the allocation is searched from the method's own
+    plan on the same probe (nirvana.pruners.search; its trace in `extra.search`)."""
     check_recipe(recipe)
     t0 = time.perf_counter()
     method, c = get_pruner(recipe.pruner), recipe.calibration
-    options = {k: v for k, v in recipe.options.items() if k not in ("gamma", "gamma_sparsity_slack")}
-    slack = recipe.options.get("gamma_sparsity_slack")
+    options = {k: v for k, v in recipe.options.items() if k not in GAMMA_OPTIONS}
+    slack, gamma_search = recipe.options.get("gamma_sparsity_slack"), recipe.options.get("gamma_search") or "grid"
     gammas = asked = gamma_candidates(recipe.gamma if recipe.gamma is not None else 1.0)
     skipped: list[float] = []
     if len(gammas) > 1:
@@ -171,17 +192,21 @@ def prune(model: torch.nn.Module, tokenizer, recipe: PruneRecipe, apply: bool = 
     # plan, the final plan); with the score cache on, not in a later run either (an interrupted selection resumes).
     selecting = c is not None and c.selection != "none"
     probe = None
-    if (len(gammas) > 1 or selecting or recipe.measure_kl) and c is not None and c.source != "tensor":
-        memo = kl_memo_path(recipe.score_cache, model) if recipe.score_cache else None
-        probe = KLProbe.build(model, tokenizer, c, memo)
+    if (len(gammas) > 1 or selecting or recipe.measure_kl or recipe.searches) and c is not None \
+            and c.source != "tensor":
+        probe = KLProbe.build(model, tokenizer, c, recipe.score_cache)
     recorded_probe = probe if probe is not None and (selecting or recipe.measure_kl) else None
+    heldout = HeldOut.build(recipe.heldout, tokenizer) if recipe.searches and recipe.heldout is not None else None
 
     def plan_for(ids, extra=None) -> PruningPlan:
         plans = compute_plans(model, ids, recipe.pruner, recipe.sparsity, gammas, model_name=recipe.model_name,
-                              extra=extra, score_cache=recipe.score_cache, progress=recipe.progress, **options)
+                              extra=extra, score_cache=recipe.score_cache, progress=recipe.progress, probe=probe,
+                              heldout=heldout, **options)
         if len(plans) == 1:
             return plans[0]
-        return choose_gamma(plans, probe.rate(plans), gammas, asked, recipe.sparsity, slack, skipped)
+        eligible = eligible_gammas(plans, recipe.sparsity, slack)  # known from the plans, before any rating
+        kls = rate_gammas(gammas, eligible, lambda idx: probe.rate([plans[i] for i in idx]), gamma_search)
+        return choose_gamma(plans, kls, gammas, asked, recipe.sparsity, slack, skipped, gamma_search)
 
     ids, record = None, {"selection": "none", "source": None, "seed": None}
     if method.needs_calibration:

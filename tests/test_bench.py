@@ -85,8 +85,8 @@ def test_bench_config_composes():
     from nirvana.bench.sections import validate
 
     validate(OmegaConf.to_container(cfg, resolve=True))
-    assert list(cfg.sections) == ["scoring", "statistics", "kl", "speed", "llamacpp", "quant", "zeroshot", "exactness",
-                                  "demo"]
+    assert list(cfg.sections) == ["scoring", "statistics", "kl", "kl_fitness", "speed", "llamacpp", "quant", "zeroshot",
+                                  "exactness", "demo"]
 
 
 def test_a_missing_llamacpp_runtime_is_named_before_any_section_runs(monkeypatch):
@@ -349,6 +349,28 @@ def test_kl_bench_times_cut_copies_against_masks_on_the_same_plans(tmp_path):
     assert row["plans"] == len(result["runs"][0]["gammas"]) > 1 and row["probe_tokens"] == 4 * 16
     assert row["same_choice"] and row["max_abs_kl_difference"] < 1e-4 and row["speedup"] > 0
     assert "## KL selection" in (tmp_path / "SUMMARY.md").read_text()
+
+
+def test_kl_fitness_bench_times_the_old_choice_against_the_new_one_and_both_agree(tmp_path):
+    from experiments.bench import run_bench
+
+    run_bench(_shrunk(tmp_path, "sections=[kl_fitness]", "kl_fitness.model=tiny:llama", "kl_fitness.sparsities=[0.4]",
+                      "kl_fitness.repeats=1", "kl_fitness.draws=2",
+                      "kl_fitness.probe={n_samples: 8, seq_len: 16, documents: 20, batch_size: 4}",
+                      "kl_fitness.calibration={source: pydoc, n_samples: 4, seq_len: 32, seed: 0}",
+                      f"kl_fitness.score_cache={tmp_path}/cache"))
+    result = json.loads((tmp_path / "kl_fitness.json").read_text())["result"]
+    (row,) = result["summary"]
+    old, new = (next(r for r in result["runs"] if r["path"] == p) for p in ("old", "new"))
+    assert row["draws"] == 2 and row["gammas"] == len(old["gammas"]) > 1 and row["probe_tokens"] == 8 * 16
+    assert row["same_choice"] and row["same_kl"] and row["speedup"] > 0
+    # the old path rates every γ of every draw with the dense outputs recomputed per draw; the new one computes
+    # them once and rates no more plans than the grid
+    assert old["plans_rated"] == 2 * len(old["gammas"]) and old["dense_batch_forwards"] == 2 * 2
+    assert new["dense_batch_forwards"] == 2 and new["plans_rated"] <= old["plans_rated"]
+    for o, n in zip(old["kls"], new["kls"], strict=True):  # what both rated, bit for bit
+        assert all(b is None or a == b for a, b in zip(o, n, strict=True))
+    assert "## KL fitness" in (tmp_path / "SUMMARY.md").read_text()
 
 
 def test_the_zeroshot_step_alone_measures_each_class_against_float32_in_bf16(tmp_path):

@@ -48,9 +48,13 @@ def flap_plan(
     bias_compensation: bool = True,
     batch_size: int = 8,
     progress: bool = True,
+    stats: dict | None = None,
 ) -> tuple[list[tuple[list[int], list[int]]], UnitScores, dict[int, dict[str, torch.Tensor]] | None]:
+    """(kept units per layer, the standardized unit scores, the compensation biases). `stats`: the statistics pass
+    of `input_ids` when the caller has run it already (nirvana.scoring.statistics.layerwise_channel_stats)."""
     layers = adapter.layers()
-    stats = layerwise_channel_stats(adapter, input_ids, batch_size=batch_size, progress=progress)
+    if stats is None:
+        stats = layerwise_channel_stats(adapter, input_ids, batch_size=batch_size, progress=progress)
     scores = UnitScores(attention=[], mlp=[])
     for layer in layers:
         for kind in MODULE_KINDS:

@@ -22,6 +22,7 @@ WORKERS = {
     "scoring": "nirvana.bench.scoring:measure_scoring",
     "statistics": "nirvana.bench.statistics:measure_statistics",
     "kl": "nirvana.bench.kl:measure_kl",
+    "kl_fitness": "nirvana.bench.kl_fitness:measure_kl_fitness",
     "zeroshot": "nirvana.bench.zeroshot:measure_zeroshot",
     "reference": "nirvana.bench.zeroshot:reference_loglikelihoods",
 }

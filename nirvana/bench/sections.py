@@ -15,7 +15,8 @@ from ..evaluation.zeroshot import check_tasks
 from .models import check_model_spec
 from .scoring import check_variants
 
-BENCH_SECTIONS = ("scoring", "statistics", "kl", "speed", "llamacpp", "quant", "zeroshot", "exactness", "demo")
+BENCH_SECTIONS = ("scoring", "statistics", "kl", "kl_fitness", "speed", "llamacpp", "quant", "zeroshot", "exactness",
+                  "demo")
 # The targets, recorded with the results so the summary can say which variant meets them.
 SCORING_GOAL = {"peak_ratio": 0.6, "time_ratio": 1.0}
 # The automatic schedule (nirvana.scoring.schedule): as shipped, at most this peak and time relative to the naive scorer,
@@ -51,6 +52,13 @@ def validate(cfg: dict) -> None:
         bad = [s for s in k["sparsities"] if not 0.0 < float(s) < 1.0]
         if bad:
             raise ValueError(f"kl.sparsities must lie in (0, 1), got {bad}")
+    if "kl_fitness" in cfg["sections"]:
+        k = cfg["kl_fitness"]
+        if int(k["repeats"]) < 1 or int(k["draws"]) < 1:
+            raise ValueError(f"kl_fitness.repeats and kl_fitness.draws must be ≥ 1, got {k['repeats']}, {k['draws']}")
+        bad = [s for s in k["sparsities"] if not 0.0 < float(s) < 1.0]
+        if bad:
+            raise ValueError(f"kl_fitness.sparsities must lie in (0, 1), got {bad}")
     if "speed" in cfg["sections"] and int(cfg["speed"]["repeats"]) < 1:
         raise ValueError(f"speed.repeats must be ≥ 1, got {cfg['speed']['repeats']}")
     if "llamacpp" in cfg["sections"]:
@@ -108,6 +116,11 @@ def run_section(name: str, cfg: dict) -> tuple[dict, dict]:
 
         return c, run_kl_bench(c["model"], c["sparsities"], c["repeats"], c["probe"], c["calibration"],
                                c.get("score_cache"), progress=bar)
+    if name == "kl_fitness":
+        from .kl_fitness import run_kl_fitness_bench
+
+        return c, run_kl_fitness_bench(c["model"], c["sparsities"], c["draws"], c["repeats"], c["probe"],
+                                       c["calibration"], c.get("score_cache"), progress=bar)
     if name == "speed":
         from .speed import run_speed_bench
 

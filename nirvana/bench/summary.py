@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ..provenance import describe, verified_commit
 
-SECTIONS = ("scoring", "statistics", "kl", "speed", "llamacpp", "quant", "zeroshot", "exactness", "demo", "gpu_check",
-            "gpu_zeroshot")
+SECTIONS = ("scoring", "statistics", "kl", "kl_fitness", "speed", "llamacpp", "quant", "zeroshot", "exactness", "demo",
+            "gpu_check", "gpu_zeroshot")
 
 
 def utc_now() -> str:
@@ -192,6 +192,25 @@ def kl_md(doc: dict) -> list[str]:
     return lines + _table(table)
 
 
+def kl_fitness_md(doc: dict) -> list[str]:
+    r = doc["result"]
+    lines = ["## KL fitness: choosing (draw, γ) before and after the shared dense reference", "",
+             f'{r["model"]}: NIRVANA\'s plans of {r["draws"]} calibration draws rated on the probe to choose the (draw, '
+             "γ) of lowest KL, as `recipe=nirvana_auto` does. Old: every γ of the grid, the dense probe outputs "
+             "recomputed per draw, the whole-batch KL arithmetic. New: one dense reference built in a fresh folder "
+             "(its forwards timed) and read back, γ coarse to fine, the chunked KL. Scoring is outside the timing. "
+             "Medians of alternating repeats, a fresh process each.", ""]
+    table = [{"sparsity": row["sparsity"], "draws × γ": f'{row["draws"]} × {row["gammas"]}',
+              "probe tokens": row["probe_tokens"], "old s": f'{row["old_seconds"]:.1f}',
+              "new s": f'{row["new_seconds"]:.1f}', "speed-up": f'**{row["speedup"]:.2f}×**',
+              "pruned forwards old / new": f'{row["old_plan_batches"]} / {row["new_plan_batches"]}',
+              "dense forwards old / new": f'{row["old_dense_batches"]} / {row["new_dense_batches"]}',
+              "same choice": (f'yes ({row["new_chosen"]["draw"]}, γ = {row["new_chosen"]["gamma"]:g})'
+                              if row["same_choice"] and row["same_kl"] else "**no**")}
+             for row in r["summary"]]
+    return lines + _table(table)
+
+
 def zeroshot_md(doc: dict) -> list[str]:
     r = doc["result"]
     med, rps = r["medians"], r["requests_per_s"]
@@ -308,7 +327,8 @@ def gpu_md(doc: dict) -> list[str]:
     return lines + ["", *_zeroshot_gpu_md(r["zeroshot"])]
 
 
-RENDER = {"scoring": scoring_md, "statistics": statistics_md, "kl": kl_md, "speed": speed_md, "llamacpp": llamacpp_md,
+RENDER = {"scoring": scoring_md, "statistics": statistics_md, "kl": kl_md, "kl_fitness": kl_fitness_md,
+          "speed": speed_md, "llamacpp": llamacpp_md,
           "quant": quant_md, "zeroshot": zeroshot_md,
           "exactness": exactness_md, "demo": demo_md, "gpu_check": gpu_md, "gpu_zeroshot": gpu_md}
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
-from ..schema import at_least, later
+from ..schema import at_least, later, one_of
 from .sources import SOURCES
 
 SELECTIONS = ("none", "kl", "kl_per_sample")
+REFERENCE_PRECISIONS = ("float32", "float16")  # nirvana.probe.reference
 
 
 @dataclass
@@ -25,6 +26,9 @@ class ProbeConfig:
     seq_len: int = 64
     documents: int = 200  # sources without a registered probe set: their last N documents (never drawn)
     batch_size: int = 16  # probe windows per forward
+    # the dense side of every KL, kept in the score cache (nirvana.probe.reference): float32 (exact, the numbers
+    # computed without it) | float16 (half the disk; KLs move by a documented, tested amount: hashed in run ids)
+    reference: str = later("float32")
 
     def __post_init__(self) -> None:
         if self.n_samples < 1 or self.seq_len < 2:
@@ -32,6 +36,7 @@ class ProbeConfig:
                              f"{self.seq_len}")
         at_least("calibration.probe.documents", self.documents, 1)
         at_least("calibration.probe.batch_size", self.batch_size, 1)
+        one_of("calibration.probe.reference", self.reference, REFERENCE_PRECISIONS)
 
 
 @dataclass

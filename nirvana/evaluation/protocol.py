@@ -18,6 +18,7 @@ from .. import schema
 from ..allocation import AUTO_GAMMAS
 from ..calibration import CalibrationConfig, calibration_span, probe_span
 from ..pipeline import method_name
+from ..probe import HeldOutText
 from ..results import make_row, make_run_id
 from ..surgery.plan import PLAN_FILENAME, PruningPlan
 from ..texts import OFFLINE_SETS, Span
@@ -107,6 +108,24 @@ def mark_overlaps(rows: list[dict], record: dict) -> list[dict]:
     return rows
 
 
+def search_heldout(config, texts: dict[str, list[str]]) -> HeldOutText | None:
+    """The held-out report of a searched allocation (nirvana.probe.heldout; never used for selection): the first
+    `pruner.search.heldout_windows` windows of one of the run's own perplexity sets (`heldout_set`, default the
+    first) at `heldout_seq_len` (default its first window length); None without a search, a report or a set."""
+    search = getattr(config.pruner, "search", None)
+    if getattr(config.pruner, "allocator", None) != "search" or search is None or not search.heldout_windows:
+        return None
+    p = config.eval.perplexity
+    if p is None:
+        return None
+    name = search.heldout_set or p.datasets[0]
+    if name not in p.datasets:
+        raise ValueError(f"pruner.search.heldout_set={name!r} is not one of the run's perplexity sets {p.datasets}: "
+                         f"the held-out report reads the run's own evaluation text")
+    seq_len = int(search.heldout_seq_len or p.seq_len[0])
+    return HeldOutText(f"{ppl_mod.dataset_label(name)}@{seq_len}", texts[name], seq_len, search.heldout_windows)
+
+
 def load_eval_texts(e: EvalConfig) -> dict[str, list[str]]:
     """The perplexity texts of every dataset the protocol names (loaded before the model on purpose)."""
     p = e.perplexity
@@ -175,7 +194,24 @@ def pruning_rows(run: dict[str, Any], plan: PruningPlan | None, outcome=None) ->
                              extra={"gamma": cand["gamma"], "chosen": cand["gamma"] == gammas["chosen"]}))
     if outcome.kl_probe is not None:
         rows.append(make_row(run, "calibration", "kl/probe", outcome.kl_probe, extra={"probe": outcome.probe}))
-    return rows
+    return rows + search_rows(run, plan.extra.get("search"))
+
+
+def search_rows(run: dict[str, Any], search: dict | None) -> list[dict]:
+    """allocator=search (nirvana.allocation.search): the fitness of the starting plan and of the best found (KL on
+    the first `fitness_windows` probe windows), and what the search cost. The per-generation trace — fitness, probe
+    forwards and tokens, seconds, the held-out report of each generation's best — rides in the best's extra, so a
+    reader of the rows alone sees whether the search over-fits the probe."""
+    if not search:
+        return []
+    trace = search["trace"]
+    cost = {k: sum(e.get(k, 0) for e in trace) for k in ("rated", "plan_batches", "tokens", "seconds")}
+    common = {"fitness_windows": search["fitness_windows"], "probe": search.get("probe")}
+    return [make_row(run, "search", "kl/start", search["start_fitness"], n=search["fitness_windows"], extra=common),
+            make_row(run, "search", "kl/best", search["fitness"], n=len(trace) - 1,
+                     extra={**common, "heldout": search.get("heldout"), "start": search["start"],
+                            "best": search["best"], "trace": trace}),
+            make_row(run, "search", "search_seconds", cost.pop("seconds"), n=len(trace) - 1, extra=cost)]
 
 
 def recovery_rows(run: dict[str, Any], result, extra: dict[str, Any]) -> list[dict]:

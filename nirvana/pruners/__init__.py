@@ -40,11 +40,14 @@ def get_pruner(name: str) -> Pruner:
 
 def compute_plans(model: nn.Module, input_ids: torch.Tensor | None, pruner: str | Scorer, sparsity: float,
                   gammas: list[float], model_name: str | None = None, extra: dict | None = None,
-                  score_cache: str | None = None, progress: bool = True, **options) -> list[PruningPlan]:
+                  score_cache: str | None = None, progress: bool = True, probe=None, heldout=None,
+                  **options) -> list[PruningPlan]:
     """One plan per γ in `gammas`: from ONE scoring pass for the methods with NIRVANA's global allocation (what
     choosing γ by KL relies on); the others take a single γ. `options` are the method's own
     (conf/pruner/<name>.yaml; unknown ones raise). `score_cache`: a folder where score-based methods keep their unit
-    scores (nirvana.scoring.cache), so a sweep over sparsity or γ scores each (model, scorer, calibration) once."""
+    scores (nirvana.scoring.cache), so a sweep over sparsity or γ scores each (model, scorer, calibration) once.
+    `allocator="search"` (nirvana.pruners.search) rates its candidates on `probe` (a KLProbe) and reports each
+    generation's best on `heldout` (a HeldOut; optional)."""
     scorer = pruner if isinstance(pruner, Scorer) else None
     method = get_pruner(scorer.name if scorer else pruner)
     if not gammas:
@@ -60,7 +63,7 @@ def compute_plans(model: nn.Module, input_ids: torch.Tensor | None, pruner: str 
         raise ValueError(f"pruner {method.name!r} allocates as part of the method: it takes one γ, not {list(gammas)}")
     kwargs = {"scorer": scorer} if scorer is not None else {}
     return method.plans(model, input_ids, sparsity, list(gammas), options, model_name, extra, score_cache, progress,
-                        **kwargs)
+                        probe=probe, heldout=heldout, **kwargs)
 
 
 def compute_plan(model: nn.Module, input_ids: torch.Tensor | None, pruner: str | Scorer = "nirvana",

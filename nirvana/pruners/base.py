@@ -30,8 +30,14 @@ class Pruner:
 
     def plans(self, model: nn.Module, input_ids: torch.Tensor | None, sparsity: float, gammas: list[float],
               options: dict, model_name: str | None = None, extra: dict | None = None,
-              score_cache: str | None = None, progress: bool = True) -> list[PruningPlan]:
+              score_cache: str | None = None, progress: bool = True, probe=None, heldout=None) -> list[PruningPlan]:
+        """`probe` (nirvana.probe.KLProbe) and `heldout` (nirvana.probe.HeldOut): what `allocator: search` rates its
+        candidates on and reports beside them (nirvana.pruners.search); other allocators ignore them."""
         raise NotImplementedError
+
+    def searches(self, options: dict) -> bool:
+        """Whether these options ask for the searched allocation (nirvana.pruners.search)."""
+        return options.get("allocator") == "search"
 
 
 def validate_calibration(input_ids: torch.Tensor, adapter: ModelAdapter) -> None:

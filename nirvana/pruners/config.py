@@ -20,13 +20,28 @@ from ..allocation import (
     SPARE_HIGHEST_INDEX,
     SPARE_RULES,
 )
-from ..allocation.gamma import OFFICIAL_GAMMA, gamma_candidates
+from ..allocation.gamma import GAMMA_SEARCHES, OFFICIAL_GAMMA, gamma_candidates
+from ..allocation.search import SearchConfig
 from ..schema import at_least, later, one_of, unhashed
 from ..scoring.schedule import DEFAULT_TIME_TOLERANCE, SCHEDULES
 
 
 def _choice(key: str, value, choices) -> None:
     one_of(f"pruner.{key}", value, choices)
+
+
+SEARCH = "search"  # allocator: the searched allocation (conf/allocation/search.yaml; nirvana.allocation.search)
+# Why Wanda-sp's scores cannot drive a searched allocation faithfully (its config and its pruner refuse it).
+WANDA_SP_NOT_SEARCHABLE = (
+    "Wanda-sp scores each layer on inputs that depend on how every earlier layer was pruned (its sequential pass), "
+    "so a searched allocation would need a new statistics pass per candidate; pruner=flap (statistics of the "
+    "unpruned model, bias compensation recomputed per candidate) and the score-then-allocate methods can be searched")
+
+
+def _search(config) -> None:
+    """`allocator: search` takes its settings from `search` (null: the defaults), which nothing else reads."""
+    if config.search is not None and config.allocator != SEARCH:
+        raise ValueError(f"pruner.search configures allocator=search; pruner.allocator is {config.allocator!r}")
 
 
 def _at_least(key: str, value, low: int) -> None:
@@ -59,14 +74,20 @@ class DenseConfig(PrunerConfig):
 class GlobalAllocation:
     """NIRVANA's allocation: a closed-form budget split by γ, one threshold per module type across layers."""
 
-    allocator: str = "global"  # global | uniform (the same fractions in every layer, an ablation)
+    allocator: str = "global"  # global | uniform (the same fractions in every layer, an ablation) | search
     gamma: Any = OFFICIAL_GAMMA  # MLP pruned fraction = γ × attention's; auto or a list: chosen by KL (conf: ${gamma})
     round_to: int = ROUND_TO  # kept MLP width rounded up to a multiple of this
     spare_rule: str = SPARE_HIGHEST_INDEX  # a fully pruned layer keeps its highest-index group (official) | best_score
     arithmetic: str = ARITHMETIC_OFFICIAL  # the closed form in the official float order | exact (rational)
+    # γ=auto or a list: rate every candidate (grid) | coarse to fine (nirvana.allocation.gamma.rate_gammas)
+    gamma_search: str = later("grid")
+    # allocator=search: an evolutionary search from the global allocation (conf/allocation/search.yaml)
+    search: SearchConfig | None = later(None)
 
     def check_allocation(self) -> None:
-        _choice("allocator", self.allocator, ALLOCATORS)
+        _choice("allocator", self.allocator, (*ALLOCATORS, SEARCH))
+        _search(self)
+        _choice("gamma_search", self.gamma_search, GAMMA_SEARCHES)
         gamma_candidates(self.gamma)  # a number > 0, a non-empty list of them, or auto
         _at_least("round_to", self.round_to, 1)
         _choice("spare_rule", self.spare_rule, SPARE_RULES)
@@ -144,6 +165,7 @@ class UniformAllocation:
     ratio: str = RATIO_MATCHED  # matched: remove `sparsity` of all attn+MLP params | literal: per-layer unit ratio
     round_to: int = 1  # LLM-Pruner does not round widths
     spare_rule: str = SPARE_BEST_SCORE
+    search: SearchConfig | None = later(None)  # allocator=search: from the global allocation at γ
 
 
 @dataclass
@@ -156,7 +178,8 @@ class TaylorConfig(PrunerConfig, UniformAllocation, GradientSchedule):
     bias_compensation: bool = later(False)
 
     def __post_init__(self) -> None:
-        _choice("allocator", self.allocator, ALLOCATORS)
+        _choice("allocator", self.allocator, (*ALLOCATORS, SEARCH))
+        _search(self)
         gamma_candidates(self.gamma)
         _choice("ratio", self.ratio, (RATIO_MATCHED, RATIO_LITERAL))
         _at_least("round_to", self.round_to, 1)
@@ -176,8 +199,14 @@ class WandaSpConfig(PrunerConfig):
     round_to: int = 1  # the original does not round widths; 8 for tensor-core-friendly shapes
     spare_rule: str = SPARE_BEST_SCORE
     batch_size: int = 8  # calibration rows per forward of the statistics pass
+    allocator: str = later("uniform")  # its own; `search` is refused (pruners/layerwise.py says why)
+    search: SearchConfig | None = later(None)
 
     def __post_init__(self) -> None:
+        if self.allocator != "uniform":
+            raise ValueError(f"pruner.allocator={self.allocator!r}: wanda_sp allocates a uniform ratio as part of the "
+                             f"method. {WANDA_SP_NOT_SEARCHABLE}")
+        _search(self)
         gamma_candidates(self.gamma)
         _choice("ratio", self.ratio, (RATIO_MATCHED, RATIO_LITERAL))
         _at_least("round_to", self.round_to, 1)
@@ -197,8 +226,14 @@ class FlapConfig(PrunerConfig):
     round_to: int = 1
     spare_rule: str = SPARE_BEST_SCORE  # FLAP can empty a layer's attention; we keep its best group
     batch_size: int = 8
+    # its own (one standardized pool over layers and modules) | search: from FLAP's plan, FLAP's metric ranking the
+    # units of each layer, every candidate compensated (conf/allocation/search.yaml)
+    allocator: str = later("standardized_global")
+    search: SearchConfig | None = later(None)
 
     def __post_init__(self) -> None:
+        _choice("allocator", self.allocator, ("standardized_global", SEARCH))
+        _search(self)
         _choice("attention_weight", self.attention_weight, ("official_int", "exact"))
         _at_least("round_to", self.round_to, 1)
         _choice("spare_rule", self.spare_rule, SPARE_RULES)

@@ -24,6 +24,7 @@ from ..scoring.units import UnitScores
 from ..surgery.compensation import compensation_biases
 from ..surgery.plan import PruningPlan
 from .base import Pruner, make_plan, prepare_ids
+from .search import SEARCH, search_config, searched_plan
 
 # How gradient scorers run, not what they compute: never part of the scores' cache key choice below, and dropped
 # for the scorers that run no forward pass.
@@ -82,19 +83,23 @@ class ScoredPruner(Pruner):
         return options.get("allocator", "global") == "global"
 
     def check(self, layers: list[LayerUnits], sparsity: float, gamma: float, options: dict) -> None:
-        if options.get("allocator", "global") == "global":
+        if options.get("allocator", "global") in ("global", SEARCH):  # the search starts from the global plan
             check_feasible(layers, sparsity, gamma)
         else:
             in_range = layer_range_mask(len(layers), options.get("layer_start", 0), options.get("layer_end"))
             uniform_fractions(layers, sparsity, gamma, in_range, options.get("ratio", "matched"))
 
     def plans(self, model, input_ids, sparsity, gammas, options, model_name=None, extra=None, score_cache=None,
-              progress=True, scorer: Scorer | None = None) -> list[PruningPlan]:
+              progress=True, probe=None, heldout=None, scorer: Scorer | None = None) -> list[PruningPlan]:
         """One plan per γ from ONE scoring pass (γ only moves the budget between attention and MLP, so the unit
-        scores are shared). `scorer`: an already built scorer object instead of this method's own (never cached)."""
+        scores are shared). `scorer`: an already built scorer object instead of this method's own (never cached).
+        `allocator="search"`: the global allocation of the scores at γ, then the searched allocation from it
+        (nirvana.pruners.search), units still ranked by the scores."""
         adapter = get_adapter(model)
         ids = prepare_ids(model, adapter, input_ids, self)
         options = dict(options)
+        search = search_config(options.pop("search", None)) if self.searches(options) else None
+        options.pop("search", None)
         scorer_kwargs = {k: options.pop(k) for k in SCORER_OPTIONS if k in options}
         if not self.needs_calibration:  # no forward pass, nothing to schedule
             for k in MEMORY_OPTIONS:
@@ -123,9 +128,17 @@ class ScoredPruner(Pruner):
             scores = scorer.score(adapter, ids).check_finite(f"pruner {self.name!r}")
             if key is not None:
                 save_scores(score_cache, key, scores)
-        return [plan_from_scores(model, scores, sparsity, gamma, pruner=self.name, model_name=model_name,
-                                 extra={**scorer_kwargs, **(extra or {})}, channel_stats=stats, **options)
-                for gamma in gammas]
+        if search is not None:
+            options["allocator"] = "global"
+        plans = [plan_from_scores(model, scores, sparsity, gamma, pruner=self.name, model_name=model_name,
+                                  extra={**scorer_kwargs, **(extra or {})}, channel_stats=stats, **options)
+                 for gamma in gammas]
+        if search is None:
+            return plans
+        layers = adapter.layers()
+        bias = (lambda kept: compensation_biases(layers, kept, stats)) if stats is not None else None
+        return [searched_plan(model, scores, plan, search, probe, heldout, bias, score_cache, progress)
+                for plan in plans]
 
 
 def score_units(model: nn.Module, input_ids: torch.Tensor | None, scorer: str | Scorer = "nirvana") -> UnitScores:
