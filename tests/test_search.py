@@ -239,3 +239,16 @@ def test_allocation_search_runs_end_to_end_from_the_experiment_entry(tmp_path):
     assert best["extra"]["heldout"]["set"].endswith("@32")
     plan = json.loads((tmp_path / "run" / "pruning_plan.json").read_text())
     assert plan["allocator"] == "search" and plan["extra"]["search"]["trace"] == best["extra"]["trace"]
+    # the report reads the trace and cost back from the rows alone
+    from nirvana.reporting.report import build_report
+
+    written = build_report([str(tmp_path / "rows.jsonl")], tmp_path / "report")
+    assert {p.name for p in written} >= {"search_cost.md", "search_trace.png"}
+    from nirvana.reporting.search import searched_runs
+    from nirvana.results import read_rows
+
+    (run,) = searched_runs(read_rows(tmp_path / "rows.jsonl")).to_dict("records")
+    assert run["generations"] == 2 and run["KL best"] == best["value"] and run["KL start"] == by_metric["kl/start"]["value"]
+    assert run["held-out ppl best"] == best["extra"]["trace"][-1]["heldout"]["ppl"]
+    assert run["candidates"] == sum(e["rated"] for e in best["extra"]["trace"])
+    assert "nirvana:search" in (tmp_path / "report" / "search_cost.md").read_text()

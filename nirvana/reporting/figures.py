@@ -193,6 +193,8 @@ def allocations_in_rows(rows: pd.DataFrame, model: str | None = None) -> list[tu
 def gamma_ablation(rows: pd.DataFrame, path: str | Path, metric: str | None = None) -> Path:
     """A metric against γ for each sparsity (rows of the method whose lever γ is: the reference, NIRVANA)."""
     df = rows[rows["pruner"] == pairing.REFERENCE]
+    if df.empty:
+        raise NoData(f"no {pairing.REFERENCE} rows")
     if metric is None:
         metric = "average" if (df["task"] == AVERAGE_TASK).any() else sorted(df["metric"].unique())[0]
     sub = df[df["task"] == AVERAGE_TASK] if metric == "average" else df[df["metric"] == metric]
@@ -225,4 +227,24 @@ def kl_vs_perplexity(rows: pd.DataFrame, path: str | Path, ppl_metric: str | Non
     ax.set_yscale("log")  # perplexities of failed prunes are orders of magnitude above the rest
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def search_trace(runs: pd.DataFrame, path: str | Path) -> Path:
+    """Per searched run (nirvana.reporting.search.searched_runs): the best's probe KL (left) and held-out
+    perplexity (right) against the generation."""
+    if runs.empty:
+        raise NoData("no searched runs")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for _, r in runs.iterrows():
+        label = f"{r['method']} s={r['sparsity']:g} seed {r['seed']}"
+        gens = [e["generation"] for e in r["trace"]]
+        axes[0].plot(gens, [e["kl"] for e in r["trace"]], label=label)
+        held = [(e["generation"], e["heldout"]["ppl"]) for e in r["trace"] if "heldout" in e]
+        if held:
+            axes[1].plot(*zip(*held), label=label)
+    axes[0].set(xlabel="generation", ylabel="probe KL of the best (fitness)")
+    axes[1].set(xlabel="generation", ylabel="held-out perplexity of the best")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
     return _save(fig, path)

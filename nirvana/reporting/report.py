@@ -9,7 +9,8 @@ or `base`: each quantized or recovered model vs the pruned model it came from); 
 numbers exist; and figures: metrics_vs_sparsity.png (error bars), paired_differences[_vs_<reference>].png,
 allocation_<pruner>_s<s>.png (from the widths the rows record, or from saved plans for older rows), gamma_ablation.png
 and kl_vs_perplexity.png when the rows hold such sweeps. `build_draw_report`: the view over calibration draws
-(draws.md, draws_verdict.md, draws_tasks.md, draws.csv; nirvana.reporting.draws).
+(draws.md, draws_verdict.md, draws_tasks.md, draws.csv; nirvana.reporting.draws). Rows of searched allocations
+add search_cost.md and search_trace.png (nirvana.reporting.search).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from ..results import read_rows
 from ..surgery.plan import PruningPlan
-from . import draws, figures, pairing, tables
+from . import draws, figures, pairing, search, tables
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def build_report(rows_files: list[str], out: str | Path, model: str | None = Non
         if name not in drawn:
             drawn.add(name)
             written.append(figures.allocation(widths, title, out / name))
-    return written
+    return written + search.write_search_report(rows, out, model, command)
 
 
 def build_draw_report(rows_files: list[str], out: str | Path, model: str | None = None, command: str | None = None,
