@@ -15,25 +15,27 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nirvana.atomic import write_json
+from nirvana.bench.config import BenchConfig
 from nirvana.bench.sections import check_environment, run_section, scoring_goal, validate
 from nirvana.bench.summary import provenance, utc_now, write_summary
+from nirvana.config import typed
 from nirvana.results import versions
 
 log = logging.getLogger("experiments.bench")
 
 
 def run_bench(cfg: DictConfig) -> Path:
-    c = OmegaConf.to_container(cfg, resolve=True)
+    c: BenchConfig = typed(cfg)  # types, keys and values checked here (nirvana/bench/config.py)
     validate(c)
     check_environment(c)
     versions()  # the commit now, before this benchmark's own results files change the tree
-    out_dir = Path(c["out_dir"])
+    out_dir = Path(c.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     command = "python -m experiments.bench " + " ".join(sys.argv[1:])
-    for name in c["sections"]:
+    for name in c.sections:
         started = utc_now()
         config, result = run_section(name, c)
         doc = {"section": name, "config": config, "result": result, "provenance": provenance(command, started)}

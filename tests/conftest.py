@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import nirvana.bench.config  # noqa: F401 — registers the benchmark's schema (conf/bench.yaml extends bench_schema)
 import nirvana.config  # noqa: F401 — registers the config schemas every composed config extends
 from nirvana.tiny import TINY_FAMILIES, tiny_model, tiny_tokenizer
 

@@ -78,25 +78,52 @@ def test_summary_compares_the_estimate_with_the_measured_peak_and_judges_auto():
 
 @pytest.mark.slow  # validation checks the benchmark data is built
 def test_bench_config_composes():
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="bench")
-    from omegaconf import OmegaConf
-
+    from nirvana.bench.config import BenchConfig
     from nirvana.bench.sections import validate
+    from nirvana.config import typed
 
-    validate(OmegaConf.to_container(cfg, resolve=True))
-    assert list(cfg.sections) == ["scoring", "statistics", "kl", "kl_fitness", "speed", "llamacpp", "quant", "zeroshot",
-                                  "exactness", "demo"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = typed(compose(config_name="bench"))
+    assert isinstance(cfg, BenchConfig)
+    validate(cfg)
+    assert cfg.sections == ["scoring", "statistics", "kl", "kl_fitness", "speed", "llamacpp", "quant", "zeroshot",
+                            "exactness", "demo"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sections=[scoring,nope]", "unknown bench section"),
+    ("scoring.repeats=0", "scoring.repeats must be ≥ 1"),
+    ("scoring.models=[{name: nope, batch: 4, seq_len: 16}]", "unknown benchmark model"),
+    ("speed.sparsities=[1.0]", "speed.sparsities"),
+    ("llamacpp.types=[q9]", "q9"),
+    ("quant.schemes=[int3]", "int3"),
+])
+def test_a_bad_bench_value_fails_before_anything_runs(override, message):
+    from nirvana.config import typed
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="bench", overrides=[override])
+    with pytest.raises(Exception, match=message):
+        typed(cfg)
+
+
+def test_an_unknown_bench_key_fails_at_composition():
+    from omegaconf.errors import ConfigKeyError
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"), pytest.raises(Exception) as caught:
+        compose(config_name="bench", overrides=["speed.repeat=3"])
+    assert "repeat" in str(caught.value) or isinstance(caught.value, ConfigKeyError)
 
 
 def test_a_missing_llamacpp_runtime_is_named_before_any_section_runs(monkeypatch):
+    from nirvana.bench.config import BenchConfig
     from nirvana.bench.sections import check_environment
     from nirvana.deploy import runtime
 
     monkeypatch.setattr(runtime, "available", lambda: False)
     with pytest.raises(RuntimeError, match="make setup-llamacpp"):
-        check_environment({"sections": ["speed", "llamacpp"]})
-    check_environment({"sections": ["speed"]})  # without the section nothing is required
+        check_environment(BenchConfig(sections=["speed", "llamacpp"]))
+    check_environment(BenchConfig(sections=["speed"]))  # without the section nothing is required
 
 
 def _shrunk(tmp_path, *extra):
