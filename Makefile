@@ -135,7 +135,7 @@ report-search: $(SETUP_STAMP) ## the searched-allocation report from the rows th
 	$(PY) -m experiments.report --rows results/rows/table2_$(SEARCH_MODEL).jsonl results/rows/search_$(SEARCH_MODEL).jsonl \
 		--out results/tables/search$(addprefix _,$(SEARCH_OPT_IN)) --model $(SEARCH_MODEL) \
 		--command "make reproduce-search$(if $(SEARCH_OPT_IN), MODEL=$(SEARCH_OPT_IN))" \
-		--reference nirvana:search nirvana flap flap:search \
+		--reference nirvana:search nirvana flap flap:search --skip-absent \
 		--plans $$(ls -t outputs/search/$(SEARCH_MODEL)/*/*/pruning_plan.json 2>/dev/null | head -20)
 
 reproduce-beyond: $(SETUP_STAMP) ## beyond the paper (offline SmolLM2; MODEL=qwen2.5_coder_0.5b: Qwen): KL-chosen calibration and γ, ablations, baselines with KL calibration → results/tables/beyond*

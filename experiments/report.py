@@ -31,6 +31,8 @@ def main(argv=None) -> None:
     ap.add_argument("--reference", nargs="+", default=None, metavar="METHOD",
                     help="what each method is paired with: a pruner's label (default nirvana; e.g. flap:kl) or base "
                          "(quantized/recovered vs the pruned model they came from); the first makes table2.*, each further one table2_vs_<it>.*")
+    ap.add_argument("--skip-absent", action="store_true",
+                    help="leave out --reference methods that have no rows yet (a sweep in progress) instead of refusing")
     ap.add_argument("--command", default=None, help="the command that produced the rows (quoted in the table)")
     ap.add_argument("--draws", action="store_true", help="the view over calibration draws (draws*.md): means over "
                     "draws, comparisons paired by draw and item, the headline family's Holm-adjusted verdicts")
@@ -48,7 +50,7 @@ def main(argv=None) -> None:
                                         args.family, args.also, args.columns)
         else:
             written = build_report(args.rows, args.out, args.model, args.paper, args.plans, command,
-                                   args.reference)
+                                   args.reference, skip_absent=args.skip_absent)
     except ValueError as e:
         ap.error(str(e))
     for path in written:

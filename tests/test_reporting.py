@@ -303,6 +303,11 @@ def test_report_writes_one_set_of_tables_per_reference_and_refuses_unknown_ones(
     with pytest.raises(ValueError, match=r"reference 'flap:kl': no such method.*'flap', 'nirvana'"):
         build_report([str(tmp_path / "rows.jsonl")], tmp_path / "bad", references=["flap:kl"])
     assert not (tmp_path / "bad").exists()  # refused before anything was written
+    # a sweep in progress: its report leaves out the references without rows yet, when asked to
+    written = build_report([str(tmp_path / "rows.jsonl")], tmp_path / "partial", references=["flap:kl", "flap"],
+                           skip_absent=True)
+    assert "table2_summary.md" in {p.name for p in written}
+    assert "Δ vs flap (points)" in (tmp_path / "partial" / "table2_summary.md").read_text()
 
 
 def test_recovered_models_get_their_own_label_and_pair_with_the_model_they_came_from(tmp_path):

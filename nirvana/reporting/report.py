@@ -38,10 +38,16 @@ def _rows_of_one_model(rows_files: list[str], model: str | None):
 
 def build_report(rows_files: list[str], out: str | Path, model: str | None = None, paper: str | None = None,
                  plans: list[str] | None = None, command: str | None = None,
-                 references: list[str] | None = None) -> list[Path]:
+                 references: list[str] | None = None, skip_absent: bool = False) -> list[Path]:
+    """`skip_absent`: leave out references no row can serve yet (a sweep in progress) instead of refusing them."""
     out = Path(out)
     rows = _rows_of_one_model(rows_files, model)
     methods = pairing.cells(rows, model)["method"].unique()
+    if skip_absent and references:
+        present = [a for a in references if _servable(methods, a)]
+        if len(present) < len(references):
+            log.warning("no rows yet for reference(s) %s: left out", sorted(set(references) - set(present)))
+        references = present
     for against in references or []:  # the default (NIRVANA) may be absent: then the tables have no Δ columns
         pairing.check_reference(methods, against)
     references = references or [pairing.REFERENCE]
@@ -92,6 +98,14 @@ def build_draw_report(rows_files: list[str], out: str | Path, model: str | None 
         log.warning("rows from a dirty work tree (%s): the report marks them; do not commit them as results",
                     ", ".join(prov["dirty"]))
     return draws.write_draw_report(rows, out, model, reference, family, also, columns, command)
+
+
+def _servable(methods, against: str) -> bool:
+    try:
+        pairing.check_reference(methods, against)
+    except ValueError:
+        return False
+    return True
 
 
 def _slug(against: str) -> str:
