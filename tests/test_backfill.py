@@ -96,15 +96,7 @@ def test_backfill_refuses_a_plan_that_is_not_the_runs(tiny_rows, tmp_path):
 
 
 COMMITTED = sorted((ROOT / "results" / "rows").glob("*.jsonl")) + [ROOT / "results" / "demo" / "rows.jsonl"]
-PENDING = ROOT / "tests" / "pending_backfill.txt"
-# Runs committed before rows carried widths and the plan hash, waiting for `python -m experiments.backfill_widths`
-# (it needs the real models). Listed so that this test holds every other pruned row from now on — new sweeps'
-# rows carry both — and keeps passing as the backfill fills them in; delete the file once it has run.
-PENDING_BACKFILL = frozenset(line.strip() for line in PENDING.read_text().splitlines()
-                             if line.strip() and not line.startswith("#")) if PENDING.is_file() else frozenset()
-
-
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_committed_pruned_row_records_its_widths_and_plan_hash(path):
-    missing = [r for r in needs_backfill(list(iter_rows(path))) if r not in PENDING_BACKFILL]
+    missing = needs_backfill(list(iter_rows(path)))
     assert not missing, f"{path.name}: pruned runs without extra.widths / plan_hash: {missing}"
