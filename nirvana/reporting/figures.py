@@ -177,6 +177,12 @@ def allocation_of_plan(plan: PruningPlan) -> tuple[str, dict, str]:
     return name, plan.widths(), f"{plan.model}: {plan.summary()}"
 
 
+def _allocation_title(r) -> str:
+    """The plan's own description where the row has it; backfilled rows carry widths without it."""
+    plan = r["extra"].get("plan") or f"{r['pruner']} s={r['sparsity']:g}"
+    return f"{r['model']}: {plan}"
+
+
 def allocations_in_rows(rows: pd.DataFrame, model: str | None = None) -> list[tuple[str, dict, str]]:
     """(figure name, widths, title) for every pruned (pruner, sparsity) whose newest `kept_fraction` row records
     the per-layer widths (runs since the rows carried them; a quantized or recovered model has its plan's)."""
@@ -186,7 +192,7 @@ def allocations_in_rows(rows: pd.DataFrame, model: str | None = None) -> list[tu
     df = df[[isinstance(e, dict) and "widths" in e for e in df["extra"]]]
     out = []
     for _, r in latest(df, ["model", "pruner", "sparsity"]).iterrows():
-        out.append((allocation_name(r["pruner"], r["sparsity"]), r["extra"]["widths"], f"{r['model']}: {r['extra']['plan']}"))
+        out.append((allocation_name(r["pruner"], r["sparsity"]), r["extra"]["widths"], _allocation_title(r)))
     return out
 
 
