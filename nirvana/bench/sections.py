@@ -13,9 +13,8 @@ from tqdm import tqdm
 
 from .. import paths
 from ..evaluation.zeroshot import check_tasks
-from .config import SECTIONS, BenchConfig
+from .config import BenchConfig
 
-BENCH_SECTIONS = SECTIONS  # conf/bench.yaml `sections`, in the order they run
 # The targets, recorded with the results so the summary can say which variant meets them.
 SCORING_GOAL = {"peak_ratio": 0.6, "time_ratio": 1.0}
 # The automatic schedule (nirvana.scoring.schedule): as shipped, at most this peak and time relative to the naive scorer,

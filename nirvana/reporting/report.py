@@ -43,14 +43,17 @@ def build_report(rows_files: list[str], out: str | Path, model: str | None = Non
     out = Path(out)
     rows = _rows_of_one_model(rows_files, model)
     methods = pairing.cells(rows, model)["method"].unique()
-    if skip_absent and references:
-        present = [a for a in references if _servable(methods, a)]
-        if len(present) < len(references):
-            log.warning("no rows yet for reference(s) %s: left out", sorted(set(references) - set(present)))
-        references = present
+    servable = []
     for against in references or []:  # the default (NIRVANA) may be absent: then the tables have no Δ columns
-        pairing.check_reference(methods, against)
-    references = references or [pairing.REFERENCE]
+        try:
+            pairing.check_reference(methods, against)
+        except ValueError:
+            if not skip_absent:
+                raise
+            log.warning("no rows yet for reference %r: left out", against)
+            continue
+        servable.append(against)
+    references = servable or [pairing.REFERENCE]
     prov = tables.provenance(rows)
     if prov["dirty"]:
         log.warning("rows from a dirty work tree (%s): the report marks them; do not commit them as results",
@@ -98,14 +101,6 @@ def build_draw_report(rows_files: list[str], out: str | Path, model: str | None 
         log.warning("rows from a dirty work tree (%s): the report marks them; do not commit them as results",
                     ", ".join(prov["dirty"]))
     return draws.write_draw_report(rows, out, model, reference, family, also, columns, command)
-
-
-def _servable(methods, against: str) -> bool:
-    try:
-        pairing.check_reference(methods, against)
-    except ValueError:
-        return False
-    return True
 
 
 def _slug(against: str) -> str:

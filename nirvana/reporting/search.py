@@ -29,7 +29,8 @@ def searched_runs(rows: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
     out = []
     for _, r in best.iterrows():
         trace = r["extra"]["trace"]
-        c = cost.loc[tuple(r[k] for k in keys)] if tuple(r[k] for k in keys) in cost.index else None
+        key = tuple(r[k] for k in keys)
+        c = cost.loc[key] if key in cost.index else None
         heldout = [e["heldout"]["ppl"] for e in trace if "heldout" in e]
         out.append({
             "method": r["pruner"], "sparsity": r["sparsity"], "seed": r["calibration_seed"],
