@@ -1,5 +1,8 @@
 """Every Hydra config composes: each primary config with every option of every group in its defaults."""
 
+import functools
+import itertools
+import json
 import re
 from pathlib import Path
 
@@ -69,20 +72,31 @@ def _committed_rows() -> list[Path]:
     return sorted([*results.glob("rows/*.jsonl"), *results.glob("demo/rows.jsonl")])
 
 
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@functools.cache
+def _sweep_of(experiment: str, model: str) -> tuple[Path, tuple[tuple[str, tuple[str, ...]], ...]]:
+    """The results file an experiment writes for a model and its sweep's parameters. Cached: composing costs about
+    a third of a second and both provenance tests ask for every (experiment, model) of every rows file."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="run", overrides=[f"experiment={experiment}", f"model={model}"],
+                      return_hydra_config=True)
+    params = tuple((k, tuple(str(v).split(","))) for k, v in (cfg.hydra.sweeper.params or {}).items())
+    return (CONF.parent / cfg.job.results_file).resolve(), params
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 @pytest.mark.parametrize("path", _committed_rows(), ids=lambda p: str(p.relative_to(CONF.parent)))
 def test_every_committed_rows_file_comes_from_a_clean_tree_and_a_shipped_experiment(path):
     """Provenance of what the repository publishes: each row names a clean commit, and the file is the results
     file of a shipped experiment config (for the model its rows name), so a rerun of that config resumes it."""
-    import json
-
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = _rows(path)
     assert rows and not [r["run_id"] for r in rows if str(r.get("git_hash", "")).endswith("-dirty")]
-    targets = set()
-    for experiment in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
-        for model in {r["model"] for r in rows}:
-            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-                cfg = compose(config_name="run", overrides=[f"experiment={experiment}", f"model={model}"])
-            targets.add((CONF.parent / cfg.job.results_file).resolve())
+    targets = {_sweep_of(experiment, model)[0] for experiment in EXPERIMENTS for model in {r["model"] for r in rows}}
     assert path.resolve() in targets
 
 
@@ -91,23 +105,20 @@ def test_every_committed_run_id_is_one_a_shipped_sweep_computes(path):
     """Resuming needs the ids to match: every run id in a committed rows file is the id of one point of a shipped
     experiment's sweep writing to that file, as the configs and run_identity compute it today (a new option in a
     pruner config, or a change to the identity, must not orphan published rows)."""
-    import itertools
-    import json
-
     from nirvana.evaluation.protocol import run_identity
 
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = _rows(path)
     computed = set()
-    for experiment in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
+    for experiment in EXPERIMENTS:
         for model in {r["model"] for r in rows}:
+            results_file, params = _sweep_of(experiment, model)
+            if results_file != path.resolve():
+                continue
+            base = [f"experiment={experiment}", f"model={model}"]
+            names = [name for name, _ in params]
             with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-                base = [f"experiment={experiment}", f"model={model}"]
-                cfg = compose(config_name="run", overrides=base, return_hydra_config=True)
-                if (CONF.parent / cfg.job.results_file).resolve() != path.resolve():
-                    continue
-                params = {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
-                for values in itertools.product(*params.values()):
-                    point = compose(config_name="run", overrides=[*base, *map("=".join, zip(params, values))])
+                for values in itertools.product(*(values for _, values in params)):
+                    point = compose(config_name="run", overrides=[*base, *map("=".join, zip(names, values))])
                     computed.add(run_identity(typed(point))[0])
     assert {r["run_id"] for r in rows} <= computed
 

@@ -104,7 +104,9 @@ def test_smollm2_dense_and_pruned_agree_with_hf_on_every_local_task(smollm2, smo
     from nirvana.evaluation import zeroshot as Z
 
     pruned = copy.deepcopy(smollm2)
-    prune(pruned, smollm2_calibration, sparsity=0.3, gamma=3.36)
+    # 4 of the 32 calibration rows: the check needs a pruned shape, not a good one, and the full batch costs a
+    # whole scoring pass (tens of seconds on 2 cores)
+    prune(pruned, smollm2_calibration[:4], sparsity=0.3, gamma=3.36)
     names = {t: Z.lm_eval_task_name(t, "local") for t in Z.TASK_METRICS}
     for model in (smollm2, pruned):
         out = {}

@@ -210,6 +210,17 @@ def test_hellaswag_helper_matches_lm_eval():
     assert ours.process_docs(ds).to_list() == ref.process_docs(ds).to_list()
 
 
+def test_hellaswag_docs_are_mapped_once_per_dataset():
+    """lm-eval asks for the docs five times per evaluation: the same dataset is mapped once, another one anew."""
+    import datasets
+
+    ours = _helper("hellaswag_utils")
+    first, second = (datasets.Dataset.from_list(SAMPLES["hellaswag"][:n]) for n in (1, 2))
+    assert ours.process_docs(first) is ours.process_docs(first)
+    assert ours.process_docs(second) is not ours.process_docs(first)
+    assert len(ours.process_docs(second)) == 2 and ours.process_docs(second)[0] == ours.process_docs(first)[0]
+
+
 def test_winogrande_helpers_match_lm_eval():
     ref = importlib.import_module("lm_eval.tasks.winogrande.preprocess_winogrande")
     ours = _helper("winogrande_utils")
