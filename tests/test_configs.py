@@ -2,7 +2,6 @@
 
 import functools
 import itertools
-import json
 import re
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from nirvana.atomic import iter_jsonl
 from nirvana.config import typed
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -86,15 +86,11 @@ def _sweep_of(experiment: str, model: str) -> tuple[Path, tuple[tuple[str, tuple
     return (CONF.parent / cfg.job.results_file).resolve(), params
 
 
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 @pytest.mark.parametrize("path", _committed_rows(), ids=lambda p: str(p.relative_to(CONF.parent)))
 def test_every_committed_rows_file_comes_from_a_clean_tree_and_a_shipped_experiment(path):
     """Provenance of what the repository publishes: each row names a clean commit, and the file is the results
     file of a shipped experiment config (for the model its rows name), so a rerun of that config resumes it."""
-    rows = _rows(path)
+    rows = list(iter_jsonl(path))
     assert rows and not [r["run_id"] for r in rows if str(r.get("git_hash", "")).endswith("-dirty")]
     targets = {_sweep_of(experiment, model)[0] for experiment in EXPERIMENTS for model in {r["model"] for r in rows}}
     assert path.resolve() in targets
@@ -107,7 +103,7 @@ def test_every_committed_run_id_is_one_a_shipped_sweep_computes(path):
     pruner config, or a change to the identity, must not orphan published rows)."""
     from nirvana.evaluation.protocol import run_identity
 
-    rows = _rows(path)
+    rows = list(iter_jsonl(path))
     computed = set()
     for experiment in EXPERIMENTS:
         for model in {r["model"] for r in rows}:
