@@ -19,7 +19,7 @@ from lm_eval.tasks._yaml_loader import load_yaml
 from nirvana import paths
 
 TASKS_DIR = paths.tasks_dir()
-LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
+LM_EVAL_TASKS = Path(lm_eval.__file__).resolve().parent / "tasks"  # resolved: lm-eval resolves the paths it returns
 
 # local task -> (lm-eval's YAML, data file stem, split scored)
 TASKS = {
