@@ -86,6 +86,21 @@ def _sweep_of(experiment: str, model: str) -> tuple[Path, tuple[tuple[str, tuple
     return (CONF.parent / cfg.job.results_file).resolve(), params
 
 
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_shipped_sweep_starts_with_a_point_that_composes(experiment):
+    """A sweep's parameters merge with those of the experiment it extends: an inherited `pruner` list next to a
+    `recipe` list (each recipe chooses its own pruner) composes alone but fails at the sweep's first point, so
+    `make reproduce-…` would stop at once. One compose per experiment: the first point of its sweep."""
+    _, params = _sweep_of(experiment, "smollm2_135m")
+    if not params:
+        pytest.skip(f"{experiment} is a single run, not a sweep")
+    names = [name for name, _ in params]
+    assert not {"recipe", "pruner"} <= set(names), f"{experiment} sweeps both recipe and pruner: {names}"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        compose(config_name="run", overrides=[f"experiment={experiment}", "model=smollm2_135m",
+                                              *(f"{name}={values[0]}" for name, values in params)])
+
+
 @pytest.mark.parametrize("path", _committed_rows(), ids=lambda p: str(p.relative_to(CONF.parent)))
 def test_every_committed_rows_file_comes_from_a_clean_tree_and_a_shipped_experiment(path):
     """Provenance of what the repository publishes: each row names a clean commit, and the file is the results
