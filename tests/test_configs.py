@@ -149,6 +149,20 @@ def test_schedule_options_never_change_a_run_id():
     assert run_id("sparsity=0.45") != base
 
 
+def test_llama_cpp_threads_and_keeping_the_file_never_change_a_run_id():
+    """In exact mode llama.cpp's numbers do not depend on its thread count (docs/deploy.md); the GGUF type does."""
+    from nirvana.evaluation.protocol import run_identity
+
+    def run_id(*overrides):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="run", overrides=["experiment=gguf_offline", "pruner=nirvana", *overrides])
+        return run_identity(typed(cfg))[0]
+
+    base = run_id("deploy.type=q8_0")
+    assert run_id("deploy.type=q8_0", "deploy.threads=1", "deploy.keep=true") == base
+    assert run_id("deploy.type=q4_k_m") != base
+
+
 def test_a_later_eval_option_at_its_published_value_keeps_the_run_id():
     """eval.zeroshot.softmax_dtype came after rows were published: float32 (what those float32 runs computed)
     hashes as if the key were absent; lm-eval's default (null) is another run."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..schema import unhashed
 from .export import check_gguf_type
 
 
@@ -19,9 +20,11 @@ class DeployConfig:
 
     name: str = "llamacpp"
     type: str = "f16"  # f32 | f16 | q8_0 | q4_k_m (the last two by llama.cpp's own quantizer)
-    threads: int | None = None  # llama.cpp threads (None: every core this process may use)
+    # Never in a run id: in exact mode llama.cpp's logits are bit-for-bit the same at 1 and 2 threads (SmolLM2,
+    # f32 and Q8_0, 512 tokens; docs/deploy.md), and keeping the file changes no number.
+    threads: int | None = unhashed(None)  # llama.cpp threads (None: every core this process may use)
     exact: bool = True  # f32 KV cache without flash attention: only the GGUF type differs from transformers
-    keep: bool = False  # keep model.gguf in the run folder (it is as large as the model)
+    keep: bool = unhashed(False)  # keep model.gguf in the run folder (it is as large as the model)
 
     def __post_init__(self) -> None:
         check_gguf_type(self.type)
