@@ -134,15 +134,20 @@ def test_every_committed_run_id_is_one_a_shipped_sweep_computes(path):
     assert {r["run_id"] for r in rows} <= computed
 
 
+def _identity(*overrides: str) -> tuple[str, dict]:
+    """(run id, hashed config) of the run config composed with `overrides`, as a launch computes them."""
+    from nirvana.evaluation.protocol import run_identity
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="run", overrides=list(overrides))
+    return run_identity(typed(cfg))
+
+
 def test_schedule_options_never_change_a_run_id():
     """Memory options choose how scores are computed, not which: the same run whatever the budget or tolerance;
     a real option (sparsity) still does."""
-    from nirvana.evaluation.protocol import run_identity
-
     def run_id(*overrides):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="run", overrides=["pruner=nirvana", *overrides])
-        return run_identity(typed(cfg))[0]
+        return _identity("pruner=nirvana", *overrides)[0]
 
     base = run_id()
     assert run_id("pruner.time_tolerance=0.0", "pruner.memory_budget_gib=3", "pruner.schedule=manual") == base
@@ -151,12 +156,8 @@ def test_schedule_options_never_change_a_run_id():
 
 def test_llama_cpp_threads_and_keeping_the_file_never_change_a_run_id():
     """In exact mode llama.cpp's numbers do not depend on its thread count (docs/deploy.md); the GGUF type does."""
-    from nirvana.evaluation.protocol import run_identity
-
     def run_id(*overrides):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="run", overrides=["experiment=gguf_offline", "pruner=nirvana", *overrides])
-        return run_identity(typed(cfg))[0]
+        return _identity("experiment=gguf_offline", "pruner=nirvana", *overrides)[0]
 
     base = run_id("deploy.type=q8_0")
     assert run_id("deploy.type=q8_0", "deploy.threads=1", "deploy.keep=true") == base
@@ -166,12 +167,8 @@ def test_llama_cpp_threads_and_keeping_the_file_never_change_a_run_id():
 def test_a_later_eval_option_at_its_published_value_keeps_the_run_id():
     """eval.zeroshot.softmax_dtype came after rows were published: float32 (what those float32 runs computed)
     hashes as if the key were absent; lm-eval's default (null) is another run."""
-    from nirvana.evaluation.protocol import run_identity
-
     def run_id(*overrides):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="run", overrides=["pruner=nirvana", *overrides])
-        return run_identity(typed(cfg))
+        return _identity("pruner=nirvana", *overrides)
     base, identity = run_id()
     assert "softmax_dtype" not in identity["eval"]["zeroshot"]
     assert run_id("eval.zeroshot.softmax_dtype=null")[0] != base
