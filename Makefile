@@ -151,25 +151,29 @@ reproduce-quant: $(SETUP_STAMP) ## quantization after pruning (offline SmolLM2; 
 	$(MAKE) --no-print-directory assets
 	$(PY) -m experiments.run -m experiment=quant_offline hydra/launcher=$(LAUNCHER) $(ARGS)
 	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/quant_smollm2_135m.jsonl \
-		--out results/tables/quant --model smollm2_135m --command "make reproduce-quant" --reference base nirvana
+		--out results/tables/quant --model smollm2_135m --command "make reproduce-quant" --reference base nirvana \
+		--pruners nirvana flap
 
 reproduce-gguf: $(LLAMACPP_STAMP) ## quality in llama.cpp (offline SmolLM2): dense, NIRVANA, FLAP at 20/40 % as f16, Q8_0, Q4_K_M GGUFs, paired per window with Table 2 → results/tables/gguf
 	$(MAKE) --no-print-directory assets
 	$(PY) -m experiments.run -m experiment=gguf_offline hydra/launcher=$(LAUNCHER) $(ARGS)
 	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/gguf_smollm2_135m.jsonl \
-		--out results/tables/gguf --model smollm2_135m --command "make reproduce-gguf" --reference base nirvana
+		--out results/tables/gguf --model smollm2_135m --command "make reproduce-gguf" --reference base nirvana \
+		--pruners nirvana flap
 
 reproduce-gguf-round: $(SETUP_STAMP) ## what GGUF-friendly MLP widths cost (offline SmolLM2): NIRVANA, FLAP with round_to 32/256 at 20/40 % vs Table 2 → results/tables/gguf_round
 	$(MAKE) --no-print-directory assets
 	$(PY) -m experiments.run -m experiment=gguf_round hydra/launcher=$(LAUNCHER) $(ARGS)
 	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/gguf_round_smollm2_135m.jsonl \
-		--out results/tables/gguf_round --model smollm2_135m --command "make reproduce-gguf-round" --reference nirvana flap
+		--out results/tables/gguf_round --model smollm2_135m --command "make reproduce-gguf-round" --reference nirvana flap \
+		--pruners nirvana flap nirvana:round32 flap:round32 nirvana:round256 flap:round256
 
 reproduce-recovery: $(SETUP_STAMP) ## the recovery claim (offline SmolLM2): NIRVANA, FLAP, Taylor at 40 % + the same LoRA budget → results/tables/recovery
 	$(MAKE) --no-print-directory assets
 	$(PY) -m experiments.run -m experiment=recovery_offline hydra/launcher=$(LAUNCHER) $(ARGS)
 	$(PY) -m experiments.report --rows results/rows/table2_smollm2_135m.jsonl results/rows/recovery_smollm2_135m.jsonl \
-		--out results/tables/recovery --model smollm2_135m --command "make reproduce-recovery" --reference base nirvana
+		--out results/tables/recovery --model smollm2_135m --command "make reproduce-recovery" --reference base nirvana \
+		--pruners nirvana flap taylor
 
 # A run id in the results file means the run finished (rows are written in one batch at its end).
 sweep-status: SHELL := /bin/bash

@@ -33,6 +33,9 @@ def main(argv=None) -> None:
                          "(quantized/recovered vs the pruned model they came from); the first makes table2.*, each further one table2_vs_<it>.*")
     ap.add_argument("--skip-absent", action="store_true",
                     help="leave out --reference methods that have no rows yet (a sweep in progress) instead of refusing")
+    ap.add_argument("--pruners", nargs="+", default=None, metavar="PRUNER",
+                    help="tabulate only these pruners' rows (the rows' pruner names, e.g. nirvana flap:round32) and the "
+                         "dense model's; default: every method in the rows")
     ap.add_argument("--command", default=None, help="the command that produced the rows (quoted in the table)")
     ap.add_argument("--draws", action="store_true", help="the view over calibration draws (draws*.md): means over "
                     "draws, comparisons paired by draw and item, the headline family's Holm-adjusted verdicts")
@@ -43,6 +46,8 @@ def main(argv=None) -> None:
     ap.add_argument("--columns", nargs="+", default=None, metavar="COLUMN",
                     help="--draws: the family's metrics (default: avg and every perplexity @512)")
     args = ap.parse_args(argv)
+    if args.draws and args.pruners:
+        ap.error("--pruners is for the per-run tables; the draws view chooses its methods with --family and --also")
     command = args.command or "python -m experiments.report " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         if args.draws:
@@ -50,7 +55,7 @@ def main(argv=None) -> None:
                                         args.family, args.also, args.columns)
         else:
             written = build_report(args.rows, args.out, args.model, args.paper, args.plans, command,
-                                   args.reference, skip_absent=args.skip_absent)
+                                   args.reference, skip_absent=args.skip_absent, pruners=args.pruners)
     except ValueError as e:
         ap.error(str(e))
     for path in written:

@@ -310,6 +310,20 @@ def test_report_writes_one_set_of_tables_per_reference_and_refuses_unknown_ones(
     assert "Δ vs flap (points)" in (tmp_path / "partial" / "table2_summary.md").read_text()
 
 
+def test_report_can_tabulate_only_the_named_pruners_and_refuses_unknown_ones(tmp_path):
+    """A study that adds a few methods to Table 2's rows (gguf_round, quant) lists those, what they pair with and
+    the dense model, not all of Table 2."""
+    append_rows(tmp_path / "rows.jsonl", fixture_rows())
+    build_report([str(tmp_path / "rows.jsonl")], tmp_path / "all")
+    build_report([str(tmp_path / "rows.jsonl")], tmp_path / "out", references=["flap"], pruners=["flap"])
+    listed = lambda d: set(pd.read_csv(tmp_path / d / "table2.csv")["method"])  # noqa: E731
+    assert {"dense", "flap"} < listed("all") and any(m.startswith("nirvana") for m in listed("all"))
+    assert listed("out") == {"dense", "flap"}
+    with pytest.raises(ValueError, match=r"--pruners \['flap:round32'\]: no rows of them; the rows have \["):
+        build_report([str(tmp_path / "rows.jsonl")], tmp_path / "bad", pruners=["flap", "flap:round32"])
+    assert not (tmp_path / "bad").exists()
+
+
 def test_recovered_models_get_their_own_label_and_pair_with_the_model_they_came_from(tmp_path):
     from nirvana.reporting.pairing import method_label
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from ..results import read_rows
 from ..surgery.plan import PruningPlan
 from . import draws, figures, pairing, search, tables
@@ -36,12 +38,26 @@ def _rows_of_one_model(rows_files: list[str], model: str | None):
     return rows
 
 
+def only_pruners(rows: pd.DataFrame, pruners: list[str] | None) -> pd.DataFrame:
+    """The rows of the named pruners (the rows' `pruner`, e.g. nirvana, flap:round32) and the dense model's: a study
+    that adds a few methods to Table 2's rows tabulates those and the ones they pair with, not all of Table 2.
+    Refuses a name no row has, before anything is written."""
+    if not pruners:
+        return rows
+    unknown = sorted(set(pruners) - set(rows["pruner"].dropna()))
+    if unknown:
+        raise ValueError(f"--pruners {unknown}: no rows of them; the rows have {sorted(rows['pruner'].dropna().unique())}")
+    return rows[rows["pruner"].isin({*pruners, "dense"})]
+
+
 def build_report(rows_files: list[str], out: str | Path, model: str | None = None, paper: str | None = None,
                  plans: list[str] | None = None, command: str | None = None,
-                 references: list[str] | None = None, skip_absent: bool = False) -> list[Path]:
-    """`skip_absent`: leave out references no row can serve yet (a sweep in progress) instead of refusing them."""
+                 references: list[str] | None = None, skip_absent: bool = False,
+                 pruners: list[str] | None = None) -> list[Path]:
+    """`skip_absent`: leave out references no row can serve yet (a sweep in progress) instead of refusing them.
+    `pruners`: tabulate only these pruners' rows and the dense model's (only_pruners)."""
     out = Path(out)
-    rows = _rows_of_one_model(rows_files, model)
+    rows = only_pruners(_rows_of_one_model(rows_files, model), pruners)
     methods = pairing.cells(rows, model)["method"].unique()
     servable = []
     for against in references or []:  # the default (NIRVANA) may be absent: then the tables have no Δ columns
