@@ -20,7 +20,7 @@ class DeployConfig:
 
     name: str = "llamacpp"
     type: str = "f16"  # f32 | f16 | q8_0 | q4_k_m (the last two by llama.cpp's own quantizer)
-    # Never in a run id: in exact mode llama.cpp's logits are bit-for-bit the same at 1 and 2 threads (SmolLM2,
+    # Never in a run id: llama.cpp's logits are bit-for-bit the same at 1 and 2 threads, exact or not (SmolLM2,
     # f32 and Q8_0, 512 tokens; docs/deploy.md), and keeping the file changes no number.
     threads: int | None = unhashed(None)  # llama.cpp threads (None: every core this process may use)
     exact: bool = True  # f32 KV cache without flash attention: only the GGUF type differs from transformers
