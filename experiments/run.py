@@ -92,14 +92,15 @@ def run_experiment(c: RunConfig, out_dir: str | Path, sweep: str | None = None) 
                                 outcome.calibration_ids if outcome is not None else None)
         run["dtype"] = c.quant.label()  # the rows of a quantized model say so in their dtype column
         rows = [{**r, "dtype": run["dtype"]} for r in rows] + protocol.quantization_rows(run, c.quant, result)
-    rows += (deploy or protocol).evaluation_rows(c.eval, run, model, tokenizer, texts, job.progress)
+    pieces = runner.pieces_of(run, model, job.partial_dir, job.force)  # what an interrupted launch evaluated
+    rows += (deploy or protocol).evaluation_rows(c.eval, run, model, tokenizer, texts, job.progress, pieces)
     protocol.mark_overlaps(rows, data)
     marks = {"sweep": sweep} | ({"recovery": recovery.name} if recovery else {})  # a recovered model's label
     rows = [{**r, "extra": {**r["extra"], **marks}} for r in rows]
     logger.log_rows(rows)
     logger.finish()
     return runner.finish(log, run, rows, out_dir, job.results_file, time.perf_counter() - t_start,
-                         {"config": identity, "data": data})
+                         {"config": identity, "data": data}, pieces=pieces)
 
 
 @hydra.main(config_path="../conf", config_name="run", version_base="1.3")

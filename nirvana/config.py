@@ -32,6 +32,7 @@ from .recovery.config import RecoveryConfig
 from .schema import later
 
 SCORE_CACHE = "${oc.env:NIRVANA_CACHE,.cache/nirvana}/scores"  # unit scores and plan KLs, beside the built assets
+PARTIAL_DIR = "${oc.env:NIRVANA_CACHE,.cache/nirvana}/partial"  # finished evaluation pieces of unfinished runs
 
 
 @dataclass
@@ -53,6 +54,9 @@ class RunJob:
     progress: bool = True  # tqdm bars
     save_checkpoint: bool = False  # also save the pruned model (HF folder + plan) in the run folder
     score_cache: str | None = SCORE_CACHE  # unit scores per (model, scorer, calibration); null: off
+    # finished evaluation pieces (a perplexity column, the zero-shot suite) of a run not finished yet, so a killed
+    # run resumes there (nirvana.evaluation.pieces); removed when its rows are recorded; null: off
+    partial_dir: str | None = PARTIAL_DIR
     requires: Requirements = field(default_factory=Requirements)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 

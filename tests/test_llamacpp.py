@@ -158,6 +158,50 @@ def test_run_with_the_deploy_stage_pairs_window_by_window_with_transformers(tmp_
     np.testing.assert_allclose(paired["delta"], 1.0, atol=1e-4)  # the perplexity ratio, window by window
 
 
+def test_an_interrupted_deploy_run_resumes_at_its_unfinished_column(tmp_path, monkeypatch):
+    """The export's rows and each llama.cpp perplexity column are pieces (nirvana.evaluation.pieces): a run killed
+    at its second column computes only that column when launched again, with the rows an uninterrupted run has."""
+    from fixture_text import PYDOC_FILE
+    from hydra import compose, initialize_config_dir
+
+    from experiments.run import run_experiment
+    from nirvana.evaluation import llamacpp as cpp_mod
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+
+    def cfg(name):
+        with initialize_config_dir(config_dir=conf, version_base="1.3"):
+            return typed(compose(config_name="run", overrides=[
+                "model=tiny_llama", "calibration=pydoc", "calibration.n_samples=4", "calibration.seq_len=32",
+                "pruner=nirvana", "sparsity=0.3", "measure_kl=false", "job.score_cache=null", "job.progress=false",
+                "eval=ppl", f"eval.perplexity.datasets=[{PYDOC_FILE}]", "eval.perplexity.seq_len=[32,64]",
+                "eval.perplexity.max_windows=3", "deploy=llamacpp", "deploy.type=f32",
+                f"job.results_file={tmp_path / name / 'rows.jsonl'}", f"job.partial_dir={tmp_path / 'partial'}"]))
+
+    whole = run_experiment(cfg("whole"), tmp_path / "whole" / "run")
+    real_ppl, real_export, seen = cpp_mod.ppl_mod.evaluate_perplexity, cpp_mod.export_mod.export_gguf, []
+
+    def ppl(*a, **k):
+        seen.append(a[3])
+        if seen == [32, 64] and k.get("texts") is not None and not hasattr(ppl, "resumed"):
+            raise KeyboardInterrupt
+        return real_ppl(*a, **k)
+
+    monkeypatch.setattr(cpp_mod.ppl_mod, "evaluate_perplexity", ppl)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg("resumed"), tmp_path / "resumed" / "run1")
+    seen.clear()
+    ppl.resumed, exports = True, []
+    monkeypatch.setattr(cpp_mod.export_mod, "export_gguf", lambda *a, **k: (exports.append(1), real_export(*a, **k))[1])
+    rows = run_experiment(cfg("resumed"), tmp_path / "resumed" / "run2")
+    assert seen == [64] and exports == [1]  # the finished column is reused; the missing one needs the GGUF
+
+    def numbers(rs):
+        return sorted((r["task"], r["metric"], r["value"]) for r in rs if "seconds" not in r["metric"])
+
+    assert numbers(rows) == numbers(whole)
+
+
 def test_bench_section_times_pruned_against_dense_gguf(tmp_path):
     from hydra import compose, initialize_config_dir
 

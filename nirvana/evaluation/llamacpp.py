@@ -23,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import schema
 from ..deploy import export as export_mod
 from ..deploy import runtime
 from ..results import make_row
 from . import perplexity as ppl_mod
+from .pieces import Pieces
 
 GGUF_FILE = "model.gguf"
 
@@ -93,33 +95,53 @@ class DeployStage:
         """The run's columns that say what was evaluated: llama.cpp on the CPU, this GGUF type."""
         return {"dtype": self.label(), "device": "cpu"}
 
-    def evaluation_rows(self, e, run: dict[str, Any], model, tokenizer, texts,
-                        progress: bool = True) -> list[dict]:
+    def evaluation_rows(self, e, run: dict[str, Any], model, tokenizer, texts, progress: bool = True,
+                        pieces: Pieces | None = None) -> list[dict]:
         """Export, then every perplexity of the protocol `e` through llama.cpp (same signature as
-        nirvana.evaluation.protocol.evaluation_rows)."""
+        nirvana.evaluation.protocol.evaluation_rows). `pieces`: the export's rows and each perplexity column are
+        pieces an interrupted launch may have finished; the GGUF is written only if something is left to compute."""
+        pieces = pieces or Pieces(None, run)
+        p = e.perplexity
+        settings = {"gguf_type": self.gguf_type, "exact": self.exact, "llama_cpp_version": runtime.version(),
+                    "perplexity": schema.identity(p)}
         with tempfile.TemporaryDirectory(prefix="nirvana-gguf-") as scratch:
-            folder = self.out_dir if self.keep and self.out_dir is not None else Path(scratch)
-            result = export_mod.export_gguf(model, tokenizer, folder / GGUF_FILE, self.gguf_type, self.threads,
-                                            overwrite=True, progress=progress)
-            common = {"runtime": "llama.cpp", "llama_cpp_version": runtime.version(), "gguf_type": self.gguf_type,
-                      "exact": self.exact, "threads": self.threads or runtime.default_threads()}
-            summary = result.summary() | {"path": str(result.path) if self.keep else None}
-            rows = [make_row(run, "deploy", "gguf_bytes", result.bytes, extra=common | summary),
-                    make_row(run, "deploy", "fallback_tensors", len(result.fallbacks), extra=common | summary)]
-            p = e.perplexity
-            llm = runtime.load(result.path, n_ctx=max(int(s) for s in p.seq_len), n_threads=self.threads,
-                               exact=self.exact)
+            state: dict[str, Any] = {}
+
+            def exported() -> dict[str, Any]:  # once, on the first piece that needs the GGUF
+                if not state:
+                    folder = self.out_dir if self.keep and self.out_dir is not None else Path(scratch)
+                    result = export_mod.export_gguf(model, tokenizer, folder / GGUF_FILE, self.gguf_type,
+                                                    self.threads, overwrite=True, progress=progress)
+                    state["result"] = result
+                    state["common"] = {"runtime": "llama.cpp", "llama_cpp_version": runtime.version(),
+                                       "gguf_type": self.gguf_type, "exact": self.exact,
+                                       "threads": self.threads or runtime.default_threads()}
+                    state["llm"] = runtime.load(result.path, n_ctx=max(int(s) for s in p.seq_len),
+                                                n_threads=self.threads, exact=self.exact)
+                return state
+
+            def export_rows() -> list[dict]:
+                result, common = exported()["result"], state["common"]
+                summary = result.summary() | {"path": str(result.path) if self.keep else None}
+                return [make_row(run, "deploy", "gguf_bytes", result.bytes, extra=common | summary),
+                        make_row(run, "deploy", "fallback_tensors", len(result.fallbacks), extra=common | summary)]
+
+            def column(dataset, seq_len) -> list[dict]:
+                llm, common = exported()["llm"], state["common"]
+                t0 = time.perf_counter()
+                r = ppl_mod.evaluate_perplexity(None, tokenizer, dataset, int(seq_len), max_texts=p.max_texts,
+                                                max_windows=p.max_windows, max_tokens=p.max_tokens,
+                                                texts=texts[dataset], progress=progress,
+                                                scorer=window_scorer(llm, progress))
+                return [make_row(run, r.dataset, r.metric, r.ppl, seq_len=r.seq_len, limit=r.limit, n=r.n_tokens,
+                                 extra=common | {"n_windows": r.n_windows, "nll": r.nll, "window_nll": r.window_nll,
+                                                 "window_tokens": r.n_tokens // r.n_windows,
+                                                 "seconds": round(time.perf_counter() - t0, 2)})]
+
+            rows = list(pieces.get("gguf export", settings, export_rows))
             for dataset in p.datasets:
                 for seq_len in p.seq_len:
-                    t0 = time.perf_counter()
-                    r = ppl_mod.evaluate_perplexity(None, tokenizer, dataset, int(seq_len), max_texts=p.max_texts,
-                                                    max_windows=p.max_windows, max_tokens=p.max_tokens,
-                                                    texts=texts[dataset], progress=progress,
-                                                    scorer=window_scorer(llm, progress))
-                    rows.append(make_row(run, r.dataset, r.metric, r.ppl, seq_len=r.seq_len, limit=r.limit, n=r.n_tokens,
-                                         extra=common | {"n_windows": r.n_windows, "nll": r.nll,
-                                                         "window_nll": r.window_nll,
-                                                         "window_tokens": r.n_tokens // r.n_windows,
-                                                         "seconds": round(time.perf_counter() - t0, 2)}))
-            del llm  # frees llama.cpp's model before the scratch folder (its file) goes
+                    rows += pieces.get(f"perplexity {dataset}@{seq_len}", settings,
+                                       lambda d=dataset, n=seq_len: column(d, n))
+            state.pop("llm", None)  # frees llama.cpp's model before the scratch folder (its file) goes
         return rows

@@ -26,6 +26,7 @@ from . import perplexity as ppl_mod
 from . import speed as speed_mod
 from . import zeroshot as zs_mod
 from .config import EvalConfig, PerplexityConfig, SpeedConfig
+from .pieces import Pieces
 
 # Config nodes that never change a number: where rows go and how the job behaves (`job:`); the run-level γ counts
 # where a pruner reads it (`pruner.gamma`), not as the top-level default.
@@ -239,21 +240,33 @@ def quantization_rows(run: dict[str, Any], spec, result: dict) -> list[dict]:
             make_row(run, "quantization", "size_ratio", result["bytes_after"] / result["bytes_before"], extra=extra)]
 
 
-def perplexity_rows(p: PerplexityConfig, run, model, tokenizer, texts, progress: bool = True) -> list[dict]:
-    rows = []
-    for dataset in p.datasets:
-        for seq_len in p.seq_len:
-            t0 = time.perf_counter()
-            r = ppl_mod.evaluate_perplexity(model, tokenizer, dataset, int(seq_len), p.batch_size, p.max_texts,
-                                            p.max_windows, p.max_tokens, texts=texts[dataset], progress=progress)
-            rows.append(make_row(run, r.dataset, r.metric, r.ppl, seq_len=r.seq_len, limit=r.limit, n=r.n_tokens,
-                                 extra={"n_windows": r.n_windows, "nll": r.nll, "window_nll": r.window_nll,
-                                        "window_tokens": r.n_tokens // r.n_windows,
-                                        "seconds": round(time.perf_counter() - t0, 2)}))
-    return rows
+def perplexity_rows(p: PerplexityConfig, run, model, tokenizer, texts, progress: bool = True,
+                    pieces: Pieces | None = None) -> list[dict]:
+    """One row per (text set, window length); each is a piece of its own (`pieces`: a resumed run reuses them)."""
+    def column(dataset, seq_len):
+        t0 = time.perf_counter()
+        r = ppl_mod.evaluate_perplexity(model, tokenizer, dataset, int(seq_len), p.batch_size, p.max_texts,
+                                        p.max_windows, p.max_tokens, texts=texts[dataset], progress=progress)
+        return [make_row(run, r.dataset, r.metric, r.ppl, seq_len=r.seq_len, limit=r.limit, n=r.n_tokens,
+                         extra={"n_windows": r.n_windows, "nll": r.nll, "window_nll": r.window_nll,
+                                "window_tokens": r.n_tokens // r.n_windows,
+                                "seconds": round(time.perf_counter() - t0, 2)})]
+
+    pieces = pieces or Pieces(None, run)
+    settings = schema.identity(p)
+    return [row for dataset in p.datasets for seq_len in p.seq_len
+            for row in pieces.get(f"perplexity {dataset}@{seq_len}", settings,
+                                  lambda d=dataset, n=seq_len: column(d, n))]
 
 
-def zeroshot_rows(e: EvalConfig, run, model, tokenizer) -> list[dict]:
+def zeroshot_rows(e: EvalConfig, run, model, tokenizer, pieces: Pieces | None = None) -> list[dict]:
+    """The zero-shot suite's rows: one piece (lm-eval batches all of its requests together)."""
+    pieces = pieces or Pieces(None, run)
+    settings = {"zeroshot": schema.identity(e.zeroshot), "limit": e.limit}
+    return pieces.get("zeroshot", settings, lambda: _zeroshot_rows(e, run, model, tokenizer))
+
+
+def _zeroshot_rows(e: EvalConfig, run, model, tokenizer) -> list[dict]:
     z = e.zeroshot
     t0 = time.perf_counter()
     res = zs_mod.evaluate_zeroshot(model, tokenizer, list(z.tasks), z.suite, e.limit, z.batch_size, z.max_length,
@@ -283,13 +296,15 @@ def speed_rows(s: SpeedConfig, run, model) -> list[dict]:
                      n=s.repeats, extra={"new_tokens": s.new_tokens}) for k, v in out.items()]
 
 
-def evaluation_rows(e: EvalConfig, run: dict[str, Any], model, tokenizer, texts, progress: bool = True) -> list[dict]:
-    """Every stage the protocol `e` enables, in protocol order."""
+def evaluation_rows(e: EvalConfig, run: dict[str, Any], model, tokenizer, texts, progress: bool = True,
+                    pieces: Pieces | None = None) -> list[dict]:
+    """Every stage the protocol `e` enables, in protocol order. `pieces`: the finished pieces of this run kept by an
+    interrupted launch (nirvana.evaluation.pieces); the speed stage is always measured afresh."""
     rows = []
     if e.perplexity:
-        rows += perplexity_rows(e.perplexity, run, model, tokenizer, texts, progress)
+        rows += perplexity_rows(e.perplexity, run, model, tokenizer, texts, progress, pieces)
     if e.zeroshot:
-        rows += zeroshot_rows(e, run, model, tokenizer)
+        rows += zeroshot_rows(e, run, model, tokenizer, pieces)
     if e.speed:
         rows += speed_rows(e.speed, run, model)
     return rows

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..atomic import write_json
 from ..results import record_run, recorded, recorded_in
+from .pieces import Pieces
 from .protocol import summary_line
 
 
@@ -28,13 +29,27 @@ def finished_in(run_id: str, results_file: str, done_in: Iterable[str] = (), for
     return found[0] if found else None
 
 
+def pieces_of(run: dict[str, Any], model, partial_dir: str | None, force: bool = False) -> Pieces:
+    """The evaluation pieces an interrupted launch of the run `run` (its row columns) finished
+    (nirvana.evaluation.pieces), to be reused; `force` (recompute the run) forgets them first."""
+    pieces = Pieces(partial_dir, run, model)
+    if force:
+        pieces.clear()
+    return pieces
+
+
 def finish(log: logging.Logger, run: dict[str, Any], rows: list[dict], out_dir: str | Path, results_file: str,
            seconds: float, summary: dict[str, Any], summary_dir: str | Path | None = None,
-           headline: list[dict] | None = None) -> list[dict]:
+           headline: list[dict] | None = None, pieces: Pieces | None = None) -> list[dict]:
     """Append the rows (one batch) to `results_file` and the run folder, write summary.json (in `summary_dir`,
-    default the run folder) and log the run's one-line summary (of the `headline` rows, default all)."""
+    default the run folder) and log the run's one-line summary (of the `headline` rows, default all). `pieces`: the
+    run's kept evaluation pieces, named in the summary where reused, and removed now that the rows are recorded."""
     record_run(rows, Path(out_dir), results_file)
+    if pieces is not None and pieces.reused:
+        summary = summary | {"resumed": pieces.reused}
     write_json(Path(summary_dir or out_dir) / "summary.json",
                {"run_id": run["run_id"], **summary, "rows": len(rows), "seconds": round(seconds, 1)})
+    if pieces is not None:
+        pieces.clear()
     log.info(summary_line(run, rows if headline is None else headline, seconds, results_file))
     return rows
