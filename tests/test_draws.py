@@ -226,3 +226,27 @@ def test_perplexity_over_draws_is_a_geometric_mean_and_ratios_pair_by_draw(tmp_p
     assert math.exp(c.spread.estimate.value) == pytest.approx(math.exp(4.0 - 5.0))
     assert draws.spread_range(c.spread, True) == pytest.approx((math.exp(-1.2), math.exp(-0.8)))
     assert c.word(report.tail) == "better"
+
+
+def test_the_readme_answer_quotes_the_committed_verdict_file_word_for_word():
+    """The README's answer table (between its answer markers) is read from draws_verdict.md: every cell's interval and
+    word must be the verdict file's, so a regenerated report cannot leave a stale verdict on the front page."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    verdict = {}
+    for line in (root / "results/tables/smollm2_135m_draws/draws_verdict.md").read_text().splitlines():
+        c = [x.strip() for x in line.strip().strip("|").split("|")]
+        if len(c) >= 6 and c[2] in ("zero-shot avg", "ppl lambada_head@512", "ppl wiki_passages@512"):
+            verdict.setdefault((c[0], c[1]), []).append(f"{re.sub(r' [(].*[)]$', '', c[4])} {c[5]}")
+    readme = (root / "README.md").read_text()
+    answer = readme[readme.index("<!-- answer -->"):readme.index("<!-- /answer -->")]
+    names = {"FLAP": "flap", "Taylor": "taylor", "Wanda-sp (matched)": "wanda_sp:matched"}
+    quoted = {}
+    for line in answer.splitlines():
+        m = re.match(r"\| (FLAP|Taylor|Wanda-sp \(matched\)) (\d+) %[^|]*\|(.*)\|$", line)
+        if m:
+            cells = [x.strip().replace("−", "-") for x in m.group(3).split("|")]
+            quoted[(names[m.group(1)], f"{int(m.group(2)) / 100:g}")] = cells
+    assert len(quoted) == 9 and quoted == {k: v for k, v in verdict.items() if k in quoted}
